@@ -1,0 +1,295 @@
+"""One pydantic tree for a run, loaded from TOML with ``--set key.sub=value`` overrides.
+
+Every error is one line naming the key and what was expected (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fedmosaic.core.algorithm import AlgorithmConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line: ``key: what was expected``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_mix(value: Any) -> Any:
+    """Accept ``"image:2,text:2,image+text:6"`` (CLI-friendly) as well as a TOML table."""
+    if not isinstance(value, str):
+        return value
+    out: dict[str, int] = {}
+    for item in filter(None, (p.strip() for p in value.split(","))):
+        group, sep, count = item.partition(":") if ":" in item else item.partition("=")
+        if not sep or not count.strip().lstrip("-").isdigit():
+            raise ValueError(f"expected 'group:count' items like 'image:2,text:2,image+text:6', got {item!r}")
+        out[group.strip()] = int(count)
+    return out
+
+
+class TaskConfig(_Strict):
+    """Which data set, where it lives, its own options and how it is split."""
+
+    dataset: str = "synthetic"
+    data_dir: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    proxy_size: int = Field(200, ge=0)
+    labelled_size: int = Field(200, ge=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0)
+
+
+class ClientsConfig(_Strict):
+    """How many clients, which modalities each group holds, how many train per round."""
+
+    count: int | None = Field(None, ge=1)
+    mix: dict[str, Annotated[int, Field(ge=0)]] | None = None
+    per_round: int | None = Field(None, ge=1)
+
+    _parse_mix = field_validator("mix", mode="before")(parse_mix)
+
+    @model_validator(mode="after")
+    def _count_matches_mix(self) -> ClientsConfig:
+        if self.mix is not None:
+            total = sum(self.mix.values())
+            if total < 1:
+                raise ValueError("clients.mix: at least one client is needed")
+            if self.count is not None and self.count != total:
+                raise ValueError(f"clients.count: {self.count} does not match clients.mix, which sums to {total}")
+        return self
+
+    @property
+    def total(self) -> int:
+        """The number of clients (the mix's sum, else ``count``, else 10)."""
+        if self.mix is not None:
+            return sum(self.mix.values())
+        return self.count or 10
+
+
+class TrainingConfig(_Strict):
+    """Local training: optimiser, learning rate, batch size, epochs per round."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    local_epochs: int = Field(1, ge=1)
+
+
+class ModelConfig(_Strict):
+    """Encoders and fusion. The image encoder is a small CNN or torchvision's MobileNetV3-small."""
+
+    embed_dim: int = Field(64, ge=2)
+    image_encoder: Literal["cnn", "mobilenet_v3_small"] = "cnn"
+    text_hidden: int = Field(64, ge=8)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(2, ge=1)
+    pretrained: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.text_hidden % self.text_heads:
+            raise ValueError(
+                f"model.text_heads: {self.text_heads} must divide model.text_hidden ({self.text_hidden})"
+            )
+        return self
+
+
+class EngineConfig(_Strict):
+    """Which engine runs the federation and how often it evaluates."""
+
+    name: Literal["local"] = "local"
+    eval_every: int = Field(1, ge=1)
+    state_cache: int = Field(64, ge=0, description="client states kept in memory; the rest live on disk")
+    progress: bool = True
+
+
+class OutputConfig(_Strict):
+    """Where run folders go."""
+
+    dir: Path = Path("runs")
+    plots: bool = True
+
+
+class RunConfig(_Strict):
+    """A whole run."""
+
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(10, ge=1)
+    compare: list[str] = Field(default_factory=list, description="baseline algorithms run beside the main one")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
+    algorithm: SerializeAsAny[AlgorithmConfig] = Field(default_factory=lambda: AlgorithmConfig(name="fedavg"))
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _algorithm_block(cls, value: Any) -> AlgorithmConfig:
+        from fedmosaic.algorithms.registry import get_algorithm
+
+        if isinstance(value, AlgorithmConfig):
+            value = value.model_dump()
+        if not isinstance(value, dict) or "name" not in value:
+            raise ValueError("algorithm.name: expected an [algorithm] table with a 'name' key")
+        try:
+            config_cls = get_algorithm(str(value["name"])).Config
+        except KeyError as exc:
+            raise ValueError(f"algorithm.name: {exc.args[0]}") from None
+        try:
+            return config_cls.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(_format_error(exc, prefix="algorithm")) from None
+
+    @field_validator("compare")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        from fedmosaic.algorithms.registry import get_algorithm
+
+        for name in value:
+            try:
+                get_algorithm(name)
+            except KeyError as exc:
+                raise ValueError(f"compare: {exc.args[0]}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _fits_dataset(self) -> RunConfig:
+        from fedmosaic.data.partition import parse_mix as check_mix
+        from fedmosaic.data.registry import get_dataset
+
+        try:
+            entry = get_dataset(self.task.dataset)
+        except KeyError as exc:
+            raise ValueError(f"task.dataset: {exc.args[0]}") from None
+        try:
+            options = entry.options.model_validate(self.task.options)
+        except ValidationError as exc:
+            raise ValueError(_format_error(exc, prefix="task.options")) from None
+        if entry.needs_data_dir and self.task.data_dir is None:
+            raise ValueError(f"task.data_dir: data set {self.task.dataset!r} needs a data folder")
+        if self.clients.mix is not None:
+            try:
+                check_mix(self.clients.mix, entry.modality_names(options))
+            except ValueError as exc:
+                raise ValueError(f"clients.mix: {exc}") from None
+        if self.clients.per_round is not None and self.clients.per_round > self.clients.total:
+            raise ValueError(
+                f"clients.per_round: {self.clients.per_round} exceeds the {self.clients.total} clients"
+            )
+        return self
+
+    def dataset_options(self) -> BaseModel:
+        """This run's validated data set options."""
+        from fedmosaic.data.registry import get_dataset
+
+        return get_dataset(self.task.dataset).options.model_validate(self.task.options)
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """The resolved config as TOML-serialisable data (no ``None`` values, paths as strings)."""
+        return _drop_none(self.model_dump(mode="json"))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+_NAMES_KEY = re.compile(r"^[a-z_]+(\.[A-Za-z0-9_+]+)*: ")
+
+
+def _format_error(exc: ValidationError, prefix: str = "") -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+    key = ".".join(loc)
+    if prefix and key:
+        key = f"{prefix}.{key}"
+    elif prefix:
+        key = prefix
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if _NAMES_KEY.match(msg):
+        return msg  # the validator already named the key
+    got = err.get("input")
+    tail = f" (got {got!r})" if err["type"] not in ("missing",) and not isinstance(got, dict | list) else ""
+    return f"{key}: {msg}{tail}" if key else f"{msg}{tail}"
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML literal when it parses as one (``3``, ``0.1``, ``true``, ``[..]``), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key.sub=value`` override to a raw config dict."""
+    key, sep, value = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set: expected KEY=VALUE such as rounds=5, got {assignment!r}")
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a table")
+        node = child
+    node[parts[-1]] = parse_value(value.strip())
+
+
+def default_config_path() -> Path:
+    """The embedded default config (``fedmosaic/configs/default.toml``)."""
+    return Path(str(resources.files("fedmosaic") / "configs" / "default.toml"))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; any problem becomes one :class:`ConfigError` line."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file {str(path)!r}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+
+
+def validate(tree: dict[str, Any]) -> RunConfig:
+    """Validate a raw config dict into a :class:`RunConfig` (one-line :class:`ConfigError` on failure)."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load ``path`` (default: the embedded default) and apply ``key=value`` overrides."""
+    tree = read_toml(path or default_config_path())
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    return validate(tree)

@@ -1,0 +1,118 @@
+"""The Algorithm protocol: a server half and a client half that share nothing but Messages.
+
+That contract is what lets one algorithm run in the local engine, on Flower and as files on disk.
+An algorithm never imports an engine; an engine never imports a specific algorithm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from fedmosaic.core.message import Message
+from fedmosaic.core.modality import ClientSpec
+from fedmosaic.core.seeding import Rng
+from fedmosaic.core.task import ClientData, TaskInfo, View
+
+
+class AlgorithmConfig(BaseModel):
+    """Base of every algorithm's own config block (``[algorithm]`` in TOML); subclasses add fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything either half may know besides data: the task's description and the run's settings."""
+
+    info: TaskInfo
+    algorithm: AlgorithmConfig
+    training: BaseModel
+    model: BaseModel
+    seed: int
+    rounds: int
+    clients_per_round: int
+
+
+@dataclass
+class ServerData:
+    """What the server holds: the proxy (unlabelled), labelled and test sets.
+
+    ``pooled_train`` is only filled for algorithms that declare ``needs_pooled_data`` (the
+    centralized upper bound); federated algorithms never see client data.
+    """
+
+    proxy: View
+    labelled: View
+    test: View
+    pooled_train: View | None = None
+
+
+@runtime_checkable
+class ServerSide(Protocol):
+    """The server half. It plans rounds, aggregates replies and evaluates."""
+
+    def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
+        """Pick this round's clients and the message each receives."""
+        ...
+
+    def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
+        """Fold the clients' replies into the global state; return scalar training statistics."""
+        ...
+
+    def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
+        """Clients asked to evaluate their own models (empty for algorithms with one global model)."""
+        ...
+
+    def evaluate(self, round: int, replies: dict[str, Message]) -> dict[str, dict[str, float]]:
+        """Metrics by name (``test/image+text``, ``group/image``, ``overall`` ...) for this round."""
+        ...
+
+    def state(self) -> Message:
+        """The server's persistent state, for checkpoints."""
+        ...
+
+    def load_state(self, state: Message) -> None:
+        """Restore what :meth:`state` returned."""
+        ...
+
+
+@runtime_checkable
+class ClientSide(Protocol):
+    """The client half. It never keeps anything between calls: its persistent state is passed in."""
+
+    def fit(self, message: Message, state: Message, data: ClientData, rng: Rng) -> tuple[Message, Message]:
+        """Train on the client's own data; return ``(reply, new_state)``."""
+        ...
+
+    def evaluate(self, message: Message, state: Message, data: ClientData) -> Message:
+        """Evaluate the client's model; metrics go into the reply's ``meta``."""
+        ...
+
+
+class Algorithm:
+    """A plug-in algorithm: its config class and its two halves.
+
+    ``personalised``: clients keep models of their own, so they evaluate themselves.
+    ``needs_pooled_data``: the server trains on pooled client data (only the centralized baseline).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[AlgorithmConfig]]
+    Server: ClassVar[type]
+    Client: ClassVar[type]
+    personalised: ClassVar[bool] = False
+    needs_pooled_data: ClassVar[bool] = False
+    summary: ClassVar[str] = ""
+
+
+def sample_clients(clients: list[ClientSpec], k: int, rng: Rng) -> list[ClientSpec]:
+    """``k`` clients drawn without replacement from a generator derived from the round (sorted by id)."""
+    if k >= len(clients):
+        return list(clients)
+    picked = rng.numpy("sample-clients").choice(len(clients), size=k, replace=False)
+    return [clients[i] for i in np.sort(picked)]

@@ -1,0 +1,192 @@
+"""The Task: data stored once, and every party's share of it as index arrays with a modality mask."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedmosaic.core.modality import ClientSpec, Modality, group_name
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What an algorithm may know about a task without seeing its data."""
+
+    name: str
+    modalities: tuple[Modality, ...]
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
+
+    def modality(self, name: str) -> Modality:
+        """The modality called ``name``."""
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(f"task {self.name!r} has no modality {name!r} (it has {self.modality_names})")
+
+    def subsets(self, held: frozenset[str] | None = None) -> list[frozenset[str]]:
+        """Every non-empty subset of ``held`` (default: all modalities), singletons first."""
+        names = [m for m in self.modality_names if held is None or m in held]
+        out = [frozenset([n]) for n in names]
+        if len(names) > 1:
+            out.append(frozenset(names))
+        return out
+
+    def group(self, modalities: frozenset[str]) -> str:
+        """Canonical name (``"image+text"``) of a modality set."""
+        return group_name(modalities, self.modality_names)
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    if array.dtype == np.uint8:  # images are stored as bytes to keep the store small
+        return torch.from_numpy(array.astype(np.float32) / 255.0)
+    if np.issubdtype(array.dtype, np.integer):
+        return torch.from_numpy(array.astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+@dataclass
+class View:
+    """A subset of a task's samples: indices into its store and a per-sample modality mask.
+
+    ``mask[i, j]`` says whether sample ``indices[i]`` has modality ``info.modalities[j]`` *for this
+    party*. Batches contain a modality's key only for samples that have it: samples are grouped by
+    mask pattern so an image-only party's batches hold no text tensor at all (never zero-filled).
+    """
+
+    info: TaskInfo
+    store: dict[str, np.ndarray]
+    labels_store: np.ndarray
+    indices: np.ndarray
+    mask: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.indices = np.asarray(self.indices, dtype=np.int64)
+        if self.mask.shape != (len(self.indices), len(self.info.modalities)):
+            raise ValueError(f"mask shape {self.mask.shape} does not match {len(self.indices)} samples")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.labels_store[self.indices]
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Modalities present in at least one sample of this view."""
+        names = self.info.modality_names
+        return frozenset(names[j] for j in range(len(names)) if self.mask[:, j].any())
+
+    def restrict(self, modalities: frozenset[str]) -> View:
+        """The same samples with every modality outside ``modalities`` masked out."""
+        keep = np.array([m in modalities for m in self.info.modality_names], dtype=bool)
+        mask = self.mask & keep[None, :]
+        rows = mask.any(axis=1)
+        return View(self.info, self.store, self.labels_store, self.indices[rows], mask[rows])
+
+    def subset(self, rows: np.ndarray) -> View:
+        """The view restricted to positions ``rows`` (not store indices)."""
+        return View(self.info, self.store, self.labels_store, self.indices[rows], self.mask[rows])
+
+    def batches(
+        self, batch_size: int, rng: np.random.Generator | None = None, drop_singletons: bool = False
+    ) -> Iterator[Batch]:
+        """Yield ``(inputs, labels)`` batches; shuffled when ``rng`` is given.
+
+        Samples are grouped by modality pattern, each group chunked, and the chunk order shuffled.
+        ``drop_singletons`` skips batches of one sample (batch norm cannot train on them).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        names = self.info.modality_names
+        patterns, inverse = np.unique(self.mask, axis=0, return_inverse=True)
+        chunks: list[tuple[int, np.ndarray]] = []
+        for p in range(len(patterns)):
+            if not patterns[p].any():
+                continue
+            rows = np.flatnonzero(inverse.reshape(-1) == p)
+            if rng is not None:
+                rows = rng.permutation(rows)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                if drop_singletons and len(chunk) < 2:
+                    continue
+                chunks.append((p, chunk))
+        order = rng.permutation(len(chunks)) if rng is not None else range(len(chunks))
+        for k in order:
+            p, rows = chunks[k]
+            idx = self.indices[rows]
+            inputs = {names[j]: _to_tensor(self.store[names[j]][idx]) for j in range(len(names)) if patterns[p][j]}
+            yield inputs, torch.from_numpy(self.labels_store[idx].astype(np.int64))
+
+
+@dataclass
+class ClientData:
+    """One client's data: its spec, its train and validation views, and the shared test set seen
+    through the modalities it holds (for evaluating personal models)."""
+
+    spec: ClientSpec
+    train: View
+    val: View
+    test: View
+
+
+@dataclass
+class Task:
+    """A data set split once from the seed into clients, proxy, labelled and test parts (disjoint)."""
+
+    info: TaskInfo
+    store: dict[str, np.ndarray]
+    labels: np.ndarray
+    clients: list[ClientData]
+    proxy: View
+    labelled: View
+    test: View
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def specs(self) -> list[ClientSpec]:
+        return [c.spec for c in self.clients]
+
+    def client(self, client_id: str) -> ClientData:
+        """The client called ``client_id``."""
+        for c in self.clients:
+            if c.spec.id == client_id:
+                return c
+        raise KeyError(f"no client {client_id!r}")
+
+    def pooled_train(self) -> View:
+        """All clients' training samples with their masks (the centralized upper bound's data)."""
+        views = [c.train for c in self.clients]
+        return View(
+            self.info,
+            self.store,
+            self.labels,
+            np.concatenate([v.indices for v in views]),
+            np.concatenate([v.mask for v in views]),
+        )
+
+    def check_disjoint(self) -> None:
+        """Raise if any two parts (clients' train/val, proxy, labelled, test) share a sample."""
+        parts = {"proxy": self.proxy.indices, "labelled": self.labelled.indices, "test": self.test.indices}
+        for c in self.clients:
+            parts[f"{c.spec.id}/train"] = c.train.indices
+            parts[f"{c.spec.id}/val"] = c.val.indices
+        owner: dict[int, str] = {}
+        for part, idx in parts.items():
+            if len(np.unique(idx)) != len(idx):
+                raise ValueError(f"part {part} lists a sample twice")
+            for i in idx.tolist():
+                if i in owner:
+                    raise ValueError(f"sample {i} is in both {owner[i]} and {part}")
+                owner[i] = part

@@ -1,0 +1,1 @@
+"""Data: loaders (one per source format), the synthetic task, partitioning, task assembly."""

@@ -1,0 +1,38 @@
+"""Registers the synthetic image+text task (``task.dataset = "synthetic"``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from fedmosaic.core.modality import Modality
+from fedmosaic.data import synthetic
+from fedmosaic.data.registry import DatasetEntry, LoadedData, register_dataset
+from fedmosaic.data.text import encode, word_tokenizer
+
+
+def _modality_names(_: BaseModel) -> tuple[str, ...]:
+    return ("image", "text")
+
+
+def load(options: BaseModel, data_dir: Path | None, seed: int) -> LoadedData:
+    """Generate the task's samples from ``seed`` (``data_dir`` is unused: nothing is read)."""
+    assert isinstance(options, synthetic.SyntheticOptions)
+    samples = synthetic.generate(options, seed)
+    tokenizer = word_tokenizer(synthetic.vocabulary())
+    tokens = encode(tokenizer, samples.captions, options.max_tokens)
+    size = options.image_size
+    return LoadedData(
+        modalities=(
+            Modality("image", "image", (3, size, size)),
+            Modality("text", "text", (options.max_tokens,), vocab_size=len(tokenizer)),
+        ),
+        store={"image": samples.images, "text": tokens},
+        labels=samples.labels,
+        class_names=synthetic.class_names(),
+        extras={"captions": samples.captions},
+    )
+
+
+register_dataset(DatasetEntry("synthetic", synthetic.SyntheticOptions, _modality_names, load))

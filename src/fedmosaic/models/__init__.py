@@ -1,0 +1,1 @@
+"""Models: per-modality encoders composed from torchvision/transformers, fusion, heads, training."""

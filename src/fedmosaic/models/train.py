@@ -1,0 +1,77 @@
+"""Supervised training and evaluation loops shared by the weight-sharing algorithms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmosaic.core.metrics import classification_metrics
+from fedmosaic.core.seeding import Rng
+from fedmosaic.core.task import TaskInfo, View
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    """Adam or SGD from a TrainingConfig."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_epochs(
+    model: nn.Module,
+    view: View,
+    cfg: Any,
+    rng: Rng,
+    epochs: int | None = None,
+    proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
+) -> float:
+    """Cross-entropy training on ``view`` for ``epochs`` (default ``cfg.local_epochs``); mean loss.
+
+    ``proximal = (mu, reference)`` adds FedProx's ``mu/2 * ||w - w_ref||^2`` over the named parameters.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg)
+    named = dict(model.named_parameters())
+    losses: list[float] = []
+    model.train()
+    with rng.seeded("dropout"):
+        for epoch in range(epochs or cfg.local_epochs):
+            order = rng.numpy(f"batches-{epoch}")
+            for inputs, labels in view.batches(cfg.batch_size, order, drop_singletons=True):
+                loss = nn.functional.cross_entropy(model(inputs), labels)
+                if proximal is not None:
+                    mu, reference = proximal
+                    loss = loss + 0.5 * mu * sum(((named[n] - ref) ** 2).sum() for n, ref in reference.items())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, view: View, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_true, y_pred)`` over ``view`` in eval mode."""
+    model.eval()
+    truth, preds = [], []
+    for inputs, labels in view.batches(batch_size):
+        preds.append(model(inputs).argmax(1).numpy())
+        truth.append(labels.numpy())
+    return np.concatenate(truth), np.concatenate(preds)
+
+
+def evaluate_subsets(
+    model: nn.Module, test: View, info: TaskInfo, held: frozenset[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Metrics of ``model`` on ``test`` seen through every subset of ``held`` modalities.
+
+    Keys are subset names (``"image"``, ``"text"``, ``"image+text"``).
+    """
+    out = {}
+    for subset in info.subsets(held):
+        y_true, y_pred = predict(model, test.restrict(subset))
+        out[info.group(subset)] = classification_metrics(y_true, y_pred, info.num_classes)
+    return out
