@@ -7,7 +7,7 @@ An algorithm never imports an engine; an engine never imports a specific algorit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -31,8 +31,8 @@ class Settings:
 
     info: TaskInfo
     algorithm: AlgorithmConfig
-    training: BaseModel
-    model: BaseModel
+    training: Any
+    model: Any
     seed: int
     rounds: int
     clients_per_round: int
@@ -68,7 +68,9 @@ class ServerSide(Protocol):
         """Clients asked to evaluate their own models (empty for algorithms with one global model)."""
         ...
 
-    def evaluate(self, round: int, replies: dict[str, Message]) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
+    ) -> dict[str, dict[str, float]]:
         """Metrics by name (``test/image+text``, ``group/image``, ``overall`` ...) for this round."""
         ...
 

@@ -1,0 +1,1 @@
+"""Algorithms: one module per method, each a config, a client half and a server half."""

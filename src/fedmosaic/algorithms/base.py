@@ -1,0 +1,73 @@
+"""Plumbing shared by the weight-sharing algorithms: the global model and the client's model slot."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from fedmosaic.core.algorithm import Settings
+from fedmosaic.core.message import Message
+from fedmosaic.core.metrics import global_model_groups
+from fedmosaic.core.modality import ClientSpec
+from fedmosaic.core.seeding import SERVER, torch_seed, torch_seeded
+from fedmosaic.core.task import View
+from fedmosaic.models.build import build_classifier
+from fedmosaic.models.params import load_arrays, to_arrays
+from fedmosaic.models.train import evaluate_subsets
+
+
+def initial_model(settings: Settings) -> nn.Module:
+    """The run's initial classifier: the same weights for every party, from ``(seed, 0, server, init)``."""
+    with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
+        return build_classifier(settings.info, settings.model)
+
+
+class ModelSlot:
+    """A client half's reusable model: built once per process, reset to the initial weights on demand.
+
+    Building encoders (BERT in particular) costs more than a local epoch on small data, so a client
+    half keeps one skeleton and loads whichever weights a call needs. Nothing in it survives a
+    call as *state*: every call overwrites the parts it uses.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._model: nn.Module | None = None
+        self._initial: dict[str, np.ndarray] = {}
+
+    def fresh(self) -> nn.Module:
+        """The model with the run's initial weights."""
+        model = self.model
+        load_arrays(model, self._initial)
+        return model
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None:
+            self._model = initial_model(self.settings)
+            self._initial = to_arrays(self._model)
+        return self._model
+
+
+class GlobalModelServer:
+    """Server half holding one global classifier: evaluation on the test set and checkpoint state."""
+
+    def __init__(self, settings: Settings, test: View) -> None:
+        self.settings = settings
+        self.test = test
+        self.model = initial_model(settings)
+
+    def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
+        return {}  # one global model: the server evaluates it on its own test set
+
+    def evaluate(
+        self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
+    ) -> dict[str, dict[str, float]]:
+        subsets = {f"test/{k}": v for k, v in evaluate_subsets(self.model, self.test, self.settings.info).items()}
+        return {**subsets, **global_model_groups(subsets, clients)}
+
+    def state(self) -> Message:
+        return Message(to_arrays(self.model))
+
+    def load_state(self, state: Message) -> None:
+        load_arrays(self.model, state.arrays)
