@@ -32,7 +32,7 @@ class LocalClient:
         self.settings = settings
         self.slot = ModelSlot(settings)
 
-    def _own_model(self, state: Message):  # noqa: ANN202
+    def _own_model(self, state: Message):
         model = self.slot.fresh()
         load_arrays(model, state.arrays)
         return model

@@ -1,0 +1,1 @@
+"""Human-readable outputs: report.md, plots, side-by-side comparisons."""

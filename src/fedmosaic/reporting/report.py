@@ -1,0 +1,127 @@
+"""report.md for one run, and side-by-side comparisons of several (``fedmosaic report``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fedmosaic.core.metrics import METRIC_NAMES
+from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.reporting.plots import eval_keys, plot_bytes, plot_comparison, plot_run_metrics
+
+
+class ReportError(ValueError):
+    """A folder given to the report is not a finished run."""
+
+
+def load_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(summary, metric rows)`` of a finished run folder."""
+    folder = RunFolder(path)
+    if not folder.summary.exists():
+        raise ReportError(f"{path}: no summary.json (not a run folder, or the run has not finished)")
+    return json.loads(folder.summary.read_text()), read_jsonl(folder.metrics)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def metrics_table(final: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per evaluation key, one column per metric."""
+    lines = ["| evaluated on | " + " | ".join(METRIC_NAMES) + " |", "|---|" + "---:|" * len(METRIC_NAMES)]
+    for key in eval_keys([{"eval": final}]):
+        lines.append(f"| {key} | " + " | ".join(f"{final[key][m]:.3f}" for m in METRIC_NAMES) + " |")
+    return "\n".join(lines)
+
+
+def write_run_report(path: Path, plots: bool = True) -> Path:
+    """Write ``report.md`` (and ``plots/*.png``) for the run in ``path``."""
+    summary, rows = load_run(path)
+    title = f"{summary['algorithm']} on {summary['dataset']} (seed {summary['seed']})"
+    parts = [
+        f"# {title}",
+        "",
+        f"{summary['rounds']} rounds, {summary['clients']} clients "
+        + "(" + ", ".join(f"{n} {g}" for g, n in summary["groups"].items()) + "). "
+        f"Bytes up {_fmt_bytes(summary['bytes_up'])}, down {_fmt_bytes(summary['bytes_down'])}; "
+        f"{summary['wall_s']:.1f} s ({summary['seconds_per_round']:.2f} s/round), "
+        f"peak memory {summary['peak_rss_mb']:.0f} MiB.",
+        "",
+        "`test/<subset>`: the final model tested with only those modalities. `group/<g>`: the mean over "
+        "clients of group g of their deployed model on the modalities they hold. `overall`: the mean "
+        "over all clients.",
+        "",
+        "## Final metrics",
+        "",
+        metrics_table(summary["final"]) if summary["final"] else "(no evaluation)",
+        "",
+    ]
+    if plots and rows:
+        plot_run_metrics(rows, path / "plots" / "metrics.png", title)
+        plot_bytes({summary["algorithm"]: rows}, path / "plots" / "bytes.png")
+        parts += ["## Curves", "", "![metrics per round](plots/metrics.png)", "", "![bytes per round](plots/bytes.png)", ""]
+    parts += ["Reproduce: `fedmosaic run --config config.toml` (the resolved config in this folder).", ""]
+    out = path / "report.md"
+    out.write_text("\n".join(parts))
+    return out
+
+
+def comparison_rows(runs: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the side-by-side table (accuracy / macro-F1 per group and overall)."""
+    groups = sorted({k for _, s in runs for k in s["final"] if k.startswith("group/")})
+    header = ["run", "algorithm", "overall acc", "overall macro-F1", *[f"{g} acc" for g in groups],
+              "bytes up", "bytes down", "s/round"]
+    rows = []
+    for label, s in runs:
+        final = s["final"]
+
+        def cell(key: str, metric: str, final: dict[str, Any] = final) -> str:
+            return f"{final[key][metric]:.3f}" if key in final else "–"
+
+        rows.append([label, s["algorithm"], cell("overall", "accuracy"), cell("overall", "macro_f1"),
+                     *[cell(g, "accuracy") for g in groups], _fmt_bytes(s["bytes_up"]),
+                     _fmt_bytes(s["bytes_down"]), f"{s['seconds_per_round']:.2f}"])
+    return header, rows
+
+
+def compare_runs(paths: list[Path], out: Path, labels: list[str] | None = None) -> Path:
+    """Write ``comparison.md`` and overlaid curves for several runs into ``out``."""
+    loaded = [load_run(p) for p in paths]
+    labels = labels or _unique_labels(paths, [s for s, _ in loaded])
+    header, rows = comparison_rows([(label, s) for label, (s, _) in zip(labels, loaded, strict=True)])
+    curves = {label: r for label, (_, r) in zip(labels, loaded, strict=True)}
+    out.mkdir(parents=True, exist_ok=True)
+    plot_comparison(curves, out / "plots" / "comparison_accuracy.png", "accuracy")
+    plot_comparison(curves, out / "plots" / "comparison_macro_f1.png", "macro_f1")
+    plot_bytes(curves, out / "plots" / "comparison_bytes.png")
+    lines = [
+        "# Comparison",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * 2 + "---:|" * (len(header) - 2),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        "Runs: " + ", ".join(f"`{label}` = `{p}`" for label, p in zip(labels, paths, strict=True)),
+        "",
+        "![accuracy](plots/comparison_accuracy.png)",
+        "",
+        "![macro-F1](plots/comparison_macro_f1.png)",
+        "",
+        "![bytes](plots/comparison_bytes.png)",
+        "",
+    ]
+    target = out / "comparison.md"
+    target.write_text("\n".join(lines))
+    return target
+
+
+def _unique_labels(paths: list[Path], summaries: list[dict[str, Any]]) -> list[str]:
+    algos = [s["algorithm"] for s in summaries]
+    if len(set(algos)) == len(algos):
+        return algos
+    return [f"{a} ({p.name})" for a, p in zip(algos, paths, strict=True)]

@@ -1,0 +1,85 @@
+"""An experiment: the configured algorithm plus its comparison baselines, in one results folder.
+
+``DIR`` is the main run's folder; baselines named in ``compare`` run on the same task (same seed,
+same split) into ``DIR/baselines/<name>/``, each a complete run folder of its own, and
+``DIR/comparison.md`` puts them side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.local import LocalEngine
+from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.reporting.report import compare_runs, write_run_report
+
+ProgressFactory = Callable[[str, int], Callable[[int, dict[str, Any]], None]]
+
+
+@dataclass
+class ExperimentResult:
+    """Where everything went and each run's summary (main run first)."""
+
+    folder: Path
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)
+    comparison: Path | None = None
+
+
+def default_folder(cfg: RunConfig) -> Path:
+    """``<output.dir>/<algorithm>-<dataset>-<timestamp>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return cfg.output.dir / f"{cfg.algorithm.name}-{cfg.task.dataset}-{stamp}"
+
+
+def baseline_config(cfg: RunConfig, name: str) -> RunConfig:
+    """The same run with another algorithm (default hyperparameters) and no comparisons of its own."""
+    tree = cfg.to_toml_dict()
+    tree["algorithm"] = {"name": name}
+    tree["compare"] = []
+    return RunConfig.model_validate(tree)
+
+
+def start(cfg: RunConfig, out: Path | None = None, progress: ProgressFactory | None = None) -> ExperimentResult:
+    """Run a fresh experiment into ``out`` (default: a new timestamped folder)."""
+    folder = Path(out) if out is not None else default_folder(cfg)
+    if RunFolder(folder).exists():
+        raise ConfigError(f"--out: {folder} already holds a run; continue it with --resume {folder} or choose another folder")
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
+    RunFolder(folder).write_config(cfg.to_toml_dict())
+    return _execute(cfg, folder, progress)
+
+
+def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentResult:
+    """Continue the experiment in ``folder`` from its last committed round (its own config.toml)."""
+    run = RunFolder(folder)
+    if not run.exists():
+        raise ConfigError(f"--resume: {folder} holds no run (no config.toml)")
+    return _execute(load_config(run.config), Path(folder), progress)
+
+
+def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None) -> ExperimentResult:
+    task = build_task(cfg)
+    result = ExperimentResult(folder)
+    runs = [(cfg.algorithm.name, cfg, folder)]
+    for name in dict.fromkeys(cfg.compare):
+        if name != cfg.algorithm.name:
+            runs.append((name, baseline_config(cfg, name), folder / "baselines" / name))
+    for name, run_cfg, run_dir in runs:
+        run = RunFolder(run_dir)
+        if not run.exists():
+            run.write_config(run_cfg.to_toml_dict())
+        callback = progress(name, run_cfg.rounds) if progress else None
+        result.summaries[name] = LocalEngine(run_cfg, task, run).run(callback)
+        result.folders[name] = run_dir
+        write_run_report(run_dir, plots=cfg.output.plots)
+    if len(runs) > 1:
+        result.comparison = compare_runs([d for _, _, d in runs], folder, [n for n, _, _ in runs])
+    return result
