@@ -81,15 +81,24 @@ def _headline(result: Any) -> None:
                 if b is not None:
                     diffs.append(f"{key} {a:.3f} vs {b:.3f} ({a - b:+.3f})")
         out.print(f"{names[0]} vs {other} (accuracy): " + "; ".join(diffs), highlight=False)
-    out.print(f"results: {result.folder} (report.md" + (", comparison.md" if result.comparison else "") + ")",
-              highlight=False, soft_wrap=True)
+    out.print(
+        f"results: {result.folder} (report.md" + (", comparison.md" if result.comparison else "") + ")",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (default: the embedded default)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override KEY=VALUE, e.g. rounds=5")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="results folder (default: runs/<name>-<time>)")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML config (default: the embedded default)")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="override KEY=VALUE, e.g. rounds=5")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="results folder (default: runs/<name>-<time>)")
+    ] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this folder")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -112,8 +121,11 @@ def run(
         _fail(str(exc))
     except KeyboardInterrupt:
         folder = resume or out_dir or "the run folder"
-        err.print(f"interrupted: the last finished round is checkpointed. Continue with: fedmosaic run --resume {folder}",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"interrupted: the last finished round is checkpointed. Continue with: fedmosaic run --resume {folder}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(130) from None
     _headline(result)
 

@@ -75,7 +75,9 @@ class ClientsConfig(_Strict):
             if total < 1:
                 raise ValueError("clients.mix: at least one client is needed")
             if self.count is not None and self.count != total:
-                raise ValueError(f"clients.count: {self.count} does not match clients.mix, which sums to {total}")
+                raise ValueError(
+                    f"clients.count: {self.count} does not match clients.mix, which sums to {total}"
+                )
         return self
 
     @property
@@ -137,7 +139,9 @@ class RunConfig(_Strict):
 
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
-    compare: list[str] = Field(default_factory=list, description="baseline algorithms run beside the main one")
+    compare: list[str] = Field(
+        default_factory=list, description="baseline algorithms run beside the main one"
+    )
     task: TaskConfig = Field(default_factory=TaskConfig)
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     algorithm: SerializeAsAny[AlgorithmConfig] = Field(default_factory=lambda: AlgorithmConfig(name="fedavg"))

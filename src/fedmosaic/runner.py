@@ -46,11 +46,15 @@ def baseline_config(cfg: RunConfig, name: str) -> RunConfig:
     return RunConfig.model_validate(tree)
 
 
-def start(cfg: RunConfig, out: Path | None = None, progress: ProgressFactory | None = None) -> ExperimentResult:
+def start(
+    cfg: RunConfig, out: Path | None = None, progress: ProgressFactory | None = None
+) -> ExperimentResult:
     """Run a fresh experiment into ``out`` (default: a new timestamped folder)."""
     folder = Path(out) if out is not None else default_folder(cfg)
     if RunFolder(folder).exists():
-        raise ConfigError(f"--out: {folder} already holds a run; continue it with --resume {folder} or choose another folder")
+        raise ConfigError(
+            f"--out: {folder} already holds a run; continue it with --resume {folder} or choose another folder"
+        )
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
     RunFolder(folder).write_config(cfg.to_toml_dict())

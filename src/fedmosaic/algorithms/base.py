@@ -63,7 +63,9 @@ class GlobalModelServer:
     def evaluate(
         self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
     ) -> dict[str, dict[str, float]]:
-        subsets = {f"test/{k}": v for k, v in evaluate_subsets(self.model, self.test, self.settings.info).items()}
+        subsets = {
+            f"test/{k}": v for k, v in evaluate_subsets(self.model, self.test, self.settings.info).items()
+        }
         return {**subsets, **global_model_groups(subsets, clients)}
 
     def state(self) -> Message:

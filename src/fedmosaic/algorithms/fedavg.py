@@ -63,7 +63,9 @@ class FedAvgServer(GlobalModelServer):
 
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         picked = sample_clients(clients, self.settings.clients_per_round, rng)
-        return {c.id: Message(to_arrays(self.model, shared_prefixes(self.model, c.modalities))) for c in picked}
+        return {
+            c.id: Message(to_arrays(self.model, shared_prefixes(self.model, c.modalities))) for c in picked
+        }
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         sums: dict[str, np.ndarray] = {}

@@ -44,7 +44,9 @@ class LocalClient:
         return Message(meta={"n_train": len(data.train), "train_loss": loss}), new_state
 
     def evaluate(self, message: Message, state: Message, data: ClientData) -> Message:
-        results = evaluate_subsets(self._own_model(state), data.test, self.settings.info, data.spec.modalities)
+        results = evaluate_subsets(
+            self._own_model(state), data.test, self.settings.info, data.spec.modalities
+        )
         return Message(meta=flatten_eval(results))
 
 

@@ -32,7 +32,9 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def flatten_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{"image": {"accuracy": ..}}`` -> ``{"image/accuracy": ..}`` (flat Message metadata)."""
-    return {f"{subset}/{name}": value for subset, metrics in results.items() for name, value in metrics.items()}
+    return {
+        f"{subset}/{name}": value for subset, metrics in results.items() for name, value in metrics.items()
+    }
 
 
 def unflatten_eval(meta: dict[str, object]) -> dict[str, dict[str, float]]:

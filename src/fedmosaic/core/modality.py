@@ -24,7 +24,9 @@ class Modality:
 
     def __post_init__(self) -> None:
         if self.kind not in MODALITY_KINDS:
-            raise ValueError(f"modality {self.name!r}: kind must be one of {MODALITY_KINDS}, got {self.kind!r}")
+            raise ValueError(
+                f"modality {self.name!r}: kind must be one of {MODALITY_KINDS}, got {self.kind!r}"
+            )
         if "+" in self.name or not self.name:
             raise ValueError(f"modality name {self.name!r} must be non-empty and must not contain '+'")
 

@@ -36,7 +36,9 @@ def numpy_rng(seed: int, round: int, client: str, purpose: str) -> np.random.Gen
 
 def torch_seed(seed: int, round: int, client: str, purpose: str) -> int:
     """A 63-bit integer seed for torch, derived from one key."""
-    return int(seed_sequence(seed, round, client, purpose).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        seed_sequence(seed, round, client, purpose).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
+    )
 
 
 @contextlib.contextmanager

@@ -126,7 +126,9 @@ class View:
         for k in order:
             p, rows = chunks[k]
             idx = self.indices[rows]
-            inputs = {names[j]: _to_tensor(self.store[names[j]][idx]) for j in range(len(names)) if patterns[p][j]}
+            inputs = {
+                names[j]: _to_tensor(self.store[names[j]][idx]) for j in range(len(names)) if patterns[p][j]
+            }
             yield inputs, torch.from_numpy(self.labels_store[idx].astype(np.int64))
 
 

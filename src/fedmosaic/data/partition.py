@@ -41,7 +41,12 @@ def split_iid(indices: np.ndarray, n_parts: int, rng: np.random.Generator) -> li
 
 
 def split_dirichlet(
-    indices: np.ndarray, labels: np.ndarray, n_parts: int, alpha: float, rng: np.random.Generator, min_size: int = 2
+    indices: np.ndarray,
+    labels: np.ndarray,
+    n_parts: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_size: int = 2,
 ) -> list[np.ndarray]:
     """Label-skewed split: each class's samples are divided by proportions drawn from Dir(alpha).
 

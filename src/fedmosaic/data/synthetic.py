@@ -40,7 +40,9 @@ class SyntheticOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n_samples: int = Field(3000, ge=20, description="samples generated in all (clients + server sets)")
     image_size: int = Field(24, ge=12, le=128, description="square image side in pixels")
-    texture_reliability: float = Field(0.4, ge=0, le=1, description="P(image texture shows the true material)")
+    texture_reliability: float = Field(
+        0.4, ge=0, le=1, description="P(image texture shows the true material)"
+    )
     caption_reliability: float = Field(0.9, ge=0, le=1, description="P(caption names the true material)")
     shape_mention: float = Field(0.3, ge=0, le=1, description="P(caption names the true shape)")
     pixel_noise: float = Field(0.15, ge=0, le=1, description="std of Gaussian pixel noise (0-1 scale)")
@@ -104,7 +106,13 @@ def _caption(shape: int, material: int, opts: SyntheticOptions, rng: np.random.G
         if rng.random() < opts.shape_mention
         else str(rng.choice(_GENERIC))
     )
-    words = ["a", str(rng.choice(_SIZES)), str(rng.choice(_COLOURS)), str(rng.choice(_MATERIAL_WORDS[said_m])), noun]
+    words = [
+        "a",
+        str(rng.choice(_SIZES)),
+        str(rng.choice(_COLOURS)),
+        str(rng.choice(_MATERIAL_WORDS[said_m])),
+        noun,
+    ]
     if rng.random() < 0.5:
         words = ["photo", "of", *words]
     place = str(rng.choice(_PLACES))

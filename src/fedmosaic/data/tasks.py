@@ -56,7 +56,9 @@ def build_task(cfg: RunConfig) -> Task:
             f"samples, but only {len(client_pool)} are left for clients"
         )
     if cfg.task.partition == "dirichlet":
-        parts = split_dirichlet(client_pool, loaded.labels, len(holdings), cfg.task.alpha, rng, per_client_min)
+        parts = split_dirichlet(
+            client_pool, loaded.labels, len(holdings), cfg.task.alpha, rng, per_client_min
+        )
     else:
         parts = split_iid(client_pool, len(holdings), rng)
 
@@ -67,7 +69,7 @@ def build_task(cfg: RunConfig) -> Task:
     clients = []
     for k, (held, idx) in enumerate(zip(holdings, parts, strict=True)):
         idx = rng.permutation(idx)
-        n_val = int(round(cfg.task.val_fraction * len(idx)))
+        n_val = round(cfg.task.val_fraction * len(idx))
         train_idx, val_idx = np.sort(idx[n_val:]), np.sort(idx[:n_val])
         keep = np.array([name in held for name in names])
         spec = ClientSpec(f"client_{k}", frozenset(held), len(train_idx), info.group(held))
@@ -79,7 +81,15 @@ def build_task(cfg: RunConfig) -> Task:
                 test.restrict(frozenset(held)),
             )
         )
-    task = Task(info, loaded.store, loaded.labels, clients, view(np.sort(proxy_idx)),
-                view(np.sort(labelled_idx)), test, dict(loaded.extras))
+    task = Task(
+        info,
+        loaded.store,
+        loaded.labels,
+        clients,
+        view(np.sort(proxy_idx)),
+        view(np.sort(labelled_idx)),
+        test,
+        dict(loaded.extras),
+    )
     task.check_disjoint()
     return task

@@ -66,7 +66,9 @@ class LocalEngine:
             totals["bytes_down"] += row["bytes_down"]
             totals["wall_s"] += seconds
             self.folder.append(self.folder.metrics, row)
-            self.folder.append(self.folder.timings, {"round": r, "seconds": seconds, "peak_rss_mb": peak_rss_mb()})
+            self.folder.append(
+                self.folder.timings, {"round": r, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+            )
             self.folder.commit(r, self.server.state(), totals)
             if on_round is not None:
                 on_round(r, row)
@@ -123,7 +125,9 @@ class LocalEngine:
             "seed": self.cfg.seed,
             "rounds": len(rows),
             "clients": len(self.specs),
-            "groups": {g: sum(1 for s in self.specs if s.group == g) for g in sorted({s.group for s in self.specs})},
+            "groups": {
+                g: sum(1 for s in self.specs if s.group == g) for g in sorted({s.group for s in self.specs})
+            },
             "final": evaluated[-1]["eval"] if evaluated else {},
             "bytes_up": totals["bytes_up"],
             "bytes_down": totals["bytes_down"],

@@ -23,7 +23,12 @@ def build_encoder(modality: Modality, cfg: Any) -> nn.Module:
         if modality.vocab_size is None:
             raise ValueError(f"modality {modality.name!r}: a text modality needs vocab_size")
         return BertEncoder(
-            modality.vocab_size, modality.shape[0], cfg.embed_dim, cfg.text_hidden, cfg.text_layers, cfg.text_heads
+            modality.vocab_size,
+            modality.shape[0],
+            cfg.embed_dim,
+            cfg.text_hidden,
+            cfg.text_layers,
+            cfg.text_heads,
         )
     raise NotImplementedError(f"modality {modality.name!r}: no encoder for kind {modality.kind!r} yet")
 

@@ -16,8 +16,12 @@ class MultimodalClassifier(nn.Module):
     def __init__(self, encoders: dict[str, nn.Module], embed_dim: int, num_classes: int) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
-        self.head = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim), nn.ReLU(),
-                                  nn.Linear(embed_dim, num_classes))
+        self.head = nn.Sequential(
+            nn.LayerNorm(embed_dim),
+            nn.Linear(embed_dim, embed_dim),
+            nn.ReLU(),
+            nn.Linear(embed_dim, num_classes),
+        )
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-modality embeddings of the modalities present in ``inputs``."""

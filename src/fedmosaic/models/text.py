@@ -11,7 +11,13 @@ class BertEncoder(nn.Module):
     """BERT over token ids (pad id 0), masked mean pooling, linear projection to ``embed_dim``."""
 
     def __init__(
-        self, vocab_size: int, max_tokens: int, embed_dim: int, hidden: int = 64, layers: int = 2, heads: int = 2
+        self,
+        vocab_size: int,
+        max_tokens: int,
+        embed_dim: int,
+        hidden: int = 64,
+        layers: int = 2,
+        heads: int = 2,
     ) -> None:
         super().__init__()
         config = BertConfig(

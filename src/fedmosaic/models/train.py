@@ -44,7 +44,9 @@ def train_epochs(
                 loss = nn.functional.cross_entropy(model(inputs), labels)
                 if proximal is not None:
                     mu, reference = proximal
-                    loss = loss + 0.5 * mu * sum(((named[n] - ref) ** 2).sum() for n, ref in reference.items())
+                    loss = loss + 0.5 * mu * sum(
+                        ((named[n] - ref) ** 2).sum() for n, ref in reference.items()
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -57,8 +57,10 @@ def plot_bytes(runs: dict[str, Rows], path: Path) -> Path:
 
 def plot_comparison(runs: dict[str, Rows], path: Path, metric: str = "accuracy") -> Path:
     """One panel per evaluation key, each run overlaid."""
-    keys = sorted({k for rows in runs.values() for k in eval_keys(rows)},
-                  key=lambda k: (k.split("/")[0] != "test", k.split("/")[0] != "group", k))
+    keys = sorted(
+        {k for rows in runs.values() for k in eval_keys(rows)},
+        key=lambda k: (k.split("/")[0] != "test", k.split("/")[0] != "group", k),
+    )
     cols = min(len(keys), 4) or 1
     nrows = (len(keys) + cols - 1) // cols or 1
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False, sharey=True)
@@ -71,7 +73,7 @@ def plot_comparison(runs: dict[str, Rows], path: Path, metric: str = "accuracy")
         ax.set_xlabel("round")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes[0, 0].set_ylabel(metric)
     axes[0, 0].legend(fontsize=8)

@@ -47,7 +47,9 @@ def write_run_report(path: Path, plots: bool = True) -> Path:
         f"# {title}",
         "",
         f"{summary['rounds']} rounds, {summary['clients']} clients "
-        + "(" + ", ".join(f"{n} {g}" for g, n in summary["groups"].items()) + "). "
+        + "("
+        + ", ".join(f"{n} {g}" for g, n in summary["groups"].items())
+        + "). "
         f"Bytes up {_fmt_bytes(summary['bytes_up'])}, down {_fmt_bytes(summary['bytes_down'])}; "
         f"{summary['wall_s']:.1f} s ({summary['seconds_per_round']:.2f} s/round), "
         f"peak memory {summary['peak_rss_mb']:.0f} MiB.",
@@ -64,7 +66,14 @@ def write_run_report(path: Path, plots: bool = True) -> Path:
     if plots and rows:
         plot_run_metrics(rows, path / "plots" / "metrics.png", title)
         plot_bytes({summary["algorithm"]: rows}, path / "plots" / "bytes.png")
-        parts += ["## Curves", "", "![metrics per round](plots/metrics.png)", "", "![bytes per round](plots/bytes.png)", ""]
+        parts += [
+            "## Curves",
+            "",
+            "![metrics per round](plots/metrics.png)",
+            "",
+            "![bytes per round](plots/bytes.png)",
+            "",
+        ]
     parts += ["Reproduce: `fedmosaic run --config config.toml` (the resolved config in this folder).", ""]
     out = path / "report.md"
     out.write_text("\n".join(parts))
@@ -74,8 +83,16 @@ def write_run_report(path: Path, plots: bool = True) -> Path:
 def comparison_rows(runs: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table (accuracy / macro-F1 per group and overall)."""
     groups = sorted({k for _, s in runs for k in s["final"] if k.startswith("group/")})
-    header = ["run", "algorithm", "overall acc", "overall macro-F1", *[f"{g} acc" for g in groups],
-              "bytes up", "bytes down", "s/round"]
+    header = [
+        "run",
+        "algorithm",
+        "overall acc",
+        "overall macro-F1",
+        *[f"{g} acc" for g in groups],
+        "bytes up",
+        "bytes down",
+        "s/round",
+    ]
     rows = []
     for label, s in runs:
         final = s["final"]
@@ -83,9 +100,18 @@ def comparison_rows(runs: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], 
         def cell(key: str, metric: str, final: dict[str, Any] = final) -> str:
             return f"{final[key][metric]:.3f}" if key in final else "–"
 
-        rows.append([label, s["algorithm"], cell("overall", "accuracy"), cell("overall", "macro_f1"),
-                     *[cell(g, "accuracy") for g in groups], _fmt_bytes(s["bytes_up"]),
-                     _fmt_bytes(s["bytes_down"]), f"{s['seconds_per_round']:.2f}"])
+        rows.append(
+            [
+                label,
+                s["algorithm"],
+                cell("overall", "accuracy"),
+                cell("overall", "macro_f1"),
+                *[cell(g, "accuracy") for g in groups],
+                _fmt_bytes(s["bytes_up"]),
+                _fmt_bytes(s["bytes_down"]),
+                f"{s['seconds_per_round']:.2f}",
+            ]
+        )
     return header, rows
 
 
