@@ -122,7 +122,8 @@ def run(
     except KeyboardInterrupt:
         folder = resume or out_dir or "the run folder"
         err.print(
-            f"interrupted: the last finished round is checkpointed. Continue with: fedmosaic run --resume {folder}",
+            "interrupted: the last finished round is checkpointed. "
+            f"Continue with: fedmosaic run --resume {folder}",
             highlight=False,
             soft_wrap=True,
         )

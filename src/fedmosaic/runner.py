@@ -53,7 +53,7 @@ def start(
     folder = Path(out) if out is not None else default_folder(cfg)
     if RunFolder(folder).exists():
         raise ConfigError(
-            f"--out: {folder} already holds a run; continue it with --resume {folder} or choose another folder"
+            f"--out: {folder} already holds a run; continue it with --resume {folder} or pick another folder"
         )
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")

@@ -113,7 +113,7 @@ class Algorithm:
 
 
 def sample_clients(clients: list[ClientSpec], k: int, rng: Rng) -> list[ClientSpec]:
-    """``k`` clients drawn without replacement from a generator derived from the round (sorted by id)."""
+    """``k`` clients drawn without replacement from a generator derived from the round (in list order)."""
     if k >= len(clients):
         return list(clients)
     picked = rng.numpy("sample-clients").choice(len(clients), size=k, replace=False)

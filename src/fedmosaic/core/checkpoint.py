@@ -40,7 +40,8 @@ def save_message(path: Path, message: Message) -> None:
 
     Metadata values keep their type through a JSON string in the safetensors header.
     """
-    arrays = {k: np.ascontiguousarray(v) for k, v in message.arrays.items()}
+    # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d)
+    arrays = {k: np.require(v, requirements="C") for k, v in message.arrays.items()}
     atomic_write_bytes(path, save(arrays, metadata={"fedmosaic_meta": json.dumps(message.meta)}))
 
 

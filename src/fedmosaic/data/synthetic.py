@@ -45,7 +45,7 @@ class SyntheticOptions(BaseModel):
     )
     caption_reliability: float = Field(0.9, ge=0, le=1, description="P(caption names the true material)")
     shape_mention: float = Field(0.3, ge=0, le=1, description="P(caption names the true shape)")
-    pixel_noise: float = Field(0.15, ge=0, le=1, description="std of Gaussian pixel noise (0-1 scale)")
+    pixel_noise: float = Field(0.08, ge=0, le=1, description="std of Gaussian pixel noise (0-1 scale)")
     max_tokens: int = Field(12, ge=6, le=64, description="caption length in tokens, padded")
 
 
