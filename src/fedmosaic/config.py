@@ -245,7 +245,7 @@ def _format_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set`` value: a TOML literal if it parses as one (``3``, ``0.1``, ``true``, ``[..]``), else a string."""
+    """A ``--set`` value: a TOML literal if it parses (``3``, ``0.1``, ``true``, ``[..]``), else a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
