@@ -16,5 +16,7 @@ def test_default_run_fedavg_beats_local_and_centralized_bounds_it(tmp_path: Path
         assert fedavg[key]["accuracy"] > local[key]["accuracy"], key
     assert central["overall"]["accuracy"] >= fedavg["overall"]["accuracy"]
     # single-modality clients are measurably worse than complete ones: the task needs both modalities
-    assert fedavg["group/image+text"]["accuracy"] > max(fedavg["group/image"]["accuracy"],
-                                                          fedavg["group/text"]["accuracy"]) + 0.1
+    assert (
+        fedavg["group/image+text"]["accuracy"]
+        > max(fedavg["group/image"]["accuracy"], fedavg["group/text"]["accuracy"]) + 0.1
+    )

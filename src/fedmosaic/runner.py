@@ -83,7 +83,8 @@ def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None) -> 
         callback = progress(name, run_cfg.rounds) if progress else None
         result.summaries[name] = LocalEngine(run_cfg, task, run).run(callback)
         result.folders[name] = run_dir
-        write_run_report(run_dir, plots=cfg.output.plots)
     if len(runs) > 1:
         result.comparison = compare_runs([d for _, _, d in runs], folder, [n for n, _, _ in runs])
+    for _, _, run_dir in runs:
+        write_run_report(run_dir, plots=cfg.output.plots, comparison=result.comparison)
     return result

@@ -155,6 +155,7 @@ class Task:
     labelled: View
     test: View
     extras: dict[str, object] = field(default_factory=dict)
+    _by_id: dict[str, ClientData] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def specs(self) -> list[ClientSpec]:
@@ -162,10 +163,11 @@ class Task:
 
     def client(self, client_id: str) -> ClientData:
         """The client called ``client_id``."""
-        for c in self.clients:
-            if c.spec.id == client_id:
-                return c
-        raise KeyError(f"no client {client_id!r}")
+        if len(self._by_id) != len(self.clients):
+            self._by_id = {c.spec.id: c for c in self.clients}
+        if client_id not in self._by_id:
+            raise KeyError(f"no client {client_id!r}")
+        return self._by_id[client_id]
 
     def pooled_train(self) -> View:
         """All clients' training samples with their masks (the centralized upper bound's data)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ def metrics_table(final: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_run_report(path: Path, plots: bool = True) -> Path:
-    """Write ``report.md`` (and ``plots/*.png``) for the run in ``path``."""
+def write_run_report(path: Path, plots: bool = True, comparison: Path | None = None) -> Path:
+    """Write ``report.md`` (and ``plots/*.png``) for the run in ``path``; link ``comparison`` if given."""
     summary, rows = load_run(path)
     title = f"{summary['algorithm']} on {summary['dataset']} (seed {summary['seed']})"
     parts = [
@@ -74,10 +75,16 @@ def write_run_report(path: Path, plots: bool = True) -> Path:
             "![bytes per round](plots/bytes.png)",
             "",
         ]
+    if comparison is not None:
+        parts += [f"Side by side with the baselines: [{comparison.name}]({_relative(comparison, path)})", ""]
     parts += ["Reproduce: `fedmosaic run --config config.toml` (the resolved config in this folder).", ""]
     out = path / "report.md"
     out.write_text("\n".join(parts))
     return out
+
+
+def _relative(target: Path, start: Path) -> str:
+    return os.path.relpath(target, start)
 
 
 def comparison_rows(runs: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:

@@ -1,0 +1,25 @@
+"""Benchmark scripts run in smoke mode so they never rot (full runs are not part of the tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_default_task_benchmark_smoke(tmp_path: Path) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "default_task.py"), "--smoke", "--output", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("| fedavg |", "| local |", "| centralized |", "default_task.py"):
+        assert name in proc.stdout
+    assert not target.exists()  # smoke mode never overwrites the published table
