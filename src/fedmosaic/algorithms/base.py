@@ -73,3 +73,10 @@ class GlobalModelServer:
 
     def load_state(self, state: Message) -> None:
         load_arrays(self.model, state.arrays)
+
+
+def weighted_train_loss(replies: dict[str, Message]) -> dict[str, float]:
+    """The clients' training losses (``meta["train_loss"]``) averaged, weighted by ``meta["n_train"]``."""
+    total = sum(float(r.meta["n_train"]) for r in replies.values())
+    loss = sum(float(r.meta["train_loss"]) * float(r.meta["n_train"]) for r in replies.values())
+    return {"train_loss": loss / total} if total else {}

@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot
+from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot, weighted_train_loss
 from fedmosaic.algorithms.registry import register
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
@@ -78,9 +78,7 @@ class FedAvgServer(GlobalModelServer):
         current = to_arrays(self.model)
         averaged = {name: (total / weights[name]).astype(current[name].dtype) for name, total in sums.items()}
         load_arrays(self.model, averaged)
-        total = sum(float(r.meta["n_train"]) for r in replies.values())
-        loss = sum(float(r.meta["train_loss"]) * float(r.meta["n_train"]) for r in replies.values())
-        return {"train_loss": loss / total} if total else {}
+        return weighted_train_loss(replies)
 
 
 @register

@@ -7,7 +7,7 @@ averages those numbers (by test subset, by client group, overall).
 
 from __future__ import annotations
 
-from fedmosaic.algorithms.base import ModelSlot
+from fedmosaic.algorithms.base import ModelSlot, weighted_train_loss
 from fedmosaic.algorithms.registry import register
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
@@ -60,9 +60,7 @@ class LocalServer:
         return {c.id: Message() for c in sample_clients(clients, self.settings.clients_per_round, rng)}
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
-        total = sum(float(r.meta["n_train"]) for r in replies.values())
-        loss = sum(float(r.meta["train_loss"]) * float(r.meta["n_train"]) for r in replies.values())
-        return {"train_loss": loss / total} if total else {}
+        return weighted_train_loss(replies)
 
     def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
         return {c.id: Message() for c in clients}
