@@ -240,7 +240,8 @@ def _format_error(exc: ValidationError, prefix: str = "") -> str:
     if _NAMES_KEY.match(msg):
         return msg  # the validator already named the key
     got = err.get("input")
-    tail = f" (got {got!r})" if err["type"] not in ("missing",) and not isinstance(got, dict | list) else ""
+    shows_input = err["type"] == "missing" or isinstance(got, dict | list) or "got " in msg
+    tail = "" if shows_input else f" (got {got!r})"
     return f"{key}: {msg}{tail}" if key else f"{msg}{tail}"
 
 

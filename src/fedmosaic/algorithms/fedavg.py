@@ -75,9 +75,8 @@ class FedAvgServer(GlobalModelServer):
             for name, value in reply.arrays.items():
                 sums[name] = sums.get(name, 0.0) + w * value.astype(np.float64)
                 weights[name] += w
-        current = to_arrays(self.model)
-        averaged = {name: (total / weights[name]).astype(current[name].dtype) for name, total in sums.items()}
-        load_arrays(self.model, averaged)
+        # load_arrays copies into the model's own tensors, which casts back to each entry's dtype
+        load_arrays(self.model, {name: total / weights[name] for name, total in sums.items()})
         return weighted_train_loss(replies)
 
 
