@@ -33,15 +33,16 @@ def test_default_config_loads() -> None:
     assert default_config_path().is_file()
     assert cfg.task.dataset == "synthetic"
     assert cfg.algorithm.name == "fedavg"
-    assert cfg.clients.mix == {"image": 2, "text": 2, "image+text": 6}
-    assert cfg.clients.total == 10
+    assert cfg.clients.mix == {"each": 2, "all": 6}
+    assert cfg.clients.total_for(("image", "text")) == 10
+    assert cfg.clients.total_for(("acc", "gyro", "mag")) == 12
     assert cfg.rounds == 20
     assert cfg.compare == ["local"]
     assert cfg.dataset_options().n_samples == 3000  # type: ignore[attr-defined]
 
 
 def test_tiny_cfg_fixture(tiny_cfg: RunConfig) -> None:
-    assert tiny_cfg.task.options == {"n_samples": 400, "image_size": 24}
+    assert tiny_cfg.task.options == {"n_samples": 400}
     assert tiny_cfg.task.proxy_size == 40
     assert tiny_cfg.task.labelled_size == 40
     assert tiny_cfg.rounds == 2
@@ -133,7 +134,7 @@ def test_overrides_reach_the_config() -> None:
     assert cfg.algorithm.name == "fedprox"
     assert cfg.algorithm.mu == 0.25  # type: ignore[attr-defined]
     assert cfg.clients.mix == {"image": 1, "image+text": 3}
-    assert cfg.clients.total == 4
+    assert cfg.clients.total_for(("image", "text")) == 4
     assert cfg.dataset_options().n_samples == 500  # type: ignore[attr-defined]
 
 
@@ -142,20 +143,20 @@ def test_mix_string_form() -> None:
     assert cfg.clients.mix == {"image": 2, "text": 2, "image+text": 6}
     cfg = load_config(None, ['clients.mix="image:1, text:3"', "clients.count=4"])
     assert cfg.clients.mix == {"image": 1, "text": 3}
-    assert cfg.clients.total == 4
+    assert cfg.clients.total_for(("image", "text")) == 4
 
 
 def test_count_without_mix(tmp_path: Path) -> None:
     from fedmosaic.config import ClientsConfig
 
-    assert ClientsConfig(count=7).total == 7
-    assert ClientsConfig().total == 10
-    assert ClientsConfig(count=6, mix={"image": 2, "text": 4}).total == 6
+    assert ClientsConfig(count=7).total_for(("image", "text")) == 7
+    assert ClientsConfig().total_for(("image", "text")) == 10
+    assert ClientsConfig(count=6, mix={"image": 2, "text": 4}).total_for(("image", "text")) == 6
     path = tmp_path / "nomix.toml"
     path.write_text("[clients]\ncount = 4\n")
     cfg = load_config(path)
     assert cfg.clients.mix is None
-    assert cfg.clients.total == 4
+    assert cfg.clients.total_for(("image", "text")) == 4
 
 
 def test_config_file_and_overrides(tmp_path: Path) -> None:

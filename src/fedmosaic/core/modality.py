@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ModalityKind = Literal["image", "text", "audio", "timeseries"]
-MODALITY_KINDS: tuple[str, ...] = ("image", "text", "audio", "timeseries")
+ModalityKind = Literal["image", "text", "audio", "timeseries", "embedding"]
+MODALITY_KINDS: tuple[str, ...] = ("image", "text", "audio", "timeseries", "embedding")
 
 
 @dataclass(frozen=True)

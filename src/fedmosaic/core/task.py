@@ -46,7 +46,8 @@ class TaskInfo:
         return group_name(modalities, self.modality_names)
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """A store slice as a model input: uint8 images to floats in [0, 1], integers to int64, else float32."""
     if array.dtype == np.uint8:  # images are stored as bytes to keep the store small
         return torch.from_numpy(array.astype(np.float32) / 255.0)
     if np.issubdtype(array.dtype, np.integer):
@@ -127,7 +128,7 @@ class View:
             p, rows = chunks[k]
             idx = self.indices[rows]
             inputs = {
-                names[j]: _to_tensor(self.store[names[j]][idx]) for j in range(len(names)) if patterns[p][j]
+                names[j]: to_tensor(self.store[names[j]][idx]) for j in range(len(names)) if patterns[p][j]
             }
             yield inputs, torch.from_numpy(self.labels_store[idx].astype(np.int64))
 
@@ -179,6 +180,20 @@ class Task:
             np.concatenate([v.indices for v in views]),
             np.concatenate([v.mask for v in views]),
         )
+
+    def data_summary(self) -> dict[str, object]:
+        """Sizes of every part and the bad samples the loader skipped (for the run summary)."""
+        skipped = list(self.extras.get("skipped", []))  # type: ignore[call-overload]
+        return {
+            "samples": len(self.labels),
+            "client_train": sum(len(c.train) for c in self.clients),
+            "client_val": sum(len(c.val) for c in self.clients),
+            "proxy": len(self.proxy),
+            "labelled": len(self.labelled),
+            "test": len(self.test),
+            "skipped": len(skipped),
+            "skipped_examples": skipped[:5],
+        }
 
     def check_disjoint(self) -> None:
         """Raise if any two parts (clients' train/val, proxy, labelled, test) share a sample."""

@@ -1,4 +1,5 @@
-"""Partitioning: which modalities each client holds, and which samples (IID or Dirichlet over labels)."""
+"""Partitioning: which modalities each client holds (a mix of counts or a drop rate), and which
+samples (natural owners, IID, or Dirichlet over labels), with whole blocks kept together."""
 
 from __future__ import annotations
 
@@ -8,11 +9,22 @@ import numpy as np
 def parse_mix(mix: dict[str, int], modality_names: tuple[str, ...]) -> list[tuple[frozenset[str], int]]:
     """Validate a modality mix (``{"image": 2, "text": 2, "image+text": 6}``) against a task.
 
-    Raises ``ValueError`` naming the offending group; the order of groups is kept.
+    Two keys spell a mix for any data set: ``each`` (that many clients per single modality) and
+    ``all`` (clients holding every modality); ``{"each": 2, "all": 6}`` is ``acc:2, gyro:2,
+    acc+gyro:6`` on a sensor task. Raises ``ValueError`` naming the offending group; the order of
+    groups is kept.
     """
     out: list[tuple[frozenset[str], int]] = []
     seen: set[frozenset[str]] = set()
+    expanded: list[tuple[str, int]] = []
     for group, count in mix.items():
+        if group.strip() == "each":
+            expanded.extend((name, count) for name in modality_names)
+        elif group.strip() == "all":
+            expanded.append(("+".join(modality_names), count))
+        else:
+            expanded.append((group, count))
+    for group, count in expanded:
         parts = [p.strip() for p in group.split("+")]
         unknown = [p for p in parts if p not in modality_names]
         if unknown or not all(parts):
@@ -21,13 +33,53 @@ def parse_mix(mix: dict[str, int], modality_names: tuple[str, ...]) -> list[tupl
                 f"but the data set has {', '.join(modality_names)}"
             )
         held = frozenset(parts)
-        if held in seen:
-            raise ValueError(f"group {group!r} is listed twice")
         if count < 0:
             raise ValueError(f"group {group!r} has a negative count ({count})")
+        if held in seen:
+            if len(modality_names) == 1 and group == modality_names[0]:  # 'each' and 'all' coincide
+                out = [(h, c + count) if h == held else (h, c) for h, c in out]
+                continue
+            raise ValueError(f"group {group!r} is listed twice")
         seen.add(held)
         out.append((held, count))
     return out
+
+
+def drop_modalities(
+    n_clients: int, modality_names: tuple[str, ...], rate: float, rng: np.random.Generator
+) -> list[frozenset[str]]:
+    """Each client drops each modality with probability ``rate``; a client that would drop all of
+    them keeps one, chosen uniformly (every client must hold something)."""
+    out = []
+    for _ in range(n_clients):
+        keep = rng.random(len(modality_names)) >= rate
+        if not keep.any():
+            keep[rng.integers(len(modality_names))] = True
+        out.append(frozenset(n for n, k in zip(modality_names, keep, strict=True) if k))
+    return out
+
+
+def take_blocks(
+    candidates: np.ndarray, blocks: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw whole blocks from ``candidates`` (sample indices) in random order until at least ``size``
+    samples are taken (overshoot: less than one block). Returns ``(taken, rest)``, both sorted."""
+    if size <= 0 or len(candidates) == 0:
+        return np.empty(0, dtype=np.int64), np.sort(candidates)
+    ids, inverse = np.unique(blocks[candidates], return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(ids))
+    order = rng.permutation(len(ids))
+    needed = np.searchsorted(np.cumsum(counts[order]), size) + 1
+    chosen = np.zeros(len(ids), dtype=bool)
+    chosen[order[:needed]] = True
+    pick = chosen[inverse]
+    return np.sort(candidates[pick]), np.sort(candidates[~pick])
+
+
+def split_natural(indices: np.ndarray, groups: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+    """One part per natural owner present among ``indices``: ``(owner ids, parts)``, owners sorted."""
+    owners = np.unique(groups[indices])
+    return owners.tolist(), [np.sort(indices[groups[indices] == g]) for g in owners]
 
 
 def client_modalities(mix: list[tuple[frozenset[str], int]]) -> list[frozenset[str]]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel
 
 from fedmosaic.core.modality import Modality
 from fedmosaic.data import synthetic
-from fedmosaic.data.registry import DatasetEntry, LoadedData, register_dataset
+from fedmosaic.data.registry import DatasetEntry, LoadContext, LoadedData, register_dataset
 from fedmosaic.data.text import encode, word_tokenizer
 
 
@@ -16,10 +14,10 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return ("image", "text")
 
 
-def load(options: BaseModel, data_dir: Path | None, seed: int) -> LoadedData:
-    """Generate the task's samples from ``seed`` (``data_dir`` is unused: nothing is read)."""
+def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
+    """Generate the task's samples from ``ctx.seed`` (nothing is read from disk)."""
     assert isinstance(options, synthetic.SyntheticOptions)
-    samples = synthetic.generate(options, seed)
+    samples = synthetic.generate(options, ctx.seed)
     tokenizer = word_tokenizer(synthetic.vocabulary())
     tokens = encode(tokenizer, samples.captions, options.max_tokens)
     size = options.image_size

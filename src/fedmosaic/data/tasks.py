@@ -1,95 +1,261 @@
-"""Assemble a Task from a run config: load the data set once, then split it by index."""
+"""Assemble a Task from a run config: load the data set once, then split it by index.
+
+Order of work, and why:
+1. load (the loader validates its files; bad samples raise or are skipped and counted);
+2. the server's test, proxy and labelled sets, as *whole blocks* (overlapping windows of one
+   recording segment, the captions of one photo, the pairs of one image never straddle two parts),
+   unless the data fixes a sample's role (official test users, a ``server/test`` folder);
+3. clients from what is left: natural owners, IID or Dirichlet over labels; which modalities each
+   holds (a mix of counts or a drop rate), intersected with what each sample really has;
+4. text tokenised with the model's tokenizer (a WordPiece trained on client data only for the
+   small random BERT); sensor and audio channels standardised with client-training statistics only;
+5. optionally the frozen-encoder mode replaces pretrained modalities by cached embeddings.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedmosaic.core.modality import ClientSpec
+from fedmosaic.core.modality import ClientSpec, Modality
 from fedmosaic.core.seeding import numpy_rng
 from fedmosaic.core.task import ClientData, Task, TaskInfo, View
-from fedmosaic.data.partition import client_modalities, parse_mix, split_dirichlet, split_iid
-from fedmosaic.data.registry import get_dataset
+from fedmosaic.data.partition import (
+    client_modalities,
+    drop_modalities,
+    parse_mix,
+    split_dirichlet,
+    split_iid,
+    split_natural,
+    take_blocks,
+)
+from fedmosaic.data.registry import (
+    ROLE_FREE,
+    ROLE_LABELLED,
+    ROLE_PROXY,
+    ROLE_TEST,
+    ROLE_VAL,
+    LoadContext,
+    LoadedData,
+    get_dataset,
+)
 
 if TYPE_CHECKING:
     from fedmosaic.config import RunConfig
+
+# Per-channel standardisation applies to these kinds (images are bytes, text ids, embeddings as given).
+STANDARDISED_KINDS = ("timeseries", "audio")
 
 
 class TaskSplitError(ValueError):
     """The data set cannot be split as configured (message names the config key)."""
 
 
-def _full_mask(n: int, m: int) -> np.ndarray:
-    return np.ones((n, m), dtype=bool)
+def load_data(cfg: RunConfig) -> LoadedData:
+    """Run the configured data set's loader (its bad samples raise or are recorded as skipped)."""
+    entry = get_dataset(cfg.task.dataset)
+    ctx = LoadContext(cfg.task.data_dir, cfg.seed, cfg.task.on_bad_sample)
+    loaded = entry.load(cfg.dataset_options(), ctx)
+    loaded.skipped = list(dict.fromkeys([*loaded.skipped, *ctx.skipped]))
+    if len(loaded) == 0:
+        raise TaskSplitError(f"task.dataset: {cfg.task.dataset!r} loaded no samples")
+    return loaded
 
 
 def build_task(cfg: RunConfig) -> Task:
-    """Load ``cfg.task.dataset`` and split it from ``cfg.seed``: test, proxy, labelled, then clients.
+    """Load ``cfg.task.dataset`` and split it from ``cfg.seed`` into test, proxy, labelled, clients.
 
-    Every part is a disjoint index array into one store. Each client's mask holds exactly the
-    modalities its group names.
+    Every part is a disjoint index array into one store; each client's mask holds the modalities its
+    group names and its samples have.
     """
-    entry = get_dataset(cfg.task.dataset)
-    loaded = entry.load(cfg.dataset_options(), cfg.task.data_dir, cfg.seed)
+    loaded = load_data(cfg)
     names = tuple(m.name for m in loaded.modalities)
-    info = TaskInfo(cfg.task.dataset, loaded.modalities, len(loaded.class_names), loaded.class_names)
-    n, m = len(loaded.labels), len(names)
-    mix = cfg.clients.mix or {"+".join(names): cfg.clients.total}
-    holdings = client_modalities(parse_mix(mix, names))
-
+    n, m = len(loaded), len(names)
     rng = numpy_rng(cfg.seed, 0, "task", "split")
-    order = rng.permutation(n)
-    n_test = max(1, round(cfg.task.test_fraction * n))
-    sizes = {"test": n_test, "proxy": cfg.task.proxy_size, "labelled": cfg.task.labelled_size}
-    if sum(sizes.values()) >= n:
-        raise TaskSplitError(
-            f"task.proxy_size/labelled_size/test_fraction: the server sets take {sum(sizes.values())} of "
-            f"{n} samples, leaving none for clients"
-        )
-    cuts = np.cumsum(list(sizes.values()))
-    test_idx, proxy_idx, labelled_idx, client_pool = np.split(order, cuts)
-    per_client_min = 2 if cfg.task.val_fraction == 0 else 3
-    if len(client_pool) < per_client_min * len(holdings):
-        raise TaskSplitError(
-            f"clients.count: {len(holdings)} clients need at least {per_client_min * len(holdings)} "
-            f"samples, but only {len(client_pool)} are left for clients"
-        )
-    if cfg.task.partition == "dirichlet":
-        parts = split_dirichlet(
-            client_pool, loaded.labels, len(holdings), cfg.task.alpha, rng, per_client_min
-        )
-    else:
-        parts = split_iid(client_pool, len(holdings), rng)
+    role = loaded.role if loaded.role is not None else np.zeros(n, dtype=np.int8)
+    blocks = loaded.blocks if loaded.blocks is not None else np.arange(n)
+    present = loaded.present if loaded.present is not None else np.ones((n, m), dtype=bool)
 
-    def view(idx: np.ndarray, mask: np.ndarray | None = None) -> View:
-        return View(info, loaded.store, loaded.labels, idx, _full_mask(len(idx), m) if mask is None else mask)
+    server, pool = _server_parts(cfg, role, blocks, rng)
+    owners, parts = _client_parts(cfg, loaded, pool, rng)
+    holdings = _holdings(cfg, names, len(parts), rng)
 
-    test = view(np.sort(test_idx))
+    modalities, store = _prepare_store(cfg, loaded, np.concatenate(parts))
+    info = TaskInfo(cfg.task.dataset, modalities, len(loaded.class_names), loaded.class_names)
+
+    def view(idx: np.ndarray, keep: np.ndarray | None = None) -> View:
+        mask = present[idx] if keep is None else present[idx] & keep[None, :]
+        rows = mask.any(axis=1)
+        return View(info, store, loaded.labels, idx[rows], mask[rows])
+
+    test = view(server["test"])
     clients = []
     for k, (held, idx) in enumerate(zip(holdings, parts, strict=True)):
-        idx = rng.permutation(idx)
-        n_val = round(cfg.task.val_fraction * len(idx))
-        train_idx, val_idx = np.sort(idx[n_val:]), np.sort(idx[:n_val])
         keep = np.array([name in held for name in names])
-        spec = ClientSpec(f"client_{k}", frozenset(held), len(train_idx), info.group(held))
-        clients.append(
-            ClientData(
-                spec,
-                view(train_idx, np.tile(keep, (len(train_idx), 1))),
-                view(val_idx, np.tile(keep, (len(val_idx), 1))),
-                test.restrict(frozenset(held)),
+        train_idx, val_idx = _train_val(idx, role, cfg.task.val_fraction, rng)
+        train, val = view(train_idx, keep), view(val_idx, keep)
+        client_id = _client_id(loaded, owners[k]) if owners else f"client_{k}"
+        if len(train) == 0:
+            raise TaskSplitError(
+                f"clients.mix: client {client_id} holds {info.group(held) or 'nothing'} but none of its "
+                "samples has those modalities"
             )
-        )
+        held = frozenset(held) & train.modalities  # a folder client without captions holds no text
+        spec = ClientSpec(client_id, held, len(train), info.group(held))
+        clients.append(ClientData(spec, train, val.restrict(held), test.restrict(held)))
+    if cfg.clients.per_round is not None and cfg.clients.per_round > len(clients):
+        raise TaskSplitError(f"clients.per_round: {cfg.clients.per_round} exceeds the {len(clients)} clients")
+    extras: dict[str, Any] = {**loaded.extras, "skipped": loaded.skipped}
     task = Task(
-        info,
-        loaded.store,
-        loaded.labels,
-        clients,
-        view(np.sort(proxy_idx)),
-        view(np.sort(labelled_idx)),
-        test,
-        dict(loaded.extras),
+        info, store, loaded.labels, clients, view(server["proxy"]), view(server["labelled"]), test, extras
     )
     task.check_disjoint()
     return task
+
+
+def _server_parts(
+    cfg: RunConfig, role: np.ndarray, blocks: np.ndarray, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Test, proxy and labelled index sets (whole blocks, or as the data fixes them) and the rest."""
+    n = len(role)
+    free = np.flatnonzero(role == ROLE_FREE)
+    default = min(200, round(0.1 * n))
+    wanted = {
+        "test": (ROLE_TEST, max(1, round(cfg.task.test_fraction * n))),
+        "proxy": (ROLE_PROXY, default if cfg.task.proxy_size is None else cfg.task.proxy_size),
+        "labelled": (ROLE_LABELLED, default if cfg.task.labelled_size is None else cfg.task.labelled_size),
+    }
+    parts: dict[str, np.ndarray] = {}
+    for name, (fixed_role, size) in wanted.items():
+        fixed = np.flatnonzero(role == fixed_role)
+        if len(fixed):
+            parts[name] = fixed
+        else:
+            parts[name], free = take_blocks(free, blocks, size, rng)
+    pool = np.sort(np.concatenate([free, np.flatnonzero(role == ROLE_VAL)]))
+    if len(pool) == 0:
+        taken = sum(len(p) for p in parts.values())
+        raise TaskSplitError(
+            f"task.proxy_size/labelled_size/test_fraction: the server sets take {taken} of {n} samples, "
+            "leaving none for clients"
+        )
+    return parts, pool
+
+
+def _client_parts(
+    cfg: RunConfig, loaded: LoadedData, pool: np.ndarray, rng: np.random.Generator
+) -> tuple[list[int], list[np.ndarray]]:
+    """The samples of each client: ``(natural owner ids or [], parts)``."""
+    names = tuple(m.name for m in loaded.modalities)
+    if cfg.task.partition == "natural":
+        if loaded.groups is None:
+            raise TaskSplitError(
+                f"task.partition: data set {cfg.task.dataset!r} has no natural clients; use iid or dirichlet"
+            )
+        owners, parts = split_natural(pool, loaded.groups)
+        wanted = _configured_count(cfg, names)
+        if wanted is not None and wanted != len(parts):
+            unit = get_dataset(cfg.task.dataset).natural_unit or "owner"
+            raise TaskSplitError(
+                f"clients.mix: the natural split of {cfg.task.dataset!r} gives {len(parts)} clients (one per "
+                f"{unit} outside the server's sets), but the config asks for {wanted}; give a mix that sums "
+                f'to {len(parts)}, or clients.mix="" for every modality at every client'
+            )
+        return owners, parts
+    n_clients = _configured_count(cfg, names) or 10
+    per_client_min = 2 if cfg.task.val_fraction == 0 else 3
+    if len(pool) < per_client_min * n_clients:
+        raise TaskSplitError(
+            f"clients.count: {n_clients} clients need at least {per_client_min * n_clients} "
+            f"samples, but only {len(pool)} are left for clients"
+        )
+    if cfg.task.partition == "dirichlet":
+        return [], split_dirichlet(pool, loaded.labels, n_clients, cfg.task.alpha, rng, per_client_min)
+    return [], split_iid(pool, n_clients, rng)
+
+
+def _configured_count(cfg: RunConfig, names: tuple[str, ...]) -> int | None:
+    if cfg.clients.mix is not None:
+        return cfg.clients.total_for(names)
+    return cfg.clients.count
+
+
+def _holdings(
+    cfg: RunConfig, names: tuple[str, ...], n_clients: int, rng: np.random.Generator
+) -> list[frozenset[str]]:
+    """Which modalities each client holds: the mix (shuffled over natural owners), a drop rate, or all."""
+    if cfg.clients.drop_rate is not None:
+        return drop_modalities(n_clients, names, cfg.clients.drop_rate, rng)
+    if cfg.clients.mix is None:
+        return [frozenset(names)] * n_clients
+    held = client_modalities(parse_mix(cfg.clients.mix, names))
+    if cfg.task.partition == "natural":  # which user gets which sensors must not follow user ids
+        held = [held[i] for i in rng.permutation(len(held))]
+    return held
+
+
+def _train_val(
+    idx: np.ndarray, role: np.ndarray, val_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A client's own validation samples: those the data marks ``val``, else a random fraction."""
+    fixed = role[idx] == ROLE_VAL
+    if fixed.any():
+        return np.sort(idx[~fixed]), np.sort(idx[fixed])
+    idx = rng.permutation(idx)
+    n_val = round(val_fraction * len(idx))
+    return np.sort(idx[n_val:]), np.sort(idx[:n_val])
+
+
+def _client_id(loaded: LoadedData, owner: int) -> str:
+    name = loaded.group_names[owner] if owner < len(loaded.group_names) else f"client_{owner}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _prepare_store(
+    cfg: RunConfig, loaded: LoadedData, client_idx: np.ndarray
+) -> tuple[tuple[Modality, ...], dict[str, np.ndarray]]:
+    """Tokenise text, standardise sensor/audio channels (client statistics only), freeze if asked."""
+    modalities = list(loaded.modalities)
+    store = dict(loaded.store)
+    stats: dict[str, dict[str, list[float]]] = {}
+    for j, mod in enumerate(modalities):
+        if mod.name in loaded.texts:
+            store[mod.name], vocab = _tokenise(cfg, loaded.texts[mod.name], client_idx, mod.shape[0])
+            modalities[j] = Modality(mod.name, mod.kind, mod.shape, vocab_size=vocab)
+        elif mod.kind in STANDARDISED_KINDS:
+            store[mod.name], stats[mod.name] = _standardise(store[mod.name], client_idx)
+    loaded.extras["normalisation"] = stats
+    if cfg.model.freeze_encoders:
+        from fedmosaic.models.frozen import freeze_store
+
+        frozen, store, report = freeze_store(tuple(modalities), store, cfg.model, cfg.seed)
+        loaded.extras["frozen_encoders"] = report
+        return tuple(frozen), store
+    return tuple(modalities), store
+
+
+def _tokenise(
+    cfg: RunConfig, texts: list[str], client_idx: np.ndarray, max_tokens: int
+) -> tuple[np.ndarray, int]:
+    from fedmosaic.data.text import load_tokenizer, tokenize_texts, train_wordpiece
+
+    if cfg.model.text_encoder == "tiny":
+        # The vocabulary is learnt from client texts only: test captions must not shape it.
+        tokenizer = train_wordpiece([texts[i] for i in client_idx])
+    else:
+        tokenizer = load_tokenizer(cfg.model.text_encoder)
+    return tokenize_texts(tokenizer, texts, max_tokens), len(tokenizer)
+
+
+def _standardise(array: np.ndarray, client_idx: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]]]:
+    """Per-channel (axis 1) mean/std over the clients' samples, applied to every sample."""
+    sample = array[client_idx]
+    axes = tuple(i for i in range(sample.ndim) if i != 1)
+    mean = sample.mean(axis=axes, dtype=np.float64)
+    std = sample.std(axis=axes, dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)  # a constant channel carries no information; keep it at 0
+    shape = (1, -1) + (1,) * (array.ndim - 2)
+    out = ((array - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+    return out, {"mean": mean.tolist(), "std": std.tolist()}

@@ -1,12 +1,26 @@
-"""Tokenizers built offline (no hub download): a word-level vocabulary wrapped as a HF fast tokenizer."""
+"""Tokenizers: built offline (word level, WordPiece) or loaded from a pretrained text model.
+
+Every text encoder in fedmosaic treats id 0 as padding; the tokenizers made or accepted here all pad
+with id 0.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
 import numpy as np
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+from fedmosaic.config import ConfigError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # [PAD] is id 0: the text encoders rely on it
+
+T = TypeVar("T")
 
 
 def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
@@ -30,3 +44,105 @@ def encode(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_tokens: int
         row = [cls_id, *ids][:max_tokens]
         out[i, : len(row)] = row
     return out
+
+
+def resolve_source(source: str | Path) -> str:
+    """A hub id unchanged; an existing local folder (``~`` expanded) as its absolute path."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
+
+
+def _looks_like_path(text: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else the user typed is meant as a folder.
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar from transformers for a local load that takes a fraction of a second."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_pretrained(factory: Callable[[str], T], source: str | Path, what: str) -> T:
+    """``factory(source)`` (a ``from_pretrained``) with not-found/offline errors as one :class:`ConfigError`.
+
+    The same call takes a hub id (downloaded, or from the local hub cache when offline) and a local
+    model folder. ``what`` names the part being loaded in the message ("tokenizer", "model").
+    """
+    text = str(source)
+    try:
+        with _quiet_loading():
+            return factory(resolve_source(source))
+    except (OSError, ValueError) as exc:  # transformers reports missing folders, ids and files as OSError
+        if _looks_like_path(text) and not Path(text).expanduser().exists():
+            reason = "no such folder"
+        else:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[0] if lines else type(exc).__name__
+        raise ConfigError(
+            f"model.text_encoder: cannot load the {what} from {text!r} ({reason}); give a local model "
+            "folder or a hub id that is cached (a download needs internet access)"
+        ) from None
+
+
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerFast:
+    """The tokenizer of a pretrained text model (hub id or local folder), through ``AutoTokenizer``.
+
+    The text encoders treat id 0 as padding, so a tokenizer whose pad id is not 0 is refused with a
+    one-line :class:`ConfigError` naming ``model.text_encoder``.
+    """
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, source, "tokenizer")
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise ConfigError(f"model.text_encoder: {str(source)!r} has no fast (Rust) tokenizer")
+    if tokenizer.pad_token_id != 0:
+        raise ConfigError(
+            f"model.text_encoder: the tokenizer of {str(source)!r} pads with id "
+            f"{tokenizer.pad_token_id}, but fedmosaic's text encoders need pad id 0"
+        )
+    return tokenizer
+
+
+def train_wordpiece(texts: Sequence[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer trained on ``texts`` (BERT-style splitting and specials).
+
+    Specials are ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, ``[SEP]`` = 3; encoding wraps a text in
+    ``[CLS] ... [SEP]`` like a BERT tokenizer, so :func:`tokenize_texts` treats it like a pretrained one.
+    """
+    if not texts:
+        raise ValueError("train_wordpiece: no texts to train on")
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"train_wordpiece: vocab_size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    core.post_processor = processors.BertProcessing(
+        ("[SEP]", core.token_to_id("[SEP]")), ("[CLS]", core.token_to_id("[CLS]"))
+    )
+    core.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+
+
+def tokenize_texts(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+    """Token ids ``(n, max_tokens)`` as int32 with the tokenizer's own specials, truncated, padded with 0."""
+    if tokenizer.pad_token_id != 0:
+        raise ValueError(f"tokenize_texts: the tokenizer pads with id {tokenizer.pad_token_id}, not 0")
+    if max_tokens < 2:
+        raise ValueError(f"tokenize_texts: max_tokens must be >= 2, got {max_tokens}")
+    if not texts:
+        return np.zeros((0, max_tokens), dtype=np.int32)
+    ids = tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="np"
+    )["input_ids"]
+    return ids.astype(np.int32)
