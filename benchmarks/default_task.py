@@ -10,12 +10,13 @@ macro-F1 per client group and overall, bytes per round, seconds per round, peak 
 from __future__ import annotations
 
 import argparse
-import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from _common import BENCHMARKS_MD, write_section
+from _common import mean_std as _ms
 from fedmosaic import runner
 from fedmosaic.config import load_config
 
@@ -29,7 +30,7 @@ SMOKE = [
     "model.embed_dim=16",
     "model.text_hidden=16",
 ]
-BEGIN, END = "<!-- default-task:begin -->", "<!-- default-task:end -->"
+SECTION = "default-task"
 
 
 def run(seeds: list[int], smoke: bool, workdir: Path) -> dict[str, list[dict]]:
@@ -48,14 +49,9 @@ def run(seeds: list[int], smoke: bool, workdir: Path) -> dict[str, list[dict]]:
     return out
 
 
-def _ms(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
-
-
 def table(results: dict[str, list[dict]], seeds: list[int], command: str) -> str:
     """The markdown section."""
     lines = [
-        BEGIN,
         f"Default task (synthetic image+text, 2 image-only / 2 text-only / 6 image+text clients), "
         f"seeds {', '.join(map(str, seeds))}; mean ± std over seeds. Command: `{command}`",
         "",
@@ -70,20 +66,8 @@ def table(results: dict[str, list[dict]], seeds: list[int], command: str) -> str
         sec = _ms([s["seconds_per_round"] for s in summaries])
         mem = np.mean([s["peak_rss_mb"] for s in summaries])
         lines.append(f"| {name} | " + " | ".join(acc) + f" | {f1} | {mb:.2f} | {sec} | {mem:.0f} |")
-    lines += ["", "Majority-class accuracy on this task is about 1/12 = 0.083 (balanced classes).", END]
+    lines += ["", "Majority-class accuracy on this task is about 1/12 = 0.083 (balanced classes)."]
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the section between the markers."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = (
-        pattern.sub(lambda _: section, text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + section + "\n"
-    )
-    path.write_text(text)
 
 
 def main() -> None:
@@ -92,9 +76,7 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, one seed; does not touch BENCHMARKS.md"
     )
-    parser.add_argument(
-        "--output", type=Path, default=Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-    )
+    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.smoke else args.seeds
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +87,7 @@ def main() -> None:
     section = table(results, seeds, command)
     print(section)
     if not args.smoke:
-        write_section(args.output, section)
+        write_section(args.output, SECTION, section)
 
 
 if __name__ == "__main__":

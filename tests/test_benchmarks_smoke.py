@@ -23,3 +23,22 @@ def test_default_task_benchmark_smoke(tmp_path: Path) -> None:
     for name in ("| fedavg |", "| local |", "| centralized |", "default_task.py"):
         assert name in proc.stdout
     assert not target.exists()  # smoke mode never overwrites the published table
+
+
+def test_uci_har_benchmark_smoke(tmp_path: Path) -> None:
+    if not (ROOT.parent / "shared" / "datasets" / "uci-hapt" / "HAPT-RawData.tar.xz").is_file():
+        import pytest
+
+        pytest.skip("real HAPT archive not available")
+    target = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "uci_har.py"), "--smoke", "--output", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    for text in ("| acc+gyro at every client |", "| modality drop rate 0.5 |", "FedAvg F1 77.7"):
+        assert text in proc.stdout
+    assert not target.exists()

@@ -105,6 +105,7 @@ def run(
     """Run an experiment (the embedded default when no option is given), or --resume one."""
     from fedmosaic import runner
     from fedmosaic.config import ConfigError, load_config
+    from fedmosaic.data.registry import DataError
     from fedmosaic.data.tasks import TaskSplitError
 
     try:
@@ -117,7 +118,7 @@ def run(
             cfg = load_config(config, set_ or [])
             with _progress(not quiet and cfg.engine.progress) as progress:
                 result = runner.start(cfg, out_dir, progress)
-    except (ConfigError, TaskSplitError) as exc:
+    except (ConfigError, TaskSplitError, DataError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         folder = resume or out_dir or "the run folder"

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine
+from fedmosaic.engines.local import LocalEngine, configure_threads
 from fedmosaic.engines.run_folder import RunFolder
 from fedmosaic.reporting.report import compare_runs, write_run_report
 
@@ -57,8 +58,10 @@ def start(
         )
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
+    configure_threads(cfg)
+    task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
     RunFolder(folder).write_config(cfg.to_toml_dict())
-    return _execute(cfg, folder, progress)
+    return _execute(cfg, folder, progress, task)
 
 
 def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentResult:
@@ -66,11 +69,12 @@ def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentR
     run = RunFolder(folder)
     if not run.exists():
         raise ConfigError(f"--resume: {folder} holds no run (no config.toml)")
-    return _execute(load_config(run.config), Path(folder), progress)
+    cfg = load_config(run.config)
+    configure_threads(cfg)
+    return _execute(cfg, Path(folder), progress, build_task(cfg))
 
 
-def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None) -> ExperimentResult:
-    task = build_task(cfg)
+def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, task: Task) -> ExperimentResult:
     result = ExperimentResult(folder)
     runs = [(cfg.algorithm.name, cfg, folder)]
     for name in dict.fromkeys(cfg.compare):

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import ServerData, Settings
 from fedmosaic.core.seeding import SERVER, Rng
@@ -35,8 +37,14 @@ def settings_for(cfg: RunConfig, task: Task) -> Settings:
         model=cfg.model,
         seed=cfg.seed,
         rounds=cfg.rounds,
-        clients_per_round=cfg.clients.per_round or cfg.clients.total,
+        clients_per_round=cfg.clients.per_round or len(task.clients),
     )
+
+
+def configure_threads(cfg: RunConfig) -> None:
+    """Apply ``engine.threads`` to torch (process-wide; 0 keeps torch's own default)."""
+    if cfg.engine.threads:
+        torch.set_num_threads(cfg.engine.threads)
 
 
 class LocalEngine:
@@ -46,6 +54,7 @@ class LocalEngine:
         self.cfg = cfg
         self.task = task
         self.folder = folder
+        configure_threads(cfg)
         algorithm = get_algorithm(cfg.algorithm.name)
         settings = settings_for(cfg, task)
         pooled = task.pooled_train() if algorithm.needs_pooled_data else None
@@ -128,6 +137,7 @@ class LocalEngine:
             "groups": {
                 g: sum(1 for s in self.specs if s.group == g) for g in sorted({s.group for s in self.specs})
             },
+            "data": self.task.data_summary(),
             "final": evaluated[-1]["eval"] if evaluated else {},
             "bytes_up": totals["bytes_up"],
             "bytes_down": totals["bytes_down"],
