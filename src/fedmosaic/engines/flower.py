@@ -1,0 +1,466 @@
+"""The Flower engine: any fedmosaic Algorithm across machines on Flower's Deployment Engine.
+
+``server_app`` (a Flower ``ServerApp``) runs the algorithm's server half on the coordinator;
+``client_app`` (a Flower ``ClientApp``) runs its client half on every SuperNode. Flower carries the
+messages (SuperLink, SuperNodes, ``flwr run``); fedmosaic writes no network code.
+
+Rounds follow the local engine exactly (:class:`FlowerEngine` reuses its loop, checkpoints and
+summary), with one difference: instead of calling ``client.fit`` in-process, the plan is grouped by
+the SuperNode that hosts each client and sent as one Flower message per node
+(:mod:`fedmosaic.engines.flower_records` does the Message <-> RecordDict mapping). A client's
+persistent state lives in Flower's ``Context.state`` on its node and survives between rounds.
+
+Where the data comes from:
+
+- the server's proxy, labelled and test sets: the run config (``task.*``) on the coordinator;
+- each node's clients: the node folder named by the SuperNode's ``--node-config data-dir=...``;
+  ``modalities="image,text"`` narrows what the node's clients hold (see :mod:`.node_data`).
+
+Run config (``[tool.flwr.app.config]``, overridable with ``flwr run --run-config``):
+``config`` (a fedmosaic TOML on the coordinator, "" = the embedded default), ``set`` (overrides
+separated by ``;``), ``out`` (the results folder), ``min-nodes``, ``node-wait-s`` (bounded wait
+for ``min-nodes`` before round 1), ``reply-timeout-s`` (bounded wait per round), ``poll-s``.
+
+``python -m fedmosaic.engines.flower app DIR`` writes the Flower app folder ``flwr run`` takes;
+``python -m fedmosaic.engines.flower prepare-nodes`` writes node folders from a run config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedmosaic.algorithms.registry import get_algorithm
+from fedmosaic.config import ConfigError, RunConfig, load_config, validate
+from fedmosaic.core.algorithm import ServerData, Settings
+from fedmosaic.core.message import Message as FMessage
+from fedmosaic.core.modality import ClientSpec
+from fedmosaic.core.seeding import SERVER, Rng
+from fedmosaic.core.task import Task
+from fedmosaic.engines.flower_records import (
+    get_json,
+    get_message,
+    get_messages,
+    put_json,
+    put_message,
+    spec_from_json,
+    spec_to_json,
+    total_nbytes,
+)
+from fedmosaic.engines.local import LocalEngine, configure_threads
+from fedmosaic.engines.node_data import export_node, info_to_json, load_node, parse_modalities
+from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.state_store import ClientStateStore
+
+# Flower message types: the ClientApp answers "query" (which clients do you host?), "train", "evaluate".
+QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
+RUN = "fedmosaic"  # ConfigRecord holding the run config and the round
+STATE = "state"  # Context.state slot of the clients' persistent states
+DEFAULT_RUN_CONFIG: dict[str, Any] = {
+    "config": "",
+    "set": "",
+    "out": "",
+    "min-nodes": 1,
+    "node-wait-s": 60.0,
+    "reply-timeout-s": 600.0,
+    "poll-s": 0.05,
+}
+
+
+class FlowerRunError(RuntimeError):
+    """The federation did not behave: too few nodes, a node failed or did not answer in time."""
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+def parse_overrides(text: str) -> list[str]:
+    """``"rounds=2; seed=1"`` -> ``["rounds=2", "seed=1"]`` (Flower run config values are scalars)."""
+    return [part.strip() for part in str(text).split(";") if part.strip()]
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 0.2) -> list[int]:
+    """Connected node ids once ``minimum`` are there; :class:`FlowerRunError` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise FlowerRunError(
+                f"min-nodes: {len(nodes)} SuperNode(s) connected after {timeout_s:.0f} s, {minimum} needed"
+            )
+        time.sleep(poll_s)
+
+
+class Exchange:
+    """One request/reply round trip with a set of nodes, bounded in time.
+
+    Uses ``Grid.push_messages``/``pull_messages`` rather than ``send_and_receive``: the latter sleeps
+    3 s between polls, which would dominate a round of a small task.
+    """
+
+    def __init__(self, grid: Grid, timeout_s: float, poll_s: float) -> None:
+        self.grid, self.timeout_s, self.poll_s = grid, timeout_s, poll_s
+
+    def __call__(self, kind: str, contents: dict[int, RecordDict], group: str) -> dict[int, RecordDict]:
+        messages = [
+            Message(content=content, dst_node_id=node, message_type=kind, group_id=group)
+            for node, content in contents.items()
+        ]
+        ids = list(self.grid.push_messages(messages))
+        node_of = dict(zip(ids, contents, strict=True))
+        pending, replies = set(ids), {}
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                source = reply.metadata.reply_to_message_id
+                pending.discard(source)
+                if reply.has_error():
+                    raise FlowerRunError(
+                        f"node {node_of[source]} failed on {kind} ({group}): {reply.error.reason}"
+                    )
+                replies[node_of[source]] = reply.content
+            if pending and time.monotonic() >= deadline:
+                missing = sorted(node_of[m] for m in pending)
+                raise FlowerRunError(
+                    f"reply-timeout-s: node(s) {missing} did not answer {kind} ({group}) "
+                    f"within {self.timeout_s:.0f} s"
+                )
+            if pending:
+                time.sleep(self.poll_s)
+        return replies
+
+
+class _ServerTask:
+    """What the summary needs from the task when clients live on other machines."""
+
+    def __init__(self, task: Task, client_train: int, client_val: int) -> None:
+        self.info, self._task = task.info, task
+        self._client = {"client_train": client_train, "client_val": client_val}
+
+    def data_summary(self) -> dict[str, object]:
+        summary = self._task.data_summary()
+        summary.update(self._client)  # the nodes' clients, not the coordinator's own split
+        return summary
+
+
+class FlowerEngine(LocalEngine):
+    """The local engine's round loop with clients on SuperNodes.
+
+    Reuses :class:`LocalEngine` (``run``, checkpoints, ``metrics.jsonl``, ``timings.jsonl``,
+    ``summary.json``) so both engines write the same files with the same helpers; only a round's
+    client calls differ. Client states stay on the nodes, so there is no ``--resume`` on Flower.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task: Task,
+        folder: RunFolder,
+        exchange: Exchange,
+        specs: list[ClientSpec],
+        node_of: dict[str, int],
+        client_val: int,
+    ) -> None:
+        configure_threads(cfg)
+        algorithm = get_algorithm(cfg.algorithm.name)
+        if algorithm.needs_pooled_data:
+            raise ConfigError(
+                f"algorithm.name: {cfg.algorithm.name!r} trains on pooled client data, which a "
+                "federation never has; run it with the local engine"
+            )
+        self.cfg, self.folder, self.exchange = cfg, folder, exchange
+        self.specs, self.node_of = specs, node_of
+        self.task = _ServerTask(task, sum(s.n_train for s in self.specs), client_val)  # type: ignore[assignment]
+        settings = Settings(
+            info=task.info,
+            algorithm=cfg.algorithm,
+            training=cfg.training,
+            model=cfg.model,
+            seed=cfg.seed,
+            rounds=cfg.rounds,
+            clients_per_round=cfg.clients.per_round or len(self.specs),
+        )
+        self.server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
+        # Unused on the coordinator (states live on the nodes); LocalEngine._restore rolls it back.
+        self.states = ClientStateStore(folder.client_states, 0)
+        self.run_record = {
+            "config": tomli_w.dumps(cfg.to_toml_dict()),
+            "clients-per-round": settings.clients_per_round,
+        }
+
+    def _send(self, kind: str, r: int, plan: dict[str, FMessage]) -> dict[str, FMessage]:
+        """Send each node the messages of the clients it hosts; replies in plan order."""
+        contents: dict[int, RecordDict] = {}
+        for cid, message in plan.items():
+            node = self.node_of[cid]
+            if node not in contents:
+                contents[node] = RecordDict()
+                put_json(contents[node], RUN, round=r, **self.run_record)
+            put_message(contents[node], kind, cid, message)
+        replies: dict[str, FMessage] = {}
+        for content in self.exchange(kind, contents, f"round-{r}").values():
+            replies.update(get_messages(content, kind))
+        missing = [cid for cid in plan if cid not in replies]
+        if missing:
+            raise FlowerRunError(f"no {kind} reply for client(s) {missing} in round {r}")
+        return {cid: replies[cid] for cid in plan}  # the local engine's order: aggregation is order-exact
+
+    def _round(self, r: int) -> dict[str, Any]:
+        cfg, specs = self.cfg, self.specs
+        plan = self.server.configure(r, specs, Rng(cfg.seed, r, SERVER))
+        replies = self._send(TRAIN, r, plan)
+        down, up = total_nbytes(plan.values()), total_nbytes(replies.values())
+        train = self.server.aggregate(r, replies, Rng(cfg.seed, r, SERVER))
+        row: dict[str, Any] = {"round": r, "clients": sorted(plan), "train": train}
+        if r % cfg.engine.eval_every == 0 or r == cfg.rounds:
+            eval_plan = self.server.configure_evaluate(r, specs)
+            eval_replies = self._send(EVALUATE, r, eval_plan) if eval_plan else {}
+            down += total_nbytes(eval_plan.values())
+            up += total_nbytes(eval_replies.values())
+            row["eval"] = self.server.evaluate(r, specs, eval_replies)
+        row["bytes_up"], row["bytes_down"] = up, down
+        return row
+
+
+def query_nodes(
+    exchange: Exchange, nodes: list[int], cfg: RunConfig, task: Task
+) -> tuple[list[ClientSpec], dict[str, int], int]:
+    """Ask every node which clients it hosts; check that its data describes the server's task.
+
+    Returns the client specs in task order (the order the local engine uses, so client sampling and
+    aggregation match it), the node hosting each client, and the clients' total validation samples.
+    """
+    contents = {}
+    for node in nodes:
+        contents[node] = RecordDict()
+        put_json(contents[node], RUN, round=0, config=tomli_w.dumps(cfg.to_toml_dict()))
+    answers = exchange(QUERY, contents, "query")
+    expected = info_to_json(task.info)
+    found: list[tuple[int, str, ClientSpec]] = []
+    node_of: dict[str, int] = {}
+    client_val = 0
+    for node, content in sorted(answers.items()):
+        answer = get_json(content, "node")
+        if answer["info"] != expected:
+            raise FlowerRunError(
+                f"node {node}: its data describes {json.dumps(answer['info'])}, but the run config's task "
+                f"is {json.dumps(expected)}; prepare its node folder from the same run config"
+            )
+        for entry in answer["clients"]:
+            if entry["id"] in node_of:
+                raise FlowerRunError(
+                    f"client {entry['id']} is hosted by nodes {node_of[entry['id']]} and {node}"
+                )
+            node_of[entry["id"]] = node
+            found.append((int(entry["order"]), entry["id"], spec_from_json(entry)))
+        client_val += int(answer["client_val"])
+    if not found:
+        raise FlowerRunError("no SuperNode hosts any client (check each node's --node-config data-dir)")
+    return [spec for _, _, spec in sorted(found)], node_of, client_val
+
+
+def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
+    """The ServerApp's work: wait for nodes, learn their clients, run every round, write the outputs."""
+    from fedmosaic.data.tasks import build_task
+    from fedmosaic.reporting.report import write_run_report
+    from fedmosaic.runner import default_folder
+
+    rc = {**DEFAULT_RUN_CONFIG, **run_config}
+    path = Path(str(rc["config"])) if rc["config"] else None
+    cfg = load_config(path, parse_overrides(str(rc["set"])))
+    configure_threads(cfg)
+    folder = RunFolder(Path(str(rc["out"])) if rc["out"] else default_folder(cfg))
+    if folder.exists():
+        raise ConfigError(f"out: {folder.path} already holds a run; pick a new results folder")
+    task = build_task(cfg)  # the coordinator's proxy, labelled and test sets (and the task description)
+    folder.write_config(cfg.to_toml_dict())
+    exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]))
+    nodes = wait_for_nodes(grid, int(rc["min-nodes"]), float(rc["node-wait-s"]))
+    specs, node_of, client_val = query_nodes(exchange, nodes, cfg, task)
+    summary = FlowerEngine(cfg, task, folder, exchange, specs, node_of, client_val).run()
+    summary["engine"] = {"name": "flower", "nodes": len(set(node_of.values()))}
+    folder.write_summary(summary)
+    write_run_report(folder.path, plots=cfg.output.plots)
+    return summary
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    run_server(grid, dict(context.run_config))
+
+
+# --------------------------------------------------------------------------------------------- client
+
+
+def _node_data(context: Context):
+    """This SuperNode's clients, from its ``--node-config`` (``data-dir``, optional ``modalities``)."""
+    cfg = context.node_config
+    if "data-dir" not in cfg:
+        raise ConfigError(
+            'node-config data-dir: missing; start the SuperNode with --node-config "data-dir=..."'
+        )
+    return load_node(
+        str(Path(str(cfg["data-dir"])).expanduser().resolve()), parse_modalities(cfg.get("modalities"))
+    )
+
+
+def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Settings, int]:
+    run = get_json(content, RUN)
+    cfg = validate(tomllib.loads(run["config"]))
+    configure_threads(cfg)
+    node = _node_data(context)
+    settings = Settings(
+        info=node.info,
+        algorithm=cfg.algorithm,
+        training=cfg.training,
+        model=cfg.model,
+        seed=cfg.seed,
+        rounds=cfg.rounds,
+        clients_per_round=int(run.get("clients-per-round", len(node.clients))),
+    )
+    return cfg, settings, int(run["round"])
+
+
+def handle_query(message: Message, context: Context) -> Message:
+    """Which clients this node hosts (ids, modalities, sizes, task order) and its task description."""
+    node = _node_data(context)
+    reply = RecordDict()
+    put_json(
+        reply,
+        "node",
+        info=info_to_json(node.info),
+        clients=[spec_to_json(c.spec, node.order[c.spec.id]) for c in node.clients],
+        client_val=sum(len(c.val) for c in node.clients),
+    )
+    return Message(reply, reply_to=message)
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """Fit every planned client hosted here; their new states go to ``Context.state``."""
+    cfg, settings, r = _run_settings(message.content, context)
+    client = get_algorithm(cfg.algorithm.name).Client(settings)
+    node = _node_data(context)
+    reply = RecordDict()
+    for cid, msg in get_messages(message.content, TRAIN).items():
+        state = get_message(context.state, STATE, cid)
+        answer, state = client.fit(msg, state, node.client(cid), Rng(cfg.seed, r, cid))
+        put_message(context.state, STATE, cid, state)
+        put_message(reply, TRAIN, cid, answer)
+    return Message(reply, reply_to=message)
+
+
+def handle_evaluate(message: Message, context: Context) -> Message:
+    """Evaluate every planned client hosted here with its current state."""
+    cfg, settings, _ = _run_settings(message.content, context)
+    client = get_algorithm(cfg.algorithm.name).Client(settings)
+    node = _node_data(context)
+    reply = RecordDict()
+    for cid, msg in get_messages(message.content, EVALUATE).items():
+        answer = client.evaluate(msg, get_message(context.state, STATE, cid), node.client(cid))
+        put_message(reply, EVALUATE, cid, answer)
+    return Message(reply, reply_to=message)
+
+
+client_app = ClientApp()
+client_app.query()(handle_query)
+client_app.train()(handle_train)
+client_app.evaluate()(handle_evaluate)
+
+
+# ----------------------------------------------------------------------------------- app folder, CLI
+
+APP_PYPROJECT = {
+    "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+    "project": {
+        "name": "fedmosaic-flower",
+        "version": "0.1.0",
+        "description": "fedmosaic on Flower's Deployment Engine",
+        "license": "Apache-2.0",
+        # fedmosaic and flwr are installed beside the SuperLink and SuperNodes; nothing is installed at
+        # run time (SuperLink: --disable-runtime-dependency-installation).
+        "dependencies": [],
+    },
+    "tool": {
+        "flwr": {
+            "app": {
+                "publisher": "fedmosaic",
+                "components": {
+                    "serverapp": "fedmosaic.engines.flower:server_app",
+                    "clientapp": "fedmosaic.engines.flower:client_app",
+                },
+                "config": DEFAULT_RUN_CONFIG,
+            }
+        }
+    },
+}
+
+
+def write_app(folder: Path) -> Path:
+    """Write the Flower app folder ``flwr run`` takes (a pyproject.toml naming the two apps).
+
+    A separate, one-file app keeps the FAB that ``flwr run`` uploads tiny: the code itself is the
+    installed fedmosaic package on every machine.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(APP_PYPROJECT))
+    return folder
+
+
+def prepare_nodes(cfg: RunConfig, out: Path, nodes: int) -> list[Path]:
+    """Build the task of ``cfg`` and write its clients into ``nodes`` node folders (contiguous blocks)."""
+    from fedmosaic.data.tasks import build_task
+
+    task = build_task(cfg)
+    ids = [c.spec.id for c in task.clients]
+    if not 1 <= nodes <= len(ids):
+        raise ConfigError(f"--nodes: {nodes} must be between 1 and the {len(ids)} clients")
+    blocks = np.array_split(np.arange(len(ids)), nodes)
+    return [
+        export_node(task, [ids[i] for i in block], Path(out) / f"node_{k}") for k, block in enumerate(blocks)
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fedmosaic.engines.flower {app,prepare-nodes}``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fedmosaic.engines.flower", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    app = sub.add_parser("app", help="write the Flower app folder that `flwr run` takes")
+    app.add_argument("folder", type=Path)
+    prep = sub.add_parser("prepare-nodes", help="write node folders (one per SuperNode) from a run config")
+    prep.add_argument("--config", "-c", type=Path, default=None, help="fedmosaic TOML (default: embedded)")
+    prep.add_argument("--set", "-s", action="append", default=[], dest="overrides", help="KEY=VALUE")
+    prep.add_argument("--nodes", type=int, required=True, help="how many node folders")
+    prep.add_argument("--out", "-o", type=Path, required=True, help="where node_0, node_1, ... go")
+    args = parser.parse_args(argv)
+    if args.command == "app":
+        print(write_app(args.folder))
+        return
+    try:
+        folders = prepare_nodes(load_config(args.config, args.overrides), args.out, args.nodes)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    for folder in folders:
+        meta = json.loads((folder / "node.json").read_text())
+        print(folder, " ".join(c["id"] for c in meta["clients"]))
+
+
+if __name__ == "__main__":
+    main()
