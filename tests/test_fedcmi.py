@@ -70,16 +70,23 @@ def test_dominant_modality_uses_each_samples_own_label() -> None:
 
 
 def test_temperatures_are_one_at_or_below_the_mean_ratio_and_follow_the_formula_above() -> None:
-    p1 = np.array([0.8, 0.4, 0.3, 0.6])
-    p2 = np.array([0.2, 0.4, 0.3, 0.3])
-    ratio = p1 / p2  # 4, 1, 1, 2: mean 2
-    temps = class_temperatures(p1, p2, coef=2.0)
+    p1 = np.array([0.8, 0.4, 0.3, 0.6, 0.57])
+    p2 = np.array([0.2, 0.4, 0.3, 0.3, 0.3])
+    ratio = p1 / p2  # 4, 1, 1, 2, 1.9: mean 1.98
     r_bar = ratio.mean()
-    assert r_bar == pytest.approx(2.0)
-    assert temps[1] == temps[2] == 1.0  # below the mean ratio
-    assert temps[3] == 1.0  # exactly at the mean ratio
-    assert temps[0] == pytest.approx(1 / (1 + 2 * math.log(4 / 2)))
-    assert temps[0] < 1  # the class this modality dominates most gets a sharper target
+    temps = class_temperatures(p1, p2, coef=2.0)
+    for c in range(len(p1)):
+        if ratio[c] > r_bar:
+            assert temps[c] == pytest.approx(1 / (1 + 2 * math.log(ratio[c] / r_bar)))
+            assert temps[c] < 1  # a class this modality dominates more than usual: sharper target
+        else:
+            assert temps[c] == 1.0
+    assert (temps < 1).tolist() == [True, False, False, True, False]  # 1.9 is just below the mean
+    # a class exactly at the mean ratio: T = 1
+    at_mean = class_temperatures(np.array([0.6, 0.2, 0.4]), np.array([0.2, 0.2, 0.2]))  # 3, 1, 2
+    assert at_mean[2] == 1.0 and at_mean[1] == 1.0 and at_mean[0] < 1
+    # the coefficient k scales the log term
+    assert class_temperatures(p1, p2, coef=1.0)[0] == pytest.approx(1 / (1 + math.log(4 / r_bar)))
 
 
 def test_temperatures_orient_towards_the_dominant_modality_and_skip_absent_classes() -> None:
