@@ -30,3 +30,4 @@ def algorithm_names() -> list[str]:
 def _load_builtins() -> None:
     from fedmosaic.algorithms import centralized, fedavg, fedprox, local  # noqa: F401
     from fedmosaic.algorithms import fedcmi  # noqa: F401
+    from fedmosaic.algorithms import fedmekt, mmfedavg  # noqa: F401

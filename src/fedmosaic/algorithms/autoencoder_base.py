@@ -1,0 +1,151 @@
+"""What FedMEKT and the mmFedAvg/mmFedProx baselines share: their config fields, the split LSTM
+autoencoder built from the task, a local reconstruction-training loop, and a server half that scores
+its global encoder by linear evaluation.
+
+All three are semi-supervised: clients train autoencoders on *unlabelled* windows; only the server's
+labelled set ever meets a label (through a fresh linear probe on the frozen global encoder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.message import Message
+from fedmosaic.core.metrics import global_model_groups
+from fedmosaic.core.modality import ClientSpec
+from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
+from fedmosaic.core.task import View
+from fedmosaic.models.autoencoder import SplitAutoencoder
+from fedmosaic.models.linear_probe import linear_evaluation
+from fedmosaic.models.params import load_arrays, to_arrays
+
+
+class AutoencoderConfig(AlgorithmConfig):
+    """Fields every autoencoder-based algorithm has (defaults: the FedMEKT reference code's)."""
+
+    rep_size: int = Field(
+        4, ge=1, description="top encoder layer width (4 for mHealth-like data, 10 for Opportunity)"
+    )
+    lr_local: float = Field(0.004, gt=0, description="clients' Adam learning rate")
+    lr_probe: float = Field(0.006, gt=0, description="the linear probe's Adam learning rate")
+    probe_epochs: int = Field(30, ge=1, description="epochs of the fresh linear probe over the labelled set")
+    reverse_target: bool = Field(
+        True, description="reconstruct the window time-reversed (the reference's choice)"
+    )
+
+
+def channels_of(settings: Settings) -> dict[str, int]:
+    """Channels per modality; every modality must be a ``(channels, time)`` sensor window."""
+    out = {}
+    for m in settings.info.modalities:
+        if m.kind not in ("timeseries", "audio") or len(m.shape) != 2:
+            raise ValueError(
+                f"algorithm.name: {settings.algorithm.name} needs (channels, time) sensor windows; "
+                f"modality {m.name!r} is {m.kind} of shape {m.shape}"
+            )
+        out[m.name] = m.shape[0]
+    return out
+
+
+def build_autoencoder(settings: Settings) -> SplitAutoencoder:
+    """The run's initial autoencoder: the same weights at every party, from ``(seed, 0, server, init)``."""
+    cfg = settings.algorithm
+    with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
+        return SplitAutoencoder(channels_of(settings), cfg.rep_size)  # type: ignore[attr-defined]
+
+
+def prefixes(modalities: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Parameter-name prefixes of the encoders and decoders of ``modalities``."""
+    return tuple(f"{part}.{m}." for m in sorted(modalities) for part in ("encoders", "decoders"))
+
+
+def trainable(model: SplitAutoencoder, held: frozenset[str]) -> list[torch.nn.Parameter]:
+    """The parameters a party holding ``held`` trains: its modalities' encoders and decoders only."""
+    keep = prefixes(held)
+    return [p for n, p in model.named_parameters() if n.startswith(keep)]
+
+
+ExtraLoss = Callable[[int], torch.Tensor]  # step number -> an extra loss term (KD, proximal, ...)
+
+
+def train_reconstruction(
+    model: SplitAutoencoder,
+    view: View,
+    held: frozenset[str],
+    settings: Settings,
+    rng: Rng,
+    extra: ExtraLoss | None = None,
+) -> float:
+    """``training.local_epochs`` epochs of batched cross-modal reconstruction (+ ``extra(step)``); mean loss.
+
+    One optimiser step per batch of ``training.batch_size`` whole windows (the reference took one
+    step per 16-32-sample slice of a long sequence, in float64). A fresh Adam each round: optimiser
+    moments are not part of the persisted state, which keeps checkpoints small and resumes exact.
+    """
+    cfg = settings.algorithm
+    optimizer = torch.optim.Adam(trainable(model, held), lr=cfg.lr_local)  # type: ignore[attr-defined]
+    model.train()
+    losses: list[float] = []
+    step = 0
+    for epoch in range(settings.training.local_epochs):
+        order = rng.numpy(f"batches-{epoch}")
+        for inputs, _ in view.batches(settings.training.batch_size, order):
+            loss = model.reconstruction_loss(inputs, cfg.reverse_target)  # type: ignore[attr-defined]
+            if extra is not None:
+                loss = loss + extra(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+class LinearEvalServer:
+    """Server half holding a global autoencoder, scored by linear evaluation of its frozen encoders."""
+
+    def __init__(self, settings: Settings, data: ServerData) -> None:
+        self.settings = settings
+        self.data = data
+        self.model = build_autoencoder(settings)
+
+    def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
+        return {}  # one global encoder: the server evaluates it on its own labelled and test sets
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        return self.model.represent(x, modality)
+
+    def evaluate(
+        self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
+    ) -> dict[str, dict[str, float]]:
+        cfg = self.settings.algorithm
+        self.model.eval()
+        results = linear_evaluation(
+            self._features,
+            self.data.labelled,
+            self.data.test,
+            self.settings.info,
+            Rng(self.settings.seed, round, SERVER),
+            lr=cfg.lr_probe,  # type: ignore[attr-defined]
+            epochs=cfg.probe_epochs,  # type: ignore[attr-defined]
+        )
+        subsets = {f"test/{k}": v for k, v in results.items()}
+        return {**subsets, **global_model_groups(subsets, clients)}
+
+    def model_state(self) -> dict[str, np.ndarray]:
+        """The global autoencoder's arrays, for checkpoints."""
+        return to_arrays(self.model)
+
+    def state(self) -> Message:
+        return Message(self.model_state())
+
+    def load_state(self, state: Message) -> None:
+        load_arrays(
+            self.model, {k: v for k, v in state.arrays.items() if k.startswith(("encoders.", "decoders."))}
+        )
