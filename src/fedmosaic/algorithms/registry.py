@@ -29,5 +29,6 @@ def algorithm_names() -> list[str]:
 
 def _load_builtins() -> None:
     from fedmosaic.algorithms import centralized, fedavg, fedprox, local  # noqa: F401
+    from fedmosaic.algorithms import gvf  # noqa: F401
     from fedmosaic.algorithms import fedcmi  # noqa: F401
     from fedmosaic.algorithms import fedmekt, mmfedavg  # noqa: F401

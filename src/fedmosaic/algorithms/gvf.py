@@ -1,0 +1,542 @@
+"""Global-vector fusion (gvf): single-modality clients borrow the missing modality from global vectors.
+
+The method, part by part (see docs/gvf.md for the formulas and the measurements):
+
+1. **Clients** keep their own encoders (never uploaded). Each held modality m is projected by an
+   adapter into one shared d-dimensional space, ``h_m = A_m(E_m(x_m))``. Clients holding several
+   modalities *align* the projections with a symmetric InfoNCE loss on their pairs, so that an image
+   and its caption land close; without it, cross-modal pairing of clusters would be meaningless.
+2. **Common data set**: the server distributes its proxy set (each client receives only the
+   modalities it holds, once). After local training a client uploads the vectors ``h_m`` of the
+   *proxy* samples (``vec/<m>``, the design's ``img_vec``/``txt_vec``), never of its private samples
+   unless ``allow_private_vectors = true``.
+3. **Server, global area**: K-Means per modality on all uploaded vectors (``k`` fixed, the number of
+   classes, or chosen by silhouette); the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``)
+   pairs the clusters of every modality with those of the first modality by cosine similarity of
+   their centres; row i of every modality's paired centres is global-vector pair i.
+4. **Fusion** (:mod:`fedmosaic.models.fusion`): cross-attention between the modality tokens gives Z,
+   a forget gate mixes the client's own representation with Z into R, a classifier on R. A missing
+   modality's token is filled from the global vectors (attention over the present modality's
+   centres, applied to their partners; or the nearest centre's partner). Complete clients also train
+   with each modality replaced by its fill, so the shared classifier knows filled inputs.
+5. **Global update**: the adapters, the cross-attention block, the gate and the classifier are
+   averaged over the clients that hold them (an adapter over the holders of its modality), weighted by
+   contribution: ``w_k ∝ n_k · exp(Δ_k / τ)`` where ``Δ_k = L_val(θ_global, φ_k) − L_val(θ_k, φ_k)`` is
+   how much client k's own update of the shared part θ lowered the cross-entropy on its own
+   validation set (φ_k: its trained encoders, held fixed). ``weighting = "samples"`` gives ``w_k ∝ n_k``.
+
+What crosses the wire, per round and sampled client:
+  down: the shared part θ for its modalities, the global vectors (k × d per modality, after round
+  1), and in its first round the proxy set's inputs of the modalities it holds;
+  up: the shared part θ, the proxy vectors ``vec/<m>`` (n_proxy × d per held modality), and scalars
+  (``n_train``, ``train_loss``, ``delta`` and the two validation losses behind it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+from torch import nn
+from torch.nn import functional as F
+
+from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.registry import register
+from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.message import Message
+from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
+from fedmosaic.core.modality import ClientSpec
+from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
+from fedmosaic.core.task import ClientData, View, to_tensor
+from fedmosaic.models.build import build_encoder
+from fedmosaic.models.fusion import GVFModel
+from fedmosaic.models.params import load_arrays, to_arrays
+from fedmosaic.models.train import evaluate_subsets, make_optimizer
+
+SHARED = ("adapters.", "fusion.", "gate.", "classifier.")  # the global-update part; encoders stay local
+VEC, PRIV, BANK, PROXY = "vec/", "priv/", "gv/", "proxy/"
+ASSIGN = "assign/"  # consensus global-vector pair of each proxy sample holding the modality (int64)
+
+
+class GVFConfig(AlgorithmConfig):
+    """``[algorithm]`` block of gvf; every switch of the ablations is here."""
+
+    name: str = "gvf"
+    dim: int = Field(64, ge=2, description="shared space dimension d")
+    heads: int = Field(2, ge=1, description="attention heads of the cross-attention block (must divide dim)")
+    k: int | Literal["classes", "silhouette"] = Field(
+        "classes", description="clusters per modality: a number, the task's class count, or by silhouette"
+    )
+    k_min: int = Field(2, ge=2, description="smallest k tried by silhouette")
+    k_max: int = Field(24, ge=2, description="largest k tried by silhouette")
+    kmeans_init: int = Field(3, ge=1, description="K-Means restarts (n_init)")
+    alignment: bool = Field(True, description="symmetric InfoNCE between a complete client's projections")
+    align_weight: float = Field(1.0, ge=0)
+    align_temperature: float = Field(0.1, gt=0)
+    pairing: Literal["hungarian", "random"] = "hungarian"
+    gating: bool = Field(True, description="forget gate between h and Z; false = plain concatenation")
+    global_vectors: bool = Field(True, description="false: no bank, a missing modality stays missing")
+    fill: Literal["attention", "nearest"] = "attention"
+    fill_temperature: float = Field(0.1, gt=0)
+    fill_training: float = Field(
+        0.5,
+        ge=0,
+        description="weight of complete clients' extra loss with each modality replaced by its fill",
+    )
+    proxy_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the loss pulling each proxy vector towards its consensus global-vector pair "
+        "(0 = off); the server sends the pair index of every proxy sample with the global vectors",
+    )
+    weighting: Literal["contribution", "samples"] = "contribution"
+    contribution_temperature: float = Field(0.1, gt=0, description="tau in w_k ∝ n_k exp(delta_k / tau)")
+    allow_private_vectors: bool = Field(
+        False, description="also upload vectors of private training samples (off: proxy vectors only)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GVFConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"algorithm.heads: {self.heads} must divide algorithm.dim ({self.dim})")
+        if self.k_min > self.k_max:
+            raise ValueError(f"algorithm.k_min: {self.k_min} exceeds algorithm.k_max ({self.k_max})")
+        if isinstance(self.k, int) and self.k < 1:
+            raise ValueError(f"algorithm.k: must be >= 1, 'classes' or 'silhouette' (got {self.k})")
+        return self
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def build_model(settings: Settings) -> GVFModel:
+    """The run's initial gvf model: the same weights for every party, from ``(seed, 0, server, init)``."""
+    cfg: GVFConfig = settings.algorithm  # type: ignore[assignment]
+    info = settings.info
+    with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
+        encoders = {m.name: build_encoder(m, settings.model) for m in info.modalities}
+        return GVFModel(
+            encoders,
+            settings.model.embed_dim,
+            cfg.dim,
+            info.num_classes,
+            heads=cfg.heads,
+            gated=cfg.gating,
+            fill=cfg.fill,
+            fill_temperature=cfg.fill_temperature,
+        )
+
+
+def shared_names(model: nn.Module, modalities: frozenset[str] | set[str]) -> tuple[str, ...]:
+    """Prefixes of the shared part a holder of ``modalities`` trains: its adapters and the fusion."""
+    return tuple(f"adapters.{m}." for m in sorted(modalities)) + SHARED[1:]
+
+
+def bank_arrays(message: Message) -> dict[str, torch.Tensor]:
+    """The global vectors in a message, by modality."""
+    return {
+        k[len(BANK) :]: torch.from_numpy(v.copy()) for k, v in message.arrays.items() if k.startswith(BANK)
+    }
+
+
+# ----------------------------------------------------------------------------- server-side maths
+
+
+def contribution_weights(
+    n_train: np.ndarray, delta: np.ndarray, temperature: float, mode: str = "contribution"
+) -> np.ndarray:
+    """Normalised aggregation weights: ``n_k exp(delta_k / tau)`` (contribution) or ``n_k`` (samples).
+
+    Computed in log space so a large ``delta / tau`` cannot overflow.
+    """
+    n_train = np.asarray(n_train, dtype=np.float64)
+    logits = np.log(np.maximum(n_train, 1e-12))
+    if mode == "contribution":
+        logits = logits + np.asarray(delta, dtype=np.float64) / temperature
+    logits -= logits.max()
+    w = np.exp(logits)
+    return w / w.sum()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine similarity as a dot product)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def pair_clusters(
+    reference: np.ndarray,
+    other: np.ndarray,
+    method: str = "hungarian",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """For each reference centre i, the index of its partner among ``other``'s centres.
+
+    Hungarian: the one-to-one assignment maximising the summed cosine similarity. Random: a random
+    permutation (the ablation's control).
+    """
+    if method == "random":
+        return (rng or np.random.default_rng(0)).permutation(len(other))
+    rows, cols = linear_sum_assignment(_unit(reference) @ _unit(other).T, maximize=True)
+    partner = np.empty(len(reference), dtype=np.int64)
+    partner[rows] = cols
+    return partner
+
+
+def choose_k(vectors: dict[str, np.ndarray], k_min: int, k_max: int, seed: int, n_init: int) -> int:
+    """The k in ``[k_min, k_max]`` with the best silhouette, averaged over modalities (one k for all,
+    so the clusters can be paired one-to-one)."""
+    n = min(len(v) for v in vectors.values())
+    best, best_score = k_min, -np.inf
+    for k in range(k_min, min(k_max, n - 1) + 1):
+        scores = []
+        for v in vectors.values():
+            labels = KMeans(k, n_init=n_init, random_state=seed).fit_predict(v)
+            scores.append(silhouette_score(v, labels, sample_size=min(len(v), 1000), random_state=seed))
+        if np.mean(scores) > best_score:
+            best, best_score = k, float(np.mean(scores))
+    return best
+
+
+def global_vectors(
+    vectors: dict[str, np.ndarray],
+    order: tuple[str, ...],
+    k: int,
+    pairing: str,
+    rng: np.random.Generator,
+    n_init: int = 3,
+) -> tuple[dict[str, np.ndarray], float]:
+    """K-Means per modality, then pair every modality's clusters with the first modality's.
+
+    Returns the paired centres (row i of each is pair i) and the mean cosine similarity of the pairs.
+    """
+    names = [m for m in order if m in vectors]
+    k = max(1, min([k, *(len(vectors[m]) for m in names)]))
+    seed = int(rng.integers(2**31 - 1))
+    centres = {
+        m: KMeans(k, n_init=n_init, random_state=seed).fit(vectors[m]).cluster_centers_.astype(np.float32)
+        for m in names
+    }
+    ref = names[0]
+    out = {ref: centres[ref]}
+    sims = []
+    for m in names[1:]:
+        partner = pair_clusters(centres[ref], centres[m], pairing, rng)
+        out[m] = centres[m][partner]
+        a = F.normalize(torch.from_numpy(out[ref]), dim=1)
+        b = F.normalize(torch.from_numpy(out[m]), dim=1)
+        sims.append(float((a * b).sum(1).mean()))
+    return out, float(np.mean(sims)) if sims else float("nan")
+
+
+# ----------------------------------------------------------------------------- client half
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between paired rows of ``a`` and ``b`` (CLIP's loss)."""
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / temperature
+    target = torch.arange(len(a))
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class GVFClient:
+    """Train encoders + shared part locally, measure the update's contribution, upload proxy vectors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg: GVFConfig = settings.algorithm  # type: ignore[assignment]
+        self._model: GVFModel | None = None
+        self._initial: dict[str, np.ndarray] = {}
+
+    def _fresh(self) -> GVFModel:
+        # Built once per process (encoders are the costly part), reset to the run's initial weights.
+        if self._model is None:
+            self._model = build_model(self.settings)
+            self._initial = to_arrays(self._model)
+        load_arrays(self._model, self._initial)
+        self._model.set_bank({})
+        return self._model
+
+    def _own_model(self, state: Message) -> GVFModel:
+        model = self._fresh()
+        load_arrays(model, {k: v for k, v in state.arrays.items() if not k.startswith((BANK, PROXY))})
+        model.set_bank(bank_arrays(state))
+        return model
+
+    def fit(self, message: Message, state: Message, data: ClientData, rng: Rng) -> tuple[Message, Message]:
+        cfg = self.cfg
+        held = data.spec.modalities
+        model = self._own_model(state)
+        received = {k: v for k, v in message.arrays.items() if k.startswith(SHARED)}
+        load_arrays(model, received)
+        model.set_bank(bank_arrays(message))
+        proxy = {k: v for k, v in {**state.arrays, **message.arrays}.items() if k.startswith(PROXY)}
+        assign = {k[len(ASSIGN) :]: v for k, v in message.arrays.items() if k.startswith(ASSIGN)}
+        loss = self._train(model, data.train, rng, proxy, assign)
+
+        # Contribution: the trained shared part against the received one, both on my trained encoders.
+        trained = to_arrays(model, shared_names(model, held))
+        val_local = self._val_loss(model, data.val)
+        load_arrays(model, received)
+        val_global = self._val_loss(model, data.val)
+        load_arrays(model, trained)
+        delta = val_global - val_local if math.isfinite(val_global + val_local) else 0.0
+
+        arrays = dict(trained)
+        for key, x in proxy.items():
+            arrays[VEC + key[len(PROXY) :]] = self._vectors(model, key[len(PROXY) :], x)
+        if cfg.allow_private_vectors:
+            for m in held:
+                rows = data.train.mask[:, data.train.info.modality_names.index(m)]
+                x = data.train.store[m][data.train.indices[rows]]
+                arrays[PRIV + m] = self._vectors(model, m, x)
+        reply = Message(
+            arrays,
+            {
+                "n_train": len(data.train),
+                "train_loss": loss,
+                "delta": float(delta),
+                "val_loss_local": float(val_local),
+                "val_loss_global": float(val_global),
+            },
+        )
+        own = to_arrays(model, tuple(f"encoders.{m}." for m in sorted(held)) + shared_names(model, held))
+        bank = {BANK + m: model.bank(m).numpy() for m in model.order if len(model.bank(m))}
+        new_state = Message({**own, **proxy, **bank})
+        return reply, new_state
+
+    def _train(
+        self,
+        model: GVFModel,
+        view: View,
+        rng: Rng,
+        proxy: dict[str, np.ndarray],
+        assign: dict[str, np.ndarray],
+    ) -> float:
+        """Local epochs: cross-entropy, alignment, fill training, and the proxy consensus loss."""
+        cfg, tcfg = self.cfg, self.settings.training
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], tcfg)
+        has_bank = all(len(model.bank(m)) for m in model.order)
+        losses: list[float] = []
+        model.train()
+        with rng.seeded("dropout"):
+            for epoch in range(tcfg.local_epochs):
+                order = rng.numpy(f"batches-{epoch}")
+                for inputs, labels in view.batches(tcfg.batch_size, order, drop_singletons=True):
+                    projected = model.project(inputs)
+                    loss = F.cross_entropy(model.fuse(projected), labels)
+                    names = [m for m in model.order if m in projected]
+                    if len(names) > 1:
+                        if cfg.alignment and cfg.align_weight > 0:
+                            for m in names[1:]:
+                                align = info_nce(projected[names[0]], projected[m], cfg.align_temperature)
+                                loss = loss + cfg.align_weight * align
+                        if has_bank and cfg.fill_training > 0:
+                            # Teach the shared fusion what a filled slot looks like: drop each modality.
+                            dropped = [
+                                F.cross_entropy(
+                                    model.fuse({n: projected[n] for n in names if n != m}), labels
+                                )
+                                for m in names
+                            ]
+                            loss = loss + cfg.fill_training * torch.stack(dropped).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+                if has_bank and assign and cfg.proxy_weight > 0:
+                    self._proxy_epoch(model, optimizer, proxy, assign, rng.numpy(f"proxy-{epoch}"))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _proxy_epoch(
+        self,
+        model: GVFModel,
+        optimizer: torch.optim.Optimizer,
+        proxy: dict[str, np.ndarray],
+        assign: dict[str, np.ndarray],
+        order: np.random.Generator,
+    ) -> None:
+        """Pull each proxy vector towards its consensus pair: cross-entropy over cosine similarities to
+        the bank of its modality, the target being the pair every client's vectors voted for.
+
+        This is how an encoder that never leaves its client still learns from the others: the
+        common set carries the federation's consensus, sample by sample.
+        """
+        cfg, bs = self.cfg, self.settings.training.batch_size
+        for key in sorted(proxy):
+            m = key[len(PROXY) :]
+            if m not in assign:
+                continue
+            x, target = proxy[key], assign[m]
+            bank = F.normalize(model.bank(m), dim=1)
+            perm = order.permutation(len(x))
+            for start in range(0, len(x), bs):
+                rows = perm[start : start + bs]
+                if len(rows) < 2:  # batch norm cannot train on one sample
+                    continue
+                h = model.project({m: to_tensor(np.asarray(x[rows]))})[m]
+                logits = F.normalize(h, dim=1) @ bank.T / cfg.fill_temperature
+                loss = cfg.proxy_weight * F.cross_entropy(logits, torch.from_numpy(target[rows]))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+    @torch.no_grad()
+    def _val_loss(self, model: GVFModel, view: View) -> float:
+        model.eval()
+        total, count = 0.0, 0
+        for inputs, labels in view.batches(256):
+            total += float(F.cross_entropy(model(inputs), labels, reduction="sum"))
+            count += len(labels)
+        return total / count if count else float("nan")
+
+    @torch.no_grad()
+    def _vectors(self, model: GVFModel, modality: str, x: np.ndarray) -> np.ndarray:
+        model.eval()
+        out = [
+            model.project({modality: to_tensor(np.asarray(x[s : s + 256]))})[modality]
+            for s in range(0, len(x), 256)
+        ]
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.cfg.dim), np.float32)
+
+    def evaluate(self, message: Message, state: Message, data: ClientData) -> Message:
+        model = self._own_model(state)
+        results = evaluate_subsets(model, data.test, self.settings.info, data.spec.modalities)
+        return Message(meta=flatten_eval(results))
+
+
+# ----------------------------------------------------------------------------- server half
+
+
+class GVFServer:
+    """Distributes the proxy set, aggregates the shared part by contribution, builds the global vectors."""
+
+    def __init__(self, settings: Settings, data: ServerData) -> None:
+        self.settings = settings
+        self.cfg: GVFConfig = settings.algorithm  # type: ignore[assignment]
+        self.proxy = data.proxy
+        self.model = build_model(settings)
+        self.bank: dict[str, np.ndarray] = {}
+        self.delivered: set[str] = set()  # clients that already hold the proxy inputs
+        self.assign: np.ndarray | None = None  # consensus pair of every proxy sample
+
+    def _proxy_rows(self, modality: str) -> np.ndarray:
+        """Positions of the proxy samples that hold ``modality`` (the rows of its proxy arrays)."""
+        return np.flatnonzero(self.proxy.mask[:, self.proxy.info.modality_names.index(modality)])
+
+    def _proxy_inputs(self, modality: str) -> np.ndarray:
+        return np.asarray(self.proxy.store[modality][self.proxy.indices[self._proxy_rows(modality)]])
+
+    def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
+        plan = {}
+        for c in sample_clients(clients, self.settings.clients_per_round, rng):
+            arrays = to_arrays(self.model, shared_names(self.model, c.modalities))
+            arrays.update({BANK + m: v for m, v in self.bank.items()})
+            if self.assign is not None and self.cfg.proxy_weight > 0:
+                arrays.update({ASSIGN + m: self.assign[self._proxy_rows(m)] for m in sorted(c.modalities)})
+            if c.id not in self.delivered:
+                arrays.update({PROXY + m: self._proxy_inputs(m) for m in sorted(c.modalities)})
+                self.delivered.add(c.id)
+            plan[c.id] = Message(arrays, {"round": round})
+        return plan
+
+    def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
+        cfg = self.cfg
+        ids = sorted(replies)
+        n = np.array([float(replies[c].meta["n_train"]) for c in ids])
+        delta = np.array([float(replies[c].meta["delta"]) for c in ids])
+        names = sorted({k for c in ids for k in replies[c].arrays if k.startswith(SHARED)})
+        averaged = {}
+        for name in names:
+            holders = [i for i, c in enumerate(ids) if name in replies[ids[i]].arrays]
+            w = contribution_weights(n[holders], delta[holders], cfg.contribution_temperature, cfg.weighting)
+            averaged[name] = sum(
+                wi * replies[ids[i]].arrays[name].astype(np.float64) for wi, i in zip(w, holders, strict=True)
+            )
+        load_arrays(self.model, averaged)
+
+        stats = weighted_train_loss(replies)
+        stats["delta_mean"] = float(delta.mean())
+        if cfg.global_vectors:
+            vectors: dict[str, list[np.ndarray]] = {}
+            for c in ids:
+                for key, v in replies[c].arrays.items():
+                    private = key.startswith(PRIV) and cfg.allow_private_vectors
+                    if key.startswith(VEC) or private:
+                        vectors.setdefault(key.split("/", 1)[1], []).append(v)
+            stacked = {m: np.concatenate(v) for m, v in vectors.items()}
+            if len(stacked) == len(self.settings.info.modalities):  # pairs need every modality
+                k = self._k(stacked, rng)
+                self.bank, similarity = global_vectors(
+                    stacked,
+                    self.settings.info.modality_names,
+                    k,
+                    cfg.pairing,
+                    rng.numpy("kmeans"),
+                    cfg.kmeans_init,
+                )
+                self.assign = self._consensus(replies)
+                stats["k"] = float(len(next(iter(self.bank.values()))))
+                stats["pair_similarity"] = similarity
+        return stats
+
+    def _consensus(self, replies: dict[str, Message]) -> np.ndarray:
+        """Each proxy sample's global-vector pair: the pair whose centres its vectors (every client,
+        every modality, cosine similarity) are closest to in sum. A vote across modalities, so it is
+        only as good as the pairing."""
+        votes = np.zeros((len(self.proxy), len(next(iter(self.bank.values())))))
+        for reply in replies.values():
+            for key, v in reply.arrays.items():
+                if key.startswith(VEC) and key[len(VEC) :] in self.bank:
+                    m = key[len(VEC) :]
+                    votes[self._proxy_rows(m)] += _unit(v) @ _unit(self.bank[m]).T
+        return votes.argmax(1).astype(np.int64)
+
+    def _k(self, vectors: dict[str, np.ndarray], rng: Rng) -> int:
+        cfg = self.cfg
+        if cfg.k == "classes":
+            return self.settings.info.num_classes
+        if cfg.k == "silhouette":
+            seed = int(rng.numpy("silhouette").integers(2**31 - 1))
+            return choose_k(vectors, cfg.k_min, cfg.k_max, seed, cfg.kmeans_init)
+        return int(cfg.k)
+
+    def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
+        # Personal models (own encoders + the shared part as fine-tuned this round + the bank the
+        # client trained with) live in client state: evaluation needs no arrays.
+        return {c.id: Message() for c in clients}
+
+    def evaluate(
+        self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
+    ) -> dict[str, dict[str, float]]:
+        return aggregate_client_evaluations(replies, {c.id: c for c in clients})
+
+    def state(self) -> Message:
+        arrays = to_arrays(self.model, SHARED)
+        arrays.update({BANK + m: v for m, v in self.bank.items()})
+        if self.assign is not None:
+            arrays["assign"] = self.assign
+        return Message(arrays, {"delivered": ",".join(sorted(self.delivered))})
+
+    def load_state(self, state: Message) -> None:
+        load_arrays(self.model, {k: v for k, v in state.arrays.items() if k.startswith(SHARED)})
+        self.bank = {k[len(BANK) :]: v for k, v in state.arrays.items() if k.startswith(BANK)}
+        self.assign = state.arrays.get("assign")
+        self.delivered = set(filter(None, str(state.meta.get("delivered", "")).split(",")))
+
+
+@register
+class GVF(Algorithm):
+    name = "gvf"
+    Config = GVFConfig
+    Server = GVFServer
+    Client = GVFClient
+    personalised = True
+    summary = (
+        "global-vector fusion: proxy vectors -> K-Means + Hungarian global vectors, gated cross-attention"
+    )
