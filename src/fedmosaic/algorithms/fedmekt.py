@@ -126,7 +126,7 @@ class FedMEKTConfig(AutoencoderConfig):
     def _time_axis_needs_steps(self) -> FedMEKTConfig:
         if self.kd_axis == "time" and self.kd_steps == "last":
             raise ValueError(
-                "kd_axis: 'time' needs kd_steps = 'all' (a softmax over one time step is constant)"
+                "algorithm.kd_axis: 'time' needs algorithm.kd_steps = 'all' (one step's softmax is constant)"
             )
         return self
 

@@ -1,0 +1,297 @@
+"""FedMEKT (-C / -S), mmFedAvg and mmFedProx: what crosses the wire, the proxy-batch protocol, the KD
+axis, persistent local models, fresh linear probes, and short end-to-end runs on small mHealth files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedmosaic import runner
+from fedmosaic.algorithms.fedmekt import LAYERS, PROXY_IDX, Distiller, emb_key, proxy_key
+from fedmosaic.algorithms.registry import get_algorithm
+from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.core.algorithm import ServerData
+from fedmosaic.core.message import Message
+from fedmosaic.core.seeding import SERVER, Rng
+from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.local import settings_for
+from fedmosaic.models.autoencoder import HIDDEN, kd_loss
+
+WINDOW = 16
+REP = 4
+
+
+def write_mhealth(folder: Path, subjects: int = 4, rows_per_run: int = 64) -> Path:
+    """Small mHealth_subjectN.log files (24 columns): 6 activities per subject, label-dependent signals."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for s in range(1, subjects + 1):
+        labels = np.repeat(np.arange(1, 7), rows_per_run)
+        t = np.arange(len(labels))[:, None]
+        signal = np.sin(t * labels[:, None] / 7.0 + np.arange(23)[None, :]) + 0.3 * rng.normal(
+            size=(len(t), 23)
+        )
+        np.savetxt(
+            folder / f"mHealth_subject{s}.log",
+            np.column_stack([signal, labels]),
+            fmt=["%.4f"] * 23 + ["%d"],
+            delimiter="\t",
+        )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mhealth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mhealth(tmp_path_factory.mktemp("mhealth"))
+
+
+def config(data_dir: Path, algorithm: str = "fedmekt", *extra: str) -> RunConfig:
+    return load_config(
+        None,
+        [
+            "rounds=2",
+            "compare=[]",
+            "engine.progress=false",
+            "output.plots=false",
+            "task.dataset=mhealth",
+            f"task.data_dir={data_dir}",
+            'task.options.modalities=["acc", "gyro"]',
+            f"task.options.window={WINDOW}",
+            "task.partition=iid",
+            "task.proxy_size=24",
+            "task.labelled_size=30",
+            'clients.mix="acc:2,gyro:2,acc+gyro:2"',
+            "clients.per_round=4",
+            "training.batch_size=16",
+            f"algorithm.name={algorithm}",
+            "algorithm.proxy_batch=12" if algorithm == "fedmekt" else "algorithm.rep_size=4",
+            "algorithm.probe_epochs=5",
+            *extra,
+        ],
+    )
+
+
+def parts(cfg: RunConfig):
+    """The task and the configured algorithm's two halves, as an engine would build them."""
+    task = build_task(cfg)
+    algorithm = get_algorithm(cfg.algorithm.name)
+    settings = settings_for(cfg, task)
+    server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
+    return task, server, algorithm.Client(settings)
+
+
+def play_round(task, server, client, r: int, states: dict[str, Message], seed: int = 0):
+    """One round by hand: plan, fit every planned client, aggregate. Returns (plan, replies, stats)."""
+    plan = server.configure(r, task.specs, Rng(seed, r, SERVER))
+    replies = {}
+    for cid, message in plan.items():
+        replies[cid], states[cid] = client.fit(
+            message, states.get(cid, Message()), task.client(cid), Rng(seed, r, cid)
+        )
+    return plan, replies, server.aggregate(r, replies, Rng(seed, r, SERVER))
+
+
+@pytest.fixture(scope="module")
+def two_rounds(mhealth_dir):
+    task, server, client = parts(config(mhealth_dir))
+    states: dict[str, Message] = {}
+    rounds = [play_round(task, server, client, r, states) for r in (1, 2)]
+    return task, server, client, rounds, states
+
+
+def test_replies_hold_only_proxy_embeddings_of_held_modalities(two_rounds):
+    task, _, _, rounds, _ = two_rounds
+    for plan, replies, _ in rounds:
+        for cid, reply in replies.items():
+            held = task.client(cid).spec.modalities
+            expected = {PROXY_IDX} | {emb_key(m, layer) for m in held for layer in LAYERS}
+            assert set(reply.arrays) == expected  # no weights, no private windows, no other modality
+            n = len(plan[cid].arrays[PROXY_IDX])
+            for m in held:
+                assert reply.arrays[emb_key(m, "top")].shape == (n, WINDOW, REP)
+                assert reply.arrays[emb_key(m, "first")].shape == (n, WINDOW, HIDDEN)
+                assert reply.arrays[emb_key(m, "top")].dtype == np.float32
+            assert not any(k.startswith(("encoders.", "decoders.", "proxy/")) for k in reply.arrays)
+
+
+def test_proxy_batch_indices_identical_down_and_up_and_new_each_round(two_rounds):
+    _, _, _, rounds, _ = two_rounds
+    batches = []
+    for plan, replies, _ in rounds:
+        down = {tuple(m.arrays[PROXY_IDX]) for m in plan.values()}
+        up = {tuple(r.arrays[PROXY_IDX]) for r in replies.values()}
+        assert len(down) == 1 and down == up
+        batches.append(down.pop())
+    assert batches[0] != batches[1]
+
+
+def test_server_rejects_a_reply_about_another_proxy_batch(mhealth_dir):
+    task, server, client = parts(config(mhealth_dir))
+    plan = server.configure(1, task.specs, Rng(0, 1, SERVER))
+    cid, message = next(iter(plan.items()))
+    reply, _ = client.fit(message, Message(), task.client(cid), Rng(0, 1, cid))
+    reply.arrays[PROXY_IDX] = reply.arrays[PROXY_IDX][::-1].copy()
+    with pytest.raises(ValueError, match="different proxy batch"):
+        server.aggregate(1, {cid: reply}, Rng(0, 1, SERVER))
+
+
+def test_proxy_windows_are_sent_once_per_client_and_counted(two_rounds):
+    task, _, _, rounds, states = two_rounds
+    seen: set[str] = set()
+    for plan, _, stats in rounds:
+        sent = 0
+        for cid, message in plan.items():
+            has_proxy = any(k.startswith("proxy/") for k in message.arrays)
+            assert has_proxy == (cid not in seen)
+            assert not any(k.startswith(("encoders.", "decoders.")) for k in message.arrays)
+            sent += sum(a.nbytes for k, a in message.arrays.items() if k.startswith("proxy/"))
+            seen.add(cid)
+        assert stats["proxy_bytes"] == sent
+    for cid in seen:  # the client keeps the proxy windows of its own modalities
+        held = task.client(cid).spec.modalities
+        assert {k for k in states[cid].arrays if k.startswith("proxy/")} == {proxy_key(m) for m in held}
+
+
+def test_kd_softmax_is_over_the_embedding_dimension():
+    torch.manual_seed(0)
+    student = torch.randn(3, 10, REP)
+    # The teacher differs by a shift that is constant across the embedding dimension but varies in
+    # time: a softmax over the embedding ignores it, a softmax over time does not.
+    teacher = student + torch.randn(3, 10, 1) * 5
+    assert kd_loss(student, teacher, 3.0) == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(student, teacher, 3.0, axis="time") > 0.01
+    # and FedMEKT's distiller (default config) distils over the embedding dimension too
+    settings_cfg = load_config(None, ["algorithm.name=fedmekt", "algorithm.variant=S"])
+    distiller = Distiller.__new__(Distiller)
+    distiller.cfg = settings_cfg.algorithm  # type: ignore[assignment]
+    loss = distiller.loss(
+        {"acc": {"top": student, "first": student}},
+        {"acc": {"top": teacher, "first": teacher}},
+        {"top": 1.0, "first": 1.0},
+    )
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_local_models_persist_and_are_never_overwritten_by_global_weights(two_rounds, mhealth_dir):
+    task, server, client, rounds, states = two_rounds
+    initial = get_algorithm("fedmekt").Server(server.settings, server.data).model.state_dict()
+    global_now = server.model.state_dict()
+    for cid, state in states.items():
+        held = task.client(cid).spec.modalities
+        weights = {k for k in state.arrays if k.startswith(("encoders.", "decoders."))}
+        assert weights and all(k.split(".")[1] in held for k in weights)
+        for k in weights:
+            assert not np.allclose(state.arrays[k], initial[k].numpy())  # trained
+            assert not np.allclose(state.arrays[k], global_now[k].numpy())  # not the global model
+    # A client sampled in both rounds started round 2 from its own round-1 model: rerunning round 2
+    # from an empty state gives different embeddings.
+    (plan1, _, _), (plan2, replies2, _) = rounds
+    both = sorted(set(plan1) & set(plan2))
+    assert both, "the fixture needs a client sampled twice"
+    cid = both[0]
+    fresh_reply, _ = client.fit(
+        Message(
+            {k: v for k, v in plan2[cid].arrays.items()}
+            | {proxy_key(m): states[cid].arrays[proxy_key(m)] for m in task.client(cid).spec.modalities}
+        ),
+        Message(),
+        task.client(cid),
+        Rng(0, 2, cid),
+    )
+    m = sorted(task.client(cid).spec.modalities)[0]
+    assert not np.allclose(fresh_reply.arrays[emb_key(m, "top")], replies2[cid].arrays[emb_key(m, "top")])
+
+
+def test_linear_probe_is_fresh_at_every_evaluation(two_rounds):
+    task, server, _, _, _ = two_rounds
+    first = server.evaluate(2, task.specs, {})
+    second = server.evaluate(2, task.specs, {})
+    assert first == second  # a persistent probe would have trained further between the two calls
+    assert set(server.state().arrays) == set(server.model.state_dict())  # no probe in the server state
+    assert not any(isinstance(v, torch.nn.Linear) for v in vars(server).values())
+    assert {"test/acc", "test/gyro", "test/acc+gyro", "overall"} <= set(first)
+
+
+def test_mmfedavg_weights_multimodal_clients_by_mm_weight(mhealth_dir):
+    _, server, _ = parts(config(mhealth_dir, "mmfedavg"))
+    name = "encoders.acc.top.bias_ih_l0"
+    shape = server.model.state_dict()[name].shape
+    replies = {
+        "a": Message(
+            {name: np.ones(shape, np.float32)}, {"n_train": 1, "train_loss": 0.0, "multimodal": True}
+        ),
+        "b": Message(
+            {name: np.zeros(shape, np.float32)}, {"n_train": 50, "train_loss": 0.0, "multimodal": False}
+        ),
+    }
+    server.aggregate(1, replies, Rng(0, 1, SERVER))
+    assert np.allclose(server.model.state_dict()[name].numpy(), 100 / 101)
+
+
+def _finite(summary: dict) -> None:
+    final = summary["final"]
+    assert {"test/acc", "test/gyro", "test/acc+gyro", "overall"} <= set(final)
+    for metrics in final.values():
+        assert all(math.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra"),
+    [
+        ("fedmekt", ["algorithm.variant=C"]),
+        ("fedmekt", ["algorithm.variant=S"]),
+        ("mmfedavg", []),
+        ("mmfedprox", []),
+    ],
+)
+def test_two_rounds_through_the_local_engine(tmp_path, mhealth_dir, algorithm, extra):
+    cfg = config(mhealth_dir, algorithm, *extra)
+    summary = runner.start(cfg, tmp_path / "run").summaries[algorithm]
+    assert summary["rounds"] == 2
+    _finite(summary)
+    assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0
+
+
+def test_same_seed_same_metrics(tmp_path, mhealth_dir):
+    cfg = config(mhealth_dir, "fedmekt", "algorithm.kd_steps=last")
+    a = runner.start(cfg, tmp_path / "a").summaries["fedmekt"]
+    b = runner.start(cfg, tmp_path / "b").summaries["fedmekt"]
+    assert a["final"] == b["final"] and a["bytes_up"] == b["bytes_up"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("algorithm.alpha=-1", "algorithm.alpha"),
+        ("algorithm.variant=X", "algorithm.variant"),
+        ("algorithm.proxy_batch=0", "algorithm.proxy_batch"),
+        ("algorithm.kd_axis=channels", "algorithm.kd_axis"),
+        ("algorithm.nope=1", "algorithm.nope"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(setting, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["algorithm.name=fedmekt", setting])
+    assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+def test_time_axis_needs_every_step_and_mm_weight_must_be_positive():
+    with pytest.raises(ConfigError, match=r"^algorithm\.kd_axis"):
+        load_config(None, ["algorithm.name=fedmekt", "algorithm.kd_axis=time", "algorithm.kd_steps=last"])
+    with pytest.raises(ConfigError, match=r"^algorithm\.mm_weight"):
+        load_config(None, ["algorithm.name=mmfedavg", "algorithm.mm_weight=0"])
+
+
+def test_non_sensor_task_is_a_one_line_error(tiny_cfg):
+    cfg = tiny_cfg.model_copy(update={"algorithm": get_algorithm("fedmekt").Config()})
+    task = build_task(cfg)
+    with pytest.raises(
+        ValueError, match=r"^algorithm\.name: fedmekt needs \(channels, time\) sensor windows"
+    ):
+        get_algorithm("fedmekt").Server(
+            settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)
+        )
