@@ -1,0 +1,272 @@
+"""A whole Flower federation on this machine (127.0.0.1 only): for tests, the benchmark and trying it out.
+
+Starts a SuperLink and SuperNodes as subprocesses of Flower's own commands (``flower-superlink``,
+``flower-supernode``) and submits runs with ``flwr run`` — the same commands a consortium uses on
+separate machines (docs/deploy.md). Every process is started here, remembered by PID and stopped by
+PID; every wait is bounded. Nothing here speaks a network protocol itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def tool(name: str) -> str:
+    """The Flower command ``name`` from this interpreter's environment (not whatever is on PATH)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: install fedmosaic with the flower extra")
+    return found
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Environment for Flower commands: no telemetry, no update check, offline hub, a private FLWR_HOME."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        HF_HUB_OFFLINE="1",
+        MPLBACKEND="Agg",
+        FLWR_HOME=str(home),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@dataclass
+class Tls:
+    """Development TLS material (see scripts/make_dev_certs.py)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass
+class LocalFederation:
+    """A SuperLink and its SuperNodes, each a subprocess stopped by PID in :meth:`stop`."""
+
+    root: Path
+    tls: Tls | None = None
+    node_auth: bool = False
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "flwr-home"
+
+    def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = (self.root / f"{name}.log").open("wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=flower_env(self.home))
+        self.processes[name] = proc
+        return proc
+
+    def _security(self) -> list[str]:
+        return ["--insecure"] if self.tls is None else []
+
+    def start_superlink(self, timeout_s: float = 60.0) -> None:
+        """Start the SuperLink and wait (bounded) until it accepts connections."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        argv = [tool("flower-superlink"), *self._security(), "--host", HOST, "--port", str(self.port)]
+        # In-memory state (no --database): a file database hit "database is locked" under load here.
+        argv += ["--disable-runtime-dependency-installation"]
+        if self.tls is not None:
+            argv += ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert)]
+            argv += ["--ssl-keyfile", str(self.tls.key)]
+        if self.node_auth:
+            argv += ["--enable-supernode-auth"]
+        proc = self._start("superlink", argv)
+        self._wait_listening(proc, "superlink", timeout_s)
+        self._write_connection()
+
+    def _wait_listening(self, proc: subprocess.Popen, name: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {self.log(name)[-2000:]}")
+            with socket.socket() as sock:
+                sock.settimeout(0.5)
+                if sock.connect_ex((HOST, self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"{name} did not listen on {self.address} within {timeout_s:.0f} s")
+
+    def _write_connection(self) -> None:
+        """``$FLWR_HOME/config.toml``: the connection ``flwr run`` / ``flwr supernode`` use."""
+        conn: dict[str, object] = {"address": self.address}
+        if self.tls is None:
+            conn["insecure"] = True
+        else:
+            conn["root-certificates"] = str(self.tls.ca.resolve())
+        text = tomli_w.dumps({"superlink": {"default": "fedmosaic", "fedmosaic": conn}})
+        (self.home / "config.toml").write_text(text)
+
+    def start_supernode(
+        self, name: str, data_dir: Path, modalities: str | None = None, private_key: Path | None = None
+    ) -> subprocess.Popen:
+        """Start a SuperNode whose clients come from ``data_dir`` (its node config), optionally narrowed."""
+        node_config = f'data-dir="{Path(data_dir).resolve()}"'
+        if modalities:
+            node_config += f' modalities="{modalities}"'
+        argv = [tool("flower-supernode"), *self._security(), "--superlink", self.address]
+        argv += ["--host", HOST, "--port", str(free_port()), "--node-config", node_config]
+        argv += ["--max-wait-time", "60"]
+        if self.tls is not None:
+            argv += ["--root-certificates", str(self.tls.ca)]
+        if private_key is not None:
+            argv += ["--auth-supernode-private-key", str(private_key)]
+        return self._start(name, argv)
+
+    def flwr(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+        """Run one ``flwr`` CLI command against this SuperLink (bounded)."""
+        return subprocess.run(
+            [tool("flwr"), *args],
+            env=flower_env(self.home),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def register(self, public_key: Path) -> str:
+        """``flwr supernode register``: allow the node holding the matching private key to connect."""
+        done = self.flwr("supernode", "register", str(public_key), "fedmosaic")
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr supernode register failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def submit(self, app: Path, run_config: dict[str, object]) -> int:
+        """``flwr run APP fedmosaic --run-config ...``; returns the run id."""
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        done = self.flwr("run", str(app), "fedmosaic", "--run-config", overrides, "--format", "json")
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr run failed: {done.stdout}{done.stderr}")
+        start = done.stdout.find("{")
+        return int(json.loads(done.stdout[start:])["run-id"])
+
+    def run_status(self, run_id: int) -> str:
+        """The run's status as ``flwr list`` reports it (e.g. ``finished:completed``)."""
+        done = self.flwr("list", "fedmosaic", "--run-id", str(run_id), "--format", "json")
+        start = done.stdout.find("{")
+        if done.returncode != 0 or start < 0:
+            return "unknown"
+        runs = json.loads(done.stdout[start:]).get("runs", [])
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+    def wait_run(self, run_id: int, timeout_s: float, poll_s: float = 0.5) -> str:
+        """Wait (bounded) until the run leaves pending/starting/running; return its final status."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.run_status(run_id)
+            if status.startswith("finished"):
+                return status
+            if self.processes["superlink"].poll() is not None:
+                raise RuntimeError(f"the SuperLink exited: {self.log('superlink')[-2000:]}")
+            time.sleep(poll_s)
+        raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s")
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop every process started here and their descendants, by PID (SIGTERM, then SIGKILL).
+
+        SuperLink and SuperNodes start SuperExec and app processes in sessions of their own; those
+        would exit by themselves once their parent is gone, but a test must not leave them behind.
+        """
+        pids: list[int] = []
+        for proc in reversed(list(self.processes.values())):
+            if proc.poll() is None:
+                pids += [*descendants(proc.pid), proc.pid]
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in alive:
+            _signal(pid, signal.SIGKILL)
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent PID -> child PIDs, from /proc (Linux)."""
+    tree: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(stat.parent.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first seen, grandchildren after)."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone, only not yet reaped
+
+
+def _signal(pid: int, sig: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+@contextmanager
+def local_federation(
+    root: Path, tls: Tls | None = None, node_auth: bool = False
+) -> Iterator[LocalFederation]:
+    """A started SuperLink (nodes are added by the caller), always stopped on exit."""
+    fed = LocalFederation(Path(root), tls=tls, node_auth=node_auth)
+    try:
+        fed.start_superlink()
+        yield fed
+    finally:
+        fed.stop()
