@@ -74,6 +74,7 @@ class LocalFederation:
     node_auth: bool = False
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    stopped: list[int] = field(default_factory=list)  # every PID stop() signalled (descendants included)
 
     @property
     def address(self) -> str:
@@ -208,6 +209,7 @@ class LocalFederation:
         for proc in reversed(list(self.processes.values())):
             if proc.poll() is None:
                 pids += [*descendants(proc.pid), proc.pid]
+        self.stopped += pids
         for pid in pids:
             _signal(pid, signal.SIGTERM)
         for proc in self.processes.values():
@@ -217,7 +219,7 @@ class LocalFederation:
                 proc.kill()
                 proc.wait(timeout=timeout_s)
         deadline = time.monotonic() + timeout_s
-        while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        while (alive := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in alive:
             _signal(pid, signal.SIGKILL)
@@ -246,7 +248,8 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

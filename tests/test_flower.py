@@ -1,0 +1,256 @@
+"""The Flower engine: records, node folders, and real federations on 127.0.0.1.
+
+Integration tests start Flower's own commands (``flower-superlink``, ``flower-supernode``, ``flwr
+run``) as subprocesses through :mod:`fedmosaic.engines.flower_local`: everything binds 127.0.0.1 on
+free ports, every wait is bounded, every process is stopped by PID in a ``finally`` block (the
+context manager). The fedavg run is in the default (CI) selection; the other algorithms are
+``slow`` (each Flower run starts a ClientApp process per node and message, several seconds each).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import RecordDict
+
+from fedmosaic.algorithms.registry import algorithm_names, get_algorithm
+from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.core.message import Message
+from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.flower import (
+    FlowerEngine,
+    FlowerRunError,
+    prepare_nodes,
+    wait_for_nodes,
+    write_app,
+)
+from fedmosaic.engines.flower_local import LocalFederation, Tls, alive, local_federation
+from fedmosaic.engines.flower_records import get_message, get_messages, put_message, put_messages
+from fedmosaic.engines.local import LocalEngine
+from fedmosaic.engines.node_data import NodeDataError, load_node
+from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny synthetic task of conftest.py (400 samples; 2 image, 2 text, 6 image+text clients).
+TINY = [
+    "task.options.n_samples=400",
+    "task.proxy_size=40",
+    "task.labelled_size=40",
+    "rounds=2",
+    "engine.progress=false",
+    "compare=[]",
+    "model.embed_dim=16",
+    "model.text_hidden=16",
+]
+RUN_TIMEOUT_S = 420.0  # bounded wait for one Flower run (a loaded 2-core machine: ~1 min per round)
+
+
+def tiny(*extra: str) -> RunConfig:
+    return load_config(None, [*TINY, *extra])
+
+
+# ----------------------------------------------------------------------------- records and node data
+
+
+def test_records_round_trip_is_bit_exact() -> None:
+    rng = np.random.default_rng(0)
+    messages = {
+        "client_0": Message.of({"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5)}, k=3),
+        "user-7.a": Message.of({"x": np.zeros((0, 2), dtype=np.float64)}, flag=True, name="x", lr=0.1),
+        "empty": Message(),
+    }
+    records = RecordDict()
+    put_messages(records, "train", messages)
+    back = get_messages(records, "train")
+    assert list(back) == list(messages)
+    for cid, message in messages.items():
+        assert back[cid].meta == message.meta
+        assert {k: type(v) for k, v in back[cid].meta.items()} == {
+            k: type(v) for k, v in message.meta.items()
+        }
+        for name, array in message.arrays.items():
+            assert back[cid].arrays[name].dtype == array.dtype
+            assert back[cid].arrays[name].tobytes() == array.tobytes()
+        assert back[cid].nbytes == message.nbytes
+    assert get_message(records, "state", "nobody").is_empty()
+    put_message(records, "state", "client_0", messages["client_0"])
+    assert get_message(records, "state", "client_0").nbytes == messages["client_0"].nbytes
+
+
+@pytest.fixture(scope="module")
+def node_folders(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three node folders from the tiny task: node_0 image/text-only clients, node_1 and node_2 image+text."""
+    return prepare_nodes(tiny(), tmp_path_factory.mktemp("nodes"), 3)
+
+
+def test_node_folders_hold_exactly_the_local_clients(node_folders: list[Path]) -> None:
+    task = build_task(tiny())
+    seen = []
+    for folder in node_folders:
+        node = load_node(str(folder))
+        for data in node.clients:
+            ref = task.client(data.spec.id)
+            assert data.spec == ref.spec
+            for part in ("train", "val", "test"):
+                mine, theirs = getattr(data, part), getattr(ref, part)
+                assert np.array_equal(mine.labels, theirs.labels)
+                assert np.array_equal(mine.mask, theirs.mask)
+                for name in data.spec.modalities:
+                    assert np.array_equal(mine.store[name][mine.indices], theirs.store[name][theirs.indices])
+            seen.append(data.spec.id)
+    assert seen == [c.spec.id for c in task.clients]
+    groups = [{c.spec.group for c in load_node(str(f)).clients} for f in node_folders]
+    assert groups == [{"image", "text"}, {"image+text"}, {"image+text"}]
+
+
+def test_node_config_modalities_narrow_what_clients_hold(node_folders: list[Path]) -> None:
+    node = load_node(str(node_folders[1]), frozenset({"image"}))
+    assert {c.spec.group for c in node.clients} == {"image"}
+    assert all("text" not in b[0] for c in node.clients for b in c.train.batches(8))
+    with pytest.raises(NodeDataError, match="node-config modalities"):
+        load_node(str(node_folders[0]), frozenset({"audio"}))
+    with pytest.raises(NodeDataError, match="data-dir"):
+        load_node(str(node_folders[0].parent / "missing"))
+
+
+class _Grid:
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]))
+
+
+def test_wait_for_nodes_is_bounded() -> None:
+    assert wait_for_nodes(_Grid([0, 1, 3]), 3, timeout_s=5, poll_s=0.01) == [0, 1, 2]
+    with pytest.raises(FlowerRunError, match="min-nodes: 1 SuperNode"):
+        wait_for_nodes(_Grid([1]), 2, timeout_s=0.05, poll_s=0.01)
+
+
+def test_pooled_data_algorithms_are_refused(tmp_path: Path) -> None:
+    cfg = tiny("algorithm.name=centralized")
+    with pytest.raises(ConfigError, match="pooled client data"):
+        FlowerEngine(cfg, build_task(cfg), RunFolder(tmp_path), None, [], {}, 0)  # type: ignore[arg-type]
+
+
+def test_app_folder_names_both_apps(tmp_path: Path) -> None:
+    import tomllib
+
+    app = tomllib.loads((write_app(tmp_path) / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {
+        "serverapp": "fedmosaic.engines.flower:server_app",
+        "clientapp": "fedmosaic.engines.flower:client_app",
+    }
+    assert {"config", "set", "out", "min-nodes", "node-wait-s"} <= set(app["config"])
+
+
+# ------------------------------------------------------------------------------- real federations
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory, node_folders: list[Path]):
+    """One insecure SuperLink and three SuperNodes on 127.0.0.1, each pointing at its own node folder."""
+    root = tmp_path_factory.mktemp("federation")
+    with local_federation(root / "flower") as fed:
+        for k, folder in enumerate(node_folders):
+            fed.start_supernode(f"node_{k}", folder)
+        yield fed, write_app(root / "app"), root
+    assert all(p.poll() is not None for p in fed.processes.values())
+    assert not [pid for pid in fed.stopped if alive(pid)]
+
+
+def run_both(fed: LocalFederation, app: Path, root: Path, algorithm: str) -> tuple[Path, Path]:
+    """The same tiny run on the local engine and on the federation; returns both run folders."""
+    cfg = tiny(f"algorithm.name={algorithm}")
+    local = root / f"local-{algorithm}"
+    LocalEngine(cfg, build_task(cfg), RunFolder(local)).run()
+    flower = root / f"flower-{algorithm}"
+    run_id = fed.submit(
+        app,
+        {"set": ";".join([*TINY, f"algorithm.name={algorithm}"]), "out": str(flower), "min-nodes": 3},
+    )
+    status = fed.wait_run(run_id, RUN_TIMEOUT_S)
+    assert status == "finished:completed", f"{status}\n{fed.log('superlink')[-3000:]}"
+    return local, flower
+
+
+def assert_same_run(local: Path, flower: Path) -> None:
+    # Bit-identical metrics: the nodes hold the local engine's rows, arrays cross Flower as exact
+    # np.save bytes, replies are aggregated in the local engine's client order, torch uses 1 thread.
+    assert (flower / "metrics.jsonl").read_bytes() == (local / "metrics.jsonl").read_bytes()
+    rows = read_jsonl(flower / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in rows)
+    for name in ("config.toml", "timings.jsonl", "summary.json", "report.md", "checkpoints/checkpoint.json"):
+        assert (flower / name).is_file(), name
+    assert list((flower / "plots").glob("*.png"))
+    import json
+
+    ours, theirs = (json.loads((d / "summary.json").read_text()) for d in (flower, local))
+    assert ours["engine"] == {"name": "flower", "nodes": 3}
+    for key in ("final", "bytes_up", "bytes_down", "clients", "groups", "data", "rounds"):
+        assert ours[key] == theirs[key], key
+
+
+def test_fedavg_on_three_supernodes_equals_local_engine(federation) -> None:
+    fed, app, root = federation
+    assert_same_run(*run_both(fed, app, root, "fedavg"))
+
+
+OTHERS = [n for n in algorithm_names() if n != "fedavg" and not get_algorithm(n).needs_pooled_data]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", OTHERS)
+def test_every_algorithm_on_three_supernodes_equals_local_engine(federation, algorithm: str) -> None:
+    fed, app, root = federation
+    assert_same_run(*run_both(fed, app, root, algorithm))
+
+
+@pytest.mark.slow
+def test_too_few_nodes_fails_the_run_after_a_bounded_wait(federation) -> None:
+    fed, app, root = federation
+    run_id = fed.submit(
+        app, {"set": ";".join(TINY), "out": str(root / "never"), "min-nodes": 4, "node-wait-s": 2.0}
+    )
+    assert fed.wait_run(run_id, 180) == "finished:failed"
+    assert not (root / "never" / "metrics.jsonl").exists()
+
+
+NODES = ["--node", "site_a", "--node", "rogue"]
+
+
+def test_tls_and_node_authentication_refuse_an_unregistered_node(tmp_path: Path, node_folders) -> None:
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_dev_certs.py"), "--out", str(certs), *NODES],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    tls = Tls(certs / "ca.crt", certs / "server.crt", certs / "server.key")
+    with local_federation(tmp_path / "flower", tls=tls, node_auth=True) as fed:
+        fed.register(certs / "nodes" / "site_a.pub")
+        fed.start_supernode("site_a", node_folders[0], private_key=certs / "nodes" / "site_a")
+        rogue = fed.start_supernode("rogue", node_folders[1], private_key=certs / "nodes" / "rogue")
+        assert rogue.wait(timeout=90) != 0  # refused: the SuperLink does not know its public key
+        assert "Failed to activate SuperNode" in fed.log("rogue")
+        import json
+        import time
+
+        deadline, online = time.monotonic() + 90, []
+        while time.monotonic() < deadline and not online:
+            listed = fed.flwr("supernode", "list", "fedmosaic", "--format", "json").stdout
+            nodes = json.loads(listed[listed.find("{") :]).get("nodes", []) if "{" in listed else []
+            online = [n for n in nodes if n["status"] == "online"]
+            time.sleep(0.5)
+        assert len(online) == 1  # the registered node, over TLS
+    assert all(p.poll() is not None for p in fed.processes.values())
+    assert fed.stopped and not [pid for pid in fed.stopped if alive(pid)]
