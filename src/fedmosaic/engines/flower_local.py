@@ -219,9 +219,9 @@ class LocalFederation:
                 proc.kill()
                 proc.wait(timeout=timeout_s)
         deadline = time.monotonic() + timeout_s
-        while (alive := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        while (remaining := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        for pid in alive:
+        for pid in remaining:
             _signal(pid, signal.SIGKILL)
 
 
