@@ -61,7 +61,7 @@ from fedmosaic.models.train import evaluate_subsets, make_optimizer
 
 SHARED = ("adapters.", "fusion.", "gate.", "classifier.")  # the global-update part; encoders stay local
 VEC, PRIV, BANK, PROXY = "vec/", "priv/", "gv/", "proxy/"
-ASSIGN = "assign/"  # consensus global-vector pair of each proxy sample holding the modality (int64)
+PSEUDO = "pseudo/"  # the federation's label for each proxy sample holding the modality (-1 = unsure)
 
 
 class GVFConfig(AlgorithmConfig):
@@ -92,8 +92,13 @@ class GVFConfig(AlgorithmConfig):
     proxy_weight: float = Field(
         1.0,
         ge=0,
-        description="weight of the loss pulling each proxy vector towards its consensus global-vector pair "
-        "(0 = off); the server sends the pair index of every proxy sample with the global vectors",
+        description="weight of the cross-entropy on proxy samples labelled by the federation (0 = off)",
+    )
+    pseudo_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="a proxy label is sent only when the teachers' mean probability reaches it",
     )
     weighting: Literal["contribution", "samples"] = "contribution"
     contribution_temperature: float = Field(0.1, gt=0, description="tau in w_k ∝ n_k exp(delta_k / tau)")
@@ -276,8 +281,8 @@ class GVFClient:
         load_arrays(model, received)
         model.set_bank(bank_arrays(message))
         proxy = {k: v for k, v in {**state.arrays, **message.arrays}.items() if k.startswith(PROXY)}
-        assign = {k[len(ASSIGN) :]: v for k, v in message.arrays.items() if k.startswith(ASSIGN)}
-        loss = self._train(model, data.train, rng, proxy, assign)
+        pseudo = {k[len(PSEUDO) :]: v for k, v in message.arrays.items() if k.startswith(PSEUDO)}
+        loss = self._train(model, data.train, rng, proxy, pseudo)
 
         # Contribution: the trained shared part against the received one, both on my trained encoders.
         trained = to_arrays(model, shared_names(model, held))
@@ -316,7 +321,7 @@ class GVFClient:
         view: View,
         rng: Rng,
         proxy: dict[str, np.ndarray],
-        assign: dict[str, np.ndarray],
+        pseudo: dict[str, np.ndarray],
     ) -> float:
         """Local epochs: cross-entropy, alignment, fill training, and the proxy consensus loss."""
         cfg, tcfg = self.cfg, self.settings.training
@@ -349,8 +354,8 @@ class GVFClient:
                     loss.backward()
                     optimizer.step()
                     losses.append(float(loss.detach()))
-                if has_bank and assign and cfg.proxy_weight > 0:
-                    self._proxy_epoch(model, optimizer, proxy, assign, rng.numpy(f"proxy-{epoch}"))
+                if pseudo and cfg.proxy_weight > 0:
+                    self._proxy_epoch(model, optimizer, proxy, pseudo, rng.numpy(f"proxy-{epoch}"))
         return float(np.mean(losses)) if losses else float("nan")
 
     def _proxy_epoch(
@@ -358,29 +363,27 @@ class GVFClient:
         model: GVFModel,
         optimizer: torch.optim.Optimizer,
         proxy: dict[str, np.ndarray],
-        assign: dict[str, np.ndarray],
+        pseudo: dict[str, np.ndarray],
         order: np.random.Generator,
     ) -> None:
-        """Pull each proxy vector towards its consensus pair: cross-entropy over cosine similarities to
-        the bank of its modality, the target being the pair every client's vectors voted for.
+        """Cross-entropy on the proxy samples the federation labelled confidently, one held modality at
+        a time (a missing partner is filled from the global vectors, as at test time).
 
         This is how an encoder that never leaves its client still learns from the others: the
-        common set carries the federation's consensus, sample by sample.
+        common set carries the federation's knowledge, sample by sample.
         """
         cfg, bs = self.cfg, self.settings.training.batch_size
         for key in sorted(proxy):
             m = key[len(PROXY) :]
-            if m not in assign:
+            if m not in pseudo:
                 continue
-            x, target = proxy[key], assign[m]
-            bank = F.normalize(model.bank(m), dim=1)
-            perm = order.permutation(len(x))
-            for start in range(0, len(x), bs):
-                rows = perm[start : start + bs]
+            x, target = proxy[key], pseudo[m]
+            labelled = order.permutation(np.flatnonzero(target >= 0))
+            for start in range(0, len(labelled), bs):
+                rows = np.sort(labelled[start : start + bs])
                 if len(rows) < 2:  # batch norm cannot train on one sample
                     continue
-                h = model.project({m: to_tensor(np.asarray(x[rows]))})[m]
-                logits = F.normalize(h, dim=1) @ bank.T / cfg.fill_temperature
+                logits = model({m: to_tensor(np.asarray(x[rows]))})
                 loss = cfg.proxy_weight * F.cross_entropy(logits, torch.from_numpy(target[rows]))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -423,7 +426,7 @@ class GVFServer:
         self.model = build_model(settings)
         self.bank: dict[str, np.ndarray] = {}
         self.delivered: set[str] = set()  # clients that already hold the proxy inputs
-        self.assign: np.ndarray | None = None  # consensus pair of every proxy sample
+        self.pseudo: np.ndarray | None = None  # the federation's label of every proxy sample (-1: unsure)
 
     def _proxy_rows(self, modality: str) -> np.ndarray:
         """Positions of the proxy samples that hold ``modality`` (the rows of its proxy arrays)."""
@@ -437,8 +440,8 @@ class GVFServer:
         for c in sample_clients(clients, self.settings.clients_per_round, rng):
             arrays = to_arrays(self.model, shared_names(self.model, c.modalities))
             arrays.update({BANK + m: v for m, v in self.bank.items()})
-            if self.assign is not None and self.cfg.proxy_weight > 0:
-                arrays.update({ASSIGN + m: self.assign[self._proxy_rows(m)] for m in sorted(c.modalities)})
+            if self.pseudo is not None and self.cfg.proxy_weight > 0:
+                arrays.update({PSEUDO + m: self.pseudo[self._proxy_rows(m)] for m in sorted(c.modalities)})
             if c.id not in self.delivered:
                 arrays.update({PROXY + m: self._proxy_inputs(m) for m in sorted(c.modalities)})
                 self.delivered.add(c.id)
@@ -480,22 +483,45 @@ class GVFServer:
                     rng.numpy("kmeans"),
                     cfg.kmeans_init,
                 )
-                self.assign = self._consensus(replies)
                 stats["k"] = float(len(next(iter(self.bank.values()))))
                 stats["pair_similarity"] = similarity
+        if cfg.proxy_weight > 0:
+            self.pseudo = self._pseudo_labels(replies)
+            stats["pseudo_labelled"] = float((self.pseudo >= 0).mean())
         return stats
 
-    def _consensus(self, replies: dict[str, Message]) -> np.ndarray:
-        """Each proxy sample's global-vector pair: the pair whose centres its vectors (every client,
-        every modality, cosine similarity) are closest to in sum. A vote across modalities, so it is
-        only as good as the pairing."""
-        votes = np.zeros((len(self.proxy), len(next(iter(self.bank.values())))))
-        for reply in replies.values():
-            for key, v in reply.arrays.items():
-                if key.startswith(VEC) and key[len(VEC) :] in self.bank:
-                    m = key[len(VEC) :]
-                    votes[self._proxy_rows(m)] += _unit(v) @ _unit(self.bank[m]).T
-        return votes.argmax(1).astype(np.int64)
+    @torch.no_grad()
+    def _pseudo_labels(self, replies: dict[str, Message]) -> np.ndarray:
+        """Label each proxy sample with the aggregated fusion model applied to the uploaded vectors.
+
+        Teachers are the clients holding the most modalities (their vectors of a proxy sample are a
+        real pair); their class probabilities are averaged, and a sample keeps its label only when
+        that mean reaches ``pseudo_threshold``. Only vectors and the shared part are used: the server
+        never sees a client's data or encoder.
+        """
+        self.model.eval()
+        self.model.set_bank({m: torch.from_numpy(v) for m, v in self.bank.items()})
+        n_classes = self.settings.info.num_classes
+        held = {c: {k[len(VEC) :] for k in r.arrays if k.startswith(VEC)} for c, r in replies.items()}
+        most = max((len(h) for h in held.values()), default=0)
+        probs, votes = np.zeros((len(self.proxy), n_classes)), np.zeros(len(self.proxy))
+        for c, reply in sorted(replies.items()):
+            if not held[c] or len(held[c]) < most:
+                continue
+            rows = np.arange(len(self.proxy))
+            for m in held[c]:  # samples holding every one of the teacher's modalities
+                rows = np.intersect1d(rows, self._proxy_rows(m))
+            projected = {
+                m: torch.from_numpy(reply.arrays[VEC + m][np.searchsorted(self._proxy_rows(m), rows)])
+                for m in sorted(held[c])
+            }
+            if len(rows):
+                probs[rows] += torch.softmax(self.model.fuse(projected), 1).numpy()
+                votes[rows] += 1
+        probs /= np.maximum(votes, 1)[:, None]
+        labels = probs.argmax(1)
+        labels[(probs.max(1) < self.cfg.pseudo_threshold) | (votes == 0)] = -1
+        return labels.astype(np.int64)
 
     def _k(self, vectors: dict[str, np.ndarray], rng: Rng) -> int:
         cfg = self.cfg
@@ -519,14 +545,14 @@ class GVFServer:
     def state(self) -> Message:
         arrays = to_arrays(self.model, SHARED)
         arrays.update({BANK + m: v for m, v in self.bank.items()})
-        if self.assign is not None:
-            arrays["assign"] = self.assign
+        if self.pseudo is not None:
+            arrays["pseudo"] = self.pseudo
         return Message(arrays, {"delivered": ",".join(sorted(self.delivered))})
 
     def load_state(self, state: Message) -> None:
         load_arrays(self.model, {k: v for k, v in state.arrays.items() if k.startswith(SHARED)})
         self.bank = {k[len(BANK) :]: v for k, v in state.arrays.items() if k.startswith(BANK)}
-        self.assign = state.arrays.get("assign")
+        self.pseudo = state.arrays.get("pseudo")
         self.delivered = set(filter(None, str(state.meta.get("delivered", "")).split(",")))
 
 

@@ -1,0 +1,187 @@
+"""Global-vector fusion: the pairing, what leaves a client, the weights, and runs through the engine."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedmosaic.algorithms import gvf
+from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.core.algorithm import ServerData
+from fedmosaic.core.message import Message
+from fedmosaic.core.seeding import SERVER, Rng
+from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.local import LocalEngine, settings_for
+from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.models.fusion import GatingMechanism, GVFModel, fill_from_bank
+
+GVF_TINY = ["algorithm.name=gvf", "algorithm.dim=16"]
+
+
+def _cfg(tiny_cfg: RunConfig, *extra: str) -> RunConfig:
+    tree = tiny_cfg.to_toml_dict()
+    tree["algorithm"] = {"name": "gvf", "dim": 16}
+    cfg = RunConfig.model_validate(tree)
+    if extra:
+        from fedmosaic.config import apply_override, validate
+
+        tree = cfg.to_toml_dict()
+        for item in extra:
+            apply_override(tree, item)
+        cfg = validate(tree)
+    return cfg
+
+
+def _planted(k: int = 8, d: int = 16, per: int = 30, seed: int = 0):
+    """Two modalities whose clusters are the same points up to a known permutation and noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d))
+    perm = rng.permutation(k)  # cluster i of A is cluster perm[i] of B
+    labels = np.repeat(np.arange(k), per)
+    a = centres[labels] + 0.05 * rng.normal(size=(k * per, d))
+    b_centres = np.empty_like(centres)
+    b_centres[perm] = centres
+    b = b_centres[perm[labels]] + 0.05 * rng.normal(size=(k * per, d))
+    return centres, b_centres, perm, a.astype(np.float32), b.astype(np.float32)
+
+
+def test_hungarian_recovers_a_planted_pairing_and_random_does_not() -> None:
+    centres, b_centres, perm, a, b = _planted()
+    assert np.array_equal(gvf.pair_clusters(centres, b_centres, "hungarian"), perm)
+
+    bank, similarity = gvf.global_vectors(
+        {"A": a, "B": b}, ("A", "B"), 8, "hungarian", np.random.default_rng(1)
+    )
+    cos = (gvf._unit(bank["A"]) * gvf._unit(bank["B"])).sum(1)
+    assert cos.min() > 0.99 and similarity > 0.99  # every pair joins a cluster with its own partner
+
+    shuffled, random_similarity = gvf.global_vectors(
+        {"A": a, "B": b}, ("A", "B"), 8, "random", np.random.default_rng(1)
+    )
+    cos = (gvf._unit(shuffled["A"]) * gvf._unit(shuffled["B"])).sum(1)
+    assert (cos > 0.99).mean() <= 0.25 and random_similarity < 0.5  # the control does not recover it
+
+
+def test_contribution_weights_follow_the_formula() -> None:
+    n, delta, tau = np.array([10.0, 20.0, 30.0]), np.array([0.2, -0.1, 0.0]), 0.1
+    expected = n * np.exp(delta / tau)
+    assert np.allclose(gvf.contribution_weights(n, delta, tau), expected / expected.sum())
+    assert np.allclose(gvf.contribution_weights(n, delta, tau, "samples"), n / n.sum())
+    # log-space: a huge delta / tau neither overflows nor produces NaN
+    assert np.allclose(gvf.contribution_weights(n, np.array([1e3, 0, 0]), 1e-3), [1, 0, 0])
+
+
+def test_server_averages_the_shared_part_with_contribution_weights(tiny_cfg: RunConfig) -> None:
+    cfg = _cfg(tiny_cfg)
+    task = build_task(cfg)
+    settings = settings_for(cfg, task)
+    server = gvf.GVFServer(settings, ServerData(task.proxy, task.labelled, task.test))
+    name = "classifier.net.1.bias"
+    base = gvf.to_arrays(server.model, (name,))[name]
+    replies = {
+        "a": Message({name: base + 1.0}, {"n_train": 10, "train_loss": 1.0, "delta": 0.05}),
+        "b": Message({name: base + 3.0}, {"n_train": 30, "train_loss": 1.0, "delta": -0.05}),
+    }
+    server.aggregate(1, replies, Rng(0, 1, SERVER))
+    w = np.array([10 * math.exp(0.5), 30 * math.exp(-0.5)])
+    w /= w.sum()
+    got = gvf.to_arrays(server.model, (name,))[name]
+    assert np.allclose(got, base + w[0] * 1.0 + w[1] * 3.0, atol=1e-6)
+
+
+def test_fusion_modules() -> None:
+    torch.manual_seed(0)
+    gate = GatingMechanism(8)
+    h, z = torch.randn(4, 8), torch.randn(4, 8)
+    r = gate(h, z)
+    g = torch.sigmoid(gate.linear(torch.cat([h, z], -1)))
+    assert torch.allclose(r, g * h + (1 - g) * z)  # the forget gate mixes h and Z, nothing else
+    bank_a, bank_b = torch.eye(3, 8), 10 + torch.arange(24.0).reshape(3, 8)
+    assert torch.equal(fill_from_bank(bank_a[[2, 0]] * 5, bank_a, bank_b, "nearest"), bank_b[[2, 0]])
+    model = GVFModel({"a": torch.nn.Linear(5, 6), "b": torch.nn.Linear(3, 6)}, 6, 8, 4)
+    assert model({"a": torch.randn(2, 5)}).shape == (2, 4)  # no bank: the missing slot stays missing
+    model.set_bank({"a": torch.randn(3, 8), "b": torch.randn(3, 8)})
+    assert model({"b": torch.randn(2, 3)}).shape == (2, 4)
+
+
+def _run(cfg: RunConfig, folder: Path, record: list | None = None, monkeypatch=None) -> dict:
+    if record is not None:
+        original = gvf.GVFClient.fit
+
+        def fit(self, message, state, data, rng):
+            reply, new_state = original(self, message, state, data, rng)
+            record.append((data.spec, message, reply))
+            return reply, new_state
+
+        monkeypatch.setattr(gvf.GVFClient, "fit", fit)
+    task = build_task(cfg)
+    run = RunFolder(folder)
+    run.write_config(cfg.to_toml_dict())
+    return LocalEngine(cfg, task, run).run()
+
+
+def test_only_proxy_vectors_and_shared_weights_leave_a_client(
+    tiny_cfg: RunConfig, tmp_path: Path, monkeypatch
+) -> None:
+    cfg = _cfg(tiny_cfg)
+    record: list = []
+    summary = _run(cfg, tmp_path / "run", record, monkeypatch)
+    task = build_task(cfg)
+    n_proxy = len(task.proxy)
+    assert len(record) == 2 * len(task.clients)
+    for spec, message, reply in record:
+        for key, array in reply.arrays.items():
+            assert not key.startswith("encoders."), key  # local encoders never leave
+            assert not key.startswith(gvf.PRIV), key  # no private-sample vectors by default
+            if key.startswith(gvf.VEC):
+                assert key[len(gvf.VEC) :] in spec.modalities
+                assert array.shape == (n_proxy, 16)  # one vector per *proxy* sample, nothing else
+            else:
+                assert key.startswith(gvf.SHARED), key
+                assert key.startswith(("fusion.", "gate.", "classifier.")) or any(
+                    key.startswith(f"adapters.{m}.") for m in spec.modalities
+                )
+        assert not any(k.startswith("encoders.") for k in message.arrays)
+    # the proxy inputs go down once per client; the global vectors from round 2 on
+    first = [m for _, m, _ in record[: len(task.clients)]]
+    second = [m for _, m, _ in record[len(task.clients) :]]
+    assert all(any(k.startswith(gvf.PROXY) for k in m.arrays) for m in first)
+    assert not any(k.startswith(gvf.PROXY) for m in second for k in m.arrays)
+    assert all(any(k.startswith(gvf.BANK) for k in m.arrays) for m in second)
+
+    # finite metrics for every group of the 2 image / 2 text / 6 image+text mix
+    final = summary["final"]
+    for key in ("group/image", "group/text", "group/image+text", "overall"):
+        assert math.isfinite(final[key]["accuracy"]) and math.isfinite(final[key]["macro_f1"])
+
+    # same seed, same numbers
+    again = _run(cfg, tmp_path / "again")
+    assert again["final"] == final
+
+
+def test_private_vectors_leave_only_when_allowed(tiny_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+    cfg = _cfg(tiny_cfg, "rounds=1", "algorithm.allow_private_vectors=true")
+    record: list = []
+    _run(cfg, tmp_path / "run", record, monkeypatch)
+    assert all(any(k.startswith(gvf.PRIV) for k in reply.arrays) for _, _, reply in record)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("algorithm.pairing=greedy", "algorithm.pairing"),
+        ("algorithm.heads=3", "algorithm.heads"),
+        ("algorithm.k=auto", "algorithm.k"),
+        ("algorithm.weighting=equal", "algorithm.weighting"),
+        ("algorithm.colour=1", "algorithm.colour"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*GVF_TINY, override])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(key), message
