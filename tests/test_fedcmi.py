@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_OVERRIDES
 from fedmosaic.algorithms import fedcmi
 from fedmosaic.algorithms.fedcmi import (
     FedCMIClient,
@@ -109,7 +110,7 @@ def test_soft_cross_entropy_uses_the_per_sample_temperature() -> None:
     teacher = torch.tensor([[0.0, 2.0], [0.0, 2.0]])
     sharp = soft_cross_entropy(student, teacher, torch.tensor([0.5, 0.5]))
     flat = soft_cross_entropy(student, teacher, torch.tensor([1.0, 1.0]))
-    assert float(sharp.detach()) > float(flat)  # a lower temperature sharpens a disagreeing target
+    assert float(sharp.detach()) > float(flat.detach())  # a lower temperature sharpens a disagreeing target
     sharp.backward()
     assert student.grad is not None and teacher.grad is None
 
@@ -205,6 +206,47 @@ def test_infiltration_waits_for_warmup_and_skips_single_modality_clients(tiny_cf
     assert not any(n.startswith("fused.") for n in reply.arrays)
 
 
+def test_aggregation_averages_each_part_over_its_holders_weighted_by_data_size(tiny_cfg: RunConfig) -> None:
+    cfg = fedcmi_cfg(tiny_cfg)
+    task = build_task(cfg)
+    settings = settings_for(cfg, task)
+    server = fedcmi.FedCMIServer(settings, fedcmi.ServerData(task.proxy, task.labelled, task.test))
+    m1, m2 = server.model.names
+    only_m1 = to_arrays(server.model, part_prefixes(server.model, frozenset({m1})))
+    both = to_arrays(server.model, part_prefixes(server.model, frozenset({m1, m2})))
+    replies = {
+        "a": Message({n: np.ones_like(v) for n, v in only_m1.items()}, {"n_train": 1, "train_loss": 1.0}),
+        "b": Message({n: np.full_like(v, 3) for n, v in both.items()}, {"n_train": 3, "train_loss": 1.0}),
+    }
+    for r in replies.values():
+        r.meta.update({"inf_batches": 0, "inf_loss": 0.0})
+    server.aggregate(1, replies, Rng(cfg.seed, 1, "server"))
+    state = server.state().arrays
+    float_names = [n for n in both if state[n].dtype.kind == "f"]
+    for name in float_names:
+        expected = (1 * 1 + 3 * 3) / 4 if name in only_m1 else 3.0  # m1's parts: both clients
+        np.testing.assert_allclose(state[name], expected, err_msg=name)
+    assert any(n.startswith("fused.") for n in float_names) and not any(
+        n.startswith("fused.") for n in only_m1
+    )
+
+
+def test_fedprox_term_keeps_the_local_model_closer_to_the_global_one(tiny_cfg: RunConfig) -> None:
+    task = build_task(tiny_cfg)
+    data = next(c for c in task.clients if len(c.spec.modalities) == 2)
+
+    def drift(mu: float) -> float:
+        settings = settings_for(fedcmi_cfg(tiny_cfg, mu=mu), task)
+        model = initial_cmi_model(settings)
+        msg = Message(to_arrays(model, part_prefixes(model, data.spec.modalities)))
+        reply, _ = FedCMIClient(settings).fit(msg, Message(), data, Rng(tiny_cfg.seed, 2, data.spec.id))
+        return sum(
+            float(((reply.arrays[n] - a) ** 2).sum()) for n, a in msg.arrays.items() if a.dtype.kind == "f"
+        )
+
+    assert drift(100.0) < 0.5 * drift(0.0)
+
+
 # --- engine runs ------------------------------------------------------------------------------
 
 
@@ -216,7 +258,8 @@ def run(cfg: RunConfig, folder: Path) -> list[dict]:
 def test_two_rounds_complete_with_finite_metrics_and_same_seed_same_metrics(
     tiny_cfg: RunConfig, tmp_path: Path
 ) -> None:
-    cfg = fedcmi_cfg(tiny_cfg)  # default mix: image-only, text-only and image+text clients
+    small = load_config(None, [*TINY_OVERRIDES, "task.options.n_samples=240", "training.local_epochs=1"])
+    cfg = fedcmi_cfg(small)  # default mix: image-only, text-only and image+text clients
     assert {len(s.modalities) for s in build_task(cfg).specs} == {1, 2}
     rows = run(cfg, tmp_path / "a")
     assert [r["round"] for r in rows] == [1, 2]
