@@ -218,7 +218,8 @@ def global_vectors(
 ) -> tuple[dict[str, np.ndarray], float]:
     """K-Means per modality, then pair every modality's clusters with the first modality's.
 
-    Returns the paired centres (row i of each is pair i) and the mean cosine similarity of the pairs.
+    Returns the paired centres (row i of each is pair i) and the mean (centred) cosine similarity of
+    the pairs.
     """
     names = [m for m in order if m in vectors]
     k = max(1, min([k, *(len(vectors[m]) for m in names)]))
@@ -227,15 +228,17 @@ def global_vectors(
         m: KMeans(k, n_init=n_init, random_state=seed).fit(vectors[m]).cluster_centers_.astype(np.float32)
         for m in names
     }
+    # Similarity is measured on centres minus their modality's mean vector: InfoNCE aligns pairs
+    # *relative* to each other and leaves each modality free to sit at its own offset, which would
+    # make every raw cosine alike.
+    centred = {m: centres[m] - vectors[m].mean(0) for m in names}
     ref = names[0]
     out = {ref: centres[ref]}
     sims = []
     for m in names[1:]:
-        partner = pair_clusters(centres[ref], centres[m], pairing, rng)
+        partner = pair_clusters(centred[ref], centred[m], pairing, rng)
         out[m] = centres[m][partner]
-        a = F.normalize(torch.from_numpy(out[ref]), dim=1)
-        b = F.normalize(torch.from_numpy(out[m]), dim=1)
-        sims.append(float((a * b).sum(1).mean()))
+        sims.append(float((_unit(centred[ref]) * _unit(centred[m][partner])).sum(1).mean()))
     return out, float(np.mean(sims)) if sims else float("nan")
 
 
