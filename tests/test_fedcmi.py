@@ -167,10 +167,9 @@ def test_teacher_is_the_frozen_global_model_not_the_local_one(tiny_task, monkeyp
             assert any(torch.allclose(target, h, atol=1e-5) for h in global_heads.values())
     # ... although the local model has moved away from the global one during the round
     trained = client.model
+    params = {n: p.detach() for n, p in trained.named_parameters()}
     moved = max(
-        float((dict(trained.named_parameters())[n] - torch.from_numpy(a)).abs().max())
-        for n, a in message.arrays.items()
-        if n in dict(trained.named_parameters())
+        float((params[n] - torch.from_numpy(a)).abs().max()) for n, a in message.arrays.items() if n in params
     )
     assert moved > 1e-4
     trained.eval()
