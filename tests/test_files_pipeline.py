@@ -1,0 +1,75 @@
+"""The step-by-step file pipeline: same numbers as the local engine, order enforced, idempotent steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedmosaic.cli import app
+from fedmosaic.config import RunConfig
+from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.files import FilePipeline, PipelineError
+from fedmosaic.engines.local import LocalEngine
+from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+
+
+def _gvf(tiny_cfg: RunConfig) -> RunConfig:
+    tree = tiny_cfg.to_toml_dict()
+    tree["algorithm"] = {"name": "gvf", "dim": 16}
+    return RunConfig.model_validate(tree)
+
+
+def test_pipeline_matches_the_local_engine_and_enforces_order(tiny_cfg: RunConfig, tmp_path: Path) -> None:
+    cfg = _gvf(tiny_cfg)
+    root = tmp_path / "root"
+    pipeline = FilePipeline.init(root, cfg)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("client_"))[:1] == ["client_0"]
+    assert (root / "client_0" / "train" / "indices.npy").is_file()
+    assert (root / "server" / "state.safetensors").is_file()
+
+    with pytest.raises(PipelineError, match="next step is train-clients"):
+        pipeline.aggregate_vectors()
+    with pytest.raises(PipelineError, match="next step is train-clients"):
+        pipeline.update_clients()
+
+    first = pipeline.progress["planned"][0]
+    assert pipeline.train_clients(first) == [first]  # one site at a time
+    assert pipeline.train_clients(first) == []  # idempotent: nothing left for it
+    with pytest.raises(PipelineError, match="next step is train-clients"):
+        pipeline.aggregate_vectors()
+    pipeline.train_clients()  # the others
+    with pytest.raises(PipelineError, match="next step is aggregate-vectors"):
+        pipeline.train_clients()
+    pipeline.aggregate_vectors()
+    assert pipeline.update_clients(first) is None  # the round stays open until every client updated
+    pipeline.update_clients()
+    for _ in range(cfg.rounds - 1):
+        pipeline.train_clients()
+        pipeline.aggregate_vectors()
+        pipeline.update_clients()
+    with pytest.raises(PipelineError, match="finished"):
+        pipeline.train_clients()
+
+    folder = RunFolder(tmp_path / "engine")
+    folder.write_config(cfg.to_toml_dict())
+    LocalEngine(cfg, build_task(cfg), folder).run()
+    assert read_jsonl(root / "metrics.jsonl") == read_jsonl(folder.metrics)  # same seed, same numbers
+
+
+def test_cli_steps_and_out_of_order_message(tiny_cfg: RunConfig, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    runner = CliRunner()
+    settings = ["--set", "algorithm.name=local", "--set", "rounds=1", "--set", "task.options.n_samples=200"]
+    result = runner.invoke(app, ["init-root", "--root", str(root), *settings])
+    assert result.exit_code == 0, result.output
+    assert "next step train-clients" in result.output
+    result = runner.invoke(app, ["update-clients", "--root", str(root)])
+    assert result.exit_code == 2 and "next step is train-clients" in result.output
+    for step in ("train-clients", "aggregate-vectors", "update-clients"):
+        result = runner.invoke(app, [step, "--root", str(root)])
+        assert result.exit_code == 0, result.output
+    assert "all rounds done" in result.output
+    assert json.loads((root / "summary.json").read_text())["rounds"] == 1
