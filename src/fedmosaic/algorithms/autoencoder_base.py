@@ -70,7 +70,8 @@ def trainable(model: SplitAutoencoder, held: frozenset[str]) -> list[torch.nn.Pa
     return [p for n, p in model.named_parameters() if n.startswith(keep)]
 
 
-ExtraLoss = Callable[[int], torch.Tensor]  # step number -> an extra loss term (KD, proximal, ...)
+# (batch of windows by modality, step number) -> the loss of that step (reconstruction + KD, ...)
+LossFn = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
 
 
 def train_reconstruction(
@@ -79,9 +80,11 @@ def train_reconstruction(
     held: frozenset[str],
     settings: Settings,
     rng: Rng,
-    extra: ExtraLoss | None = None,
+    loss_fn: LossFn | None = None,
 ) -> float:
-    """``training.local_epochs`` epochs of batched cross-modal reconstruction (+ ``extra(step)``); mean loss.
+    """``training.local_epochs`` epochs of batched training; mean loss.
+
+    The loss of a batch is ``loss_fn(inputs, step)``, by default the cross-modal reconstruction.
 
     One optimiser step per batch of ``training.batch_size`` whole windows (the reference took one
     step per 16-32-sample slice of a long sequence, in float64). A fresh Adam each round: optimiser
@@ -95,9 +98,10 @@ def train_reconstruction(
     for epoch in range(settings.training.local_epochs):
         order = rng.numpy(f"batches-{epoch}")
         for inputs, _ in view.batches(settings.training.batch_size, order):
-            loss = model.reconstruction_loss(inputs, cfg.reverse_target)  # type: ignore[attr-defined]
-            if extra is not None:
-                loss = loss + extra(step)
+            if loss_fn is None:
+                loss = model.reconstruction_loss(inputs, cfg.reverse_target)  # type: ignore[attr-defined]
+            else:
+                loss = loss_fn(inputs, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

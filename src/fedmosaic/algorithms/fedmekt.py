@@ -56,9 +56,10 @@ Defects of the reference code (github.com/Agent2H/FedMEKT) and what this impleme
    whatever it held). Here: the engines count the exact array bytes of every message up and down,
    including the proxy set's one-off delivery.
 8. Everything ran in float64, one optimiser step per 16-32-step slice of a long sequence. Here:
-   float32, whole windows, one step per batch of ``training.batch_size`` windows; the KD chunk of
-   the proxy batch advances with the step (see :meth:`FedMEKTClient.fit`), so an epoch of local
-   training also sweeps the proxy batch. A fresh Adam per round (the reference kept one per client).
+   float32, whole windows, one step per batch of ``training.batch_size`` windows; each step also
+   distils the next chunk of the proxy batch, so an epoch of local training sweeps the private data
+   and the proxy batch once, in lockstep, as the reference's loop did. A fresh Adam per round (the
+   reference kept one per client across rounds).
 """
 
 from __future__ import annotations
@@ -231,18 +232,27 @@ class FedMEKTClient:
         teacher = {
             m: {layer: torch.from_numpy(message.arrays[emb_key(m, layer)]) for layer in LAYERS} for m in held
         }
-        chunk = self.settings.training.batch_size
+        # The proxy batch is swept once per local epoch, in lockstep with the private batches (as the
+        # reference advanced its public and private sequences together): each step distils a chunk.
+        steps_per_epoch = max(1, -(-len(data.train) // self.settings.training.batch_size))
+        chunk = -(-len(idx) // steps_per_epoch)
         weights = {"top": cfg.alpha, "first": cfg.beta}
 
-        def kd(step: int) -> torch.Tensor:
-            # Each step distils one chunk of the proxy batch; successive steps sweep it.
+        def loss_fn(inputs: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+            # The private windows and the proxy chunk go through each encoder in one call.
             start = (step * chunk) % len(idx)
             rows = slice(start, start + chunk)
-            student = _encode(model, {m: x[rows] for m, x in batch.items()}, cfg)
-            target = {m: {layer: t[rows] for layer, t in e.items()} for m, e in teacher.items()}
-            return self._distiller.loss(student, target, weights)  # type: ignore[union-attr]
+            codes, student = {}, {}
+            for m, x in inputs.items():
+                top, first = model.encode(torch.cat([x, batch[m][rows]]), m)
+                n = len(x)
+                codes[m] = top[:n, -1, :]
+                student[m] = {"top": _steps(top[n:], cfg), "first": _steps(first[n:], cfg)}
+            target = {m: {layer: teacher[m][layer][rows] for layer in LAYERS} for m in inputs}
+            rec = model.reconstruction_loss(inputs, cfg.reverse_target, codes)
+            return rec + self._distiller.loss(student, target, weights)  # type: ignore[union-attr]
 
-        loss = train_reconstruction(model, data.train, held, self.settings, rng, extra=kd)
+        loss = train_reconstruction(model, data.train, held, self.settings, rng, loss_fn)
         model.eval()
         with torch.no_grad():
             mine = _encode(model, batch, cfg)

@@ -62,16 +62,18 @@ class MMFedAvgClient:
             self._model = build_autoencoder(self.settings)
         model, held = self._model, data.spec.modalities
         load_arrays(model, message.arrays)
-        extra = None
-        mu = float(getattr(self.settings.algorithm, "mu", 0.0))
-        if mu > 0:
-            params = dict(model.named_parameters())
-            reference = {n: torch.from_numpy(a.copy()) for n, a in message.arrays.items() if n in params}
+        reverse = bool(self.settings.algorithm.reverse_target)  # type: ignore[attr-defined]
+        mu = float(getattr(self.settings.algorithm, "mu", 0.0))  # mmFedProx's config adds mu
+        params = dict(model.named_parameters())
+        reference = {n: torch.from_numpy(a.copy()) for n, a in message.arrays.items() if n in params}
 
-            def extra(step: int) -> torch.Tensor:
-                return 0.5 * mu * sum(((params[n] - r) ** 2).sum() for n, r in reference.items())  # type: ignore[return-value]
+        def loss_fn(inputs: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+            loss = model.reconstruction_loss(inputs, reverse)
+            if mu > 0:
+                loss = loss + 0.5 * mu * sum(((params[n] - r) ** 2).sum() for n, r in reference.items())
+            return loss
 
-        loss = train_reconstruction(model, data.train, held, self.settings, rng, extra=extra)
+        loss = train_reconstruction(model, data.train, held, self.settings, rng, loss_fn)
         reply = Message(
             to_arrays(model, prefixes(held)),
             {"n_train": len(data.train), "train_loss": loss, "multimodal": len(held) > 1},

@@ -70,23 +70,31 @@ class SplitAutoencoder(nn.Module):
         """The window representation: the top layer's output at the last time step, ``(B, rep_size)``."""
         return self.encode(x, modality)[0][:, -1, :]
 
-    def reconstruction_loss(self, batch: dict[str, torch.Tensor], reverse: bool = True) -> torch.Tensor:
+    def reconstruction_loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        reverse: bool = True,
+        codes: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Sum over held input modalities and held output modalities of the MSE of the cross-decoding.
 
         ``batch`` maps each held modality to its ``(B, C, T)`` windows (the same B samples). The
         target is the window as ``(B, T, C)``, time-reversed when ``reverse`` (the reference's
         default: the decoder unrolls the sequence backwards from the code, as in seq2seq AEs).
+        ``codes`` (``{modality: (B, rep_size)}``) skips the encoders when the caller already ran them.
         """
         targets = {m: x.transpose(1, 2) for m, x in batch.items()}
         if reverse:
             targets = {m: t.flip(1) for m, t in targets.items()}
         sources = list(batch)
-        codes = torch.cat([self.represent(batch[m], m) for m in sources])  # (S * B, rep)
+        if codes is None:
+            codes = {m: self.represent(batch[m], m) for m in sources}
+        stacked = torch.cat([codes[m] for m in sources])  # (S * B, rep)
         loss = torch.zeros(())
         for target, y in targets.items():
             # One decoder call over every source's codes (a bigger batch is cheaper per sample on CPU
             # than one call per source); the mean over S * B samples, times S, is the sum over sources.
-            decoded = self.decoders[target](codes, y.shape[1])
+            decoded = self.decoders[target](stacked, y.shape[1])
             loss = loss + len(sources) * F.mse_loss(decoded, y.repeat(len(sources), 1, 1))
         return loss
 
