@@ -68,23 +68,54 @@ def _overrides(base: list[str], seed: int, rounds: int, smoke: bool, compare: tu
     ]
 
 
-def run_dataset(
-    base: list[str], seeds: list[int], ablation_seeds: list[int], rounds: int, smoke: bool, workdir: Path
-) -> dict[str, list[dict]]:
-    """Summaries by row name: the baselines and gvf per seed, then each ablation per ablation seed."""
-    out: dict[str, list[dict]] = {name: [] for name in (*BASELINES, "gvf")}
-    for seed in seeds:
-        cfg = load_config(None, _overrides(base, seed, rounds, smoke, BASELINES))
-        result = runner.start(cfg, workdir / f"main-{seed}")
-        for name in out:
-            out[name].append(result.summaries[name])
+def run_unit(base: list[str], seed: int, extra: list[str], rounds: int, smoke: bool, folder: Path) -> dict:
+    """One run: gvf (with an ablation's ``extra`` overrides) and, when ``extra`` is empty, the baselines."""
+    compare = () if extra else BASELINES
+    cfg = load_config(None, [*_overrides(base, seed, rounds, smoke, compare), *extra])
+    return runner.start(cfg, folder).summaries
+
+
+def run_all(
+    tasks: dict[str, list[str]],
+    seeds: list[int],
+    ablation_seeds: list[int],
+    rounds: int,
+    smoke: bool,
+    workdir: Path,
+    jobs: int,
+) -> dict[str, dict[str, list[dict]]]:
+    """Summaries by task and row name: the baselines and gvf per seed, each ablation per ablation seed.
+
+    Every (task, seed, variant) is one independent run, spread over ``jobs`` processes.
+    """
     ablations = dict(list(ABLATIONS.items())[:1]) if smoke else ABLATIONS
-    for label, extra in ablations.items():
-        out[f"gvf, {label}"] = []
-        for seed in ablation_seeds:
-            cfg = load_config(None, [*_overrides(base, seed, rounds, smoke, ()), *extra])
-            folder = workdir / f"{label.replace(' ', '-')}-{seed}"
-            out[f"gvf, {label}"].append(runner.start(cfg, folder).summaries["gvf"])
+    # the main units (three runs each) first, so the long ones do not start last
+    units = [(name, None, seed, []) for name in tasks for seed in seeds]
+    units += [
+        (name, label, seed, extra)
+        for name in tasks
+        for label, extra in ablations.items()
+        for seed in ablation_seeds
+    ]
+    out: dict[str, dict[str, list[dict]]] = {
+        name: {row: [] for row in (*BASELINES, "gvf", *(f"gvf, {a}" for a in ablations))} for name in tasks
+    }
+    with ProcessPoolExecutor(max(1, jobs)) as pool:
+        futures = [
+            (
+                name,
+                label,
+                pool.submit(run_unit, tasks[name], seed, extra, rounds, smoke, workdir / f"{name}-{i}"),
+            )
+            for i, (name, label, seed, extra) in enumerate(units)
+        ]
+        for name, label, future in futures:  # in submission order: rows stay in seed order
+            summaries = future.result()
+            if label is None:
+                for row in (*BASELINES, "gvf"):
+                    out[name][row].append(summaries[row])
+            else:
+                out[name][f"gvf, {label}"].append(summaries["gvf"])
     return out
 
 
@@ -133,7 +164,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=2, help="tasks run in parallel processes")
+    parser.add_argument("--jobs", type=int, default=4, help="runs in parallel processes")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, one seed, one ablation")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
@@ -144,13 +175,10 @@ def main() -> None:
     start = time.perf_counter()
     lines: list[str] = []
     tasks = datasets(args.shared, args.smoke)
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {
-            name: pool.submit(run_dataset, base, seeds, ablation_seeds, rounds, args.smoke, Path(tmp) / name)
-            for name, base in tasks.items()
-        }
-        for name, future in futures.items():
-            lines += [*table(name, future.result()), ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_all(tasks, seeds, ablation_seeds, rounds, args.smoke, Path(tmp), args.jobs)
+    for name in tasks:
+        lines += [*table(name, results[name]), ""]
     command = "python benchmarks/gvf.py" + (" --smoke" if args.smoke else "")
     if not args.smoke and (seeds != [0, 1, 2] or rounds != 10 or ablation_seeds != [0]):
         command += f" --rounds {rounds} --seeds {' '.join(map(str, seeds))}"
