@@ -295,3 +295,25 @@ def test_non_sensor_task_is_a_one_line_error(tiny_cfg):
         get_algorithm("fedmekt").Server(
             settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)
         )
+
+
+def test_resume_continues_with_the_same_metrics_and_does_not_resend_the_proxy(tmp_path, mhealth_dir):
+    from fedmosaic.engines.local import LocalEngine
+    from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+
+    cfg = config(mhealth_dir, "fedmekt", "rounds=3", "algorithm.kd_steps=last", "engine.state_cache=0")
+    task = build_task(cfg)
+    LocalEngine(cfg, task, RunFolder(tmp_path / "full")).run()
+
+    def stop_after_two(r: int, row: dict) -> None:
+        if r == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalEngine(cfg, task, RunFolder(tmp_path / "cut")).run(stop_after_two)
+    LocalEngine(cfg, task, RunFolder(tmp_path / "cut")).run()
+    full, cut = (
+        read_jsonl(tmp_path / "full" / "metrics.jsonl"),
+        read_jsonl(tmp_path / "cut" / "metrics.jsonl"),
+    )
+    assert full == cut  # the same metrics and the same byte counts (proxy_bytes included) per round
