@@ -34,7 +34,7 @@ from fedmosaic.engines.flower import (
 from fedmosaic.engines.flower_local import LocalFederation, Tls, alive, local_federation
 from fedmosaic.engines.flower_records import get_message, get_messages, put_message, put_messages
 from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.node_data import NodeDataError, load_node
+from fedmosaic.engines.node_data import NodeDataError, load_node, site_node
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,10 +114,28 @@ def test_node_config_modalities_narrow_what_clients_hold(node_folders: list[Path
     node = load_node(str(node_folders[1]), frozenset({"image"}))
     assert {c.spec.group for c in node.clients} == {"image"}
     assert all("text" not in b[0] for c in node.clients for b in c.train.batches(8))
+    assert [c.spec.id for c in load_node(str(node_folders[0]), frozenset({"text"})).clients] == [
+        "client_2",
+        "client_3",
+    ]  # node_0's image-only clients are not hosted by a text-only site
     with pytest.raises(NodeDataError, match="node-config modalities"):
         load_node(str(node_folders[0]), frozenset({"audio"}))
     with pytest.raises(NodeDataError, match="data-dir"):
         load_node(str(node_folders[0].parent / "missing"))
+
+
+def test_a_site_builds_its_own_node_folder_from_raw_data(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FEDMOSAIC_NODE_CACHE", str(tmp_path / "cache"))
+    cfg = tiny()
+    folder = site_node(cfg, tmp_path / "site_a", {"n_samples": 300}, "site_a")
+    node = load_node(str(folder), frozenset({"image"}))
+    assert [c.spec.id for c in node.clients] == [f"site_a.client_{k}" for k in range(10) if k not in (2, 3)]
+    assert {c.spec.group for c in node.clients} == {"image"}  # the text-only clients are gone
+    assert sum(len(c.train) + len(c.val) for c in load_node(str(folder)).clients) < 300
+    stamp = (folder / "data.npz").stat().st_mtime_ns
+    assert site_node(cfg, tmp_path / "site_a", {"n_samples": 300}, "site_a") == folder  # cached
+    assert (folder / "data.npz").stat().st_mtime_ns == stamp
+    assert site_node(cfg, tmp_path / "site_a", {"n_samples": 320}, "site_a") != folder
 
 
 class _Grid:

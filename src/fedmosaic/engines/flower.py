@@ -41,7 +41,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedmosaic.algorithms.registry import get_algorithm
-from fedmosaic.config import ConfigError, RunConfig, load_config, validate
+from fedmosaic.config import ConfigError, RunConfig, load_config, parse_value, validate
 from fedmosaic.core.algorithm import ServerData, Settings
 from fedmosaic.core.message import Message as FMessage
 from fedmosaic.core.modality import ClientSpec
@@ -58,7 +58,15 @@ from fedmosaic.engines.flower_records import (
     total_nbytes,
 )
 from fedmosaic.engines.local import LocalEngine, configure_threads
-from fedmosaic.engines.node_data import export_node, info_to_json, load_node, parse_modalities
+from fedmosaic.engines.node_data import (
+    NODE_FILE,
+    NodeData,
+    export_node,
+    info_to_json,
+    load_node,
+    parse_modalities,
+    site_node,
+)
 from fedmosaic.engines.run_folder import RunFolder
 from fedmosaic.engines.state_store import ClientStateStore
 
@@ -307,23 +315,38 @@ def _server_main(grid: Grid, context: Context) -> None:
 # --------------------------------------------------------------------------------------------- client
 
 
-def _node_data(context: Context):
-    """This SuperNode's clients, from its ``--node-config`` (``data-dir``, optional ``modalities``)."""
-    cfg = context.node_config
-    if "data-dir" not in cfg:
+def _node_data(context: Context, cfg: RunConfig) -> NodeData:
+    """This SuperNode's clients, from its ``--node-config``.
+
+    ``data-dir`` is a node folder (``node.json``), or else the site's raw data for the run's data set:
+    then the node builds its own clients from it with the run config (``options`` and ``name`` from
+    the node config) and caches them as a node folder (see :func:`fedmosaic.engines.node_data.site_node`).
+    ``modalities`` narrows what the clients hold either way.
+    """
+    node_cfg = context.node_config
+    if "data-dir" not in node_cfg:
         raise ConfigError(
             'node-config data-dir: missing; start the SuperNode with --node-config "data-dir=..."'
         )
-    return load_node(
-        str(Path(str(cfg["data-dir"])).expanduser().resolve()), parse_modalities(cfg.get("modalities"))
-    )
+    data_dir = Path(str(node_cfg["data-dir"])).expanduser().resolve()
+    modalities = parse_modalities(node_cfg.get("modalities"))
+    if (data_dir / NODE_FILE).is_file():
+        return load_node(str(data_dir), modalities)
+    options = {}
+    for item in parse_overrides(str(node_cfg.get("options", ""))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"node-config options: expected 'key=value;key=value', got {item!r}")
+        options[key.strip()] = parse_value(value.strip())
+    folder = site_node(cfg, data_dir, options, str(node_cfg.get("name", data_dir.name)))
+    return load_node(str(folder), modalities)
 
 
-def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Settings, int]:
+def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Settings, int, NodeData]:
     run = get_json(content, RUN)
     cfg = validate(tomllib.loads(run["config"]))
     configure_threads(cfg)
-    node = _node_data(context)
+    node = _node_data(context, cfg)
     settings = Settings(
         info=node.info,
         algorithm=cfg.algorithm,
@@ -333,12 +356,12 @@ def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Set
         rounds=cfg.rounds,
         clients_per_round=int(run.get("clients-per-round", len(node.clients))),
     )
-    return cfg, settings, int(run["round"])
+    return cfg, settings, int(run["round"]), node
 
 
 def handle_query(message: Message, context: Context) -> Message:
     """Which clients this node hosts (ids, modalities, sizes, task order) and its task description."""
-    node = _node_data(context)
+    _, _, _, node = _run_settings(message.content, context)
     reply = RecordDict()
     put_json(
         reply,
@@ -352,9 +375,8 @@ def handle_query(message: Message, context: Context) -> Message:
 
 def handle_train(message: Message, context: Context) -> Message:
     """Fit every planned client hosted here; their new states go to ``Context.state``."""
-    cfg, settings, r = _run_settings(message.content, context)
+    cfg, settings, r, node = _run_settings(message.content, context)
     client = get_algorithm(cfg.algorithm.name).Client(settings)
-    node = _node_data(context)
     reply = RecordDict()
     for cid, msg in get_messages(message.content, TRAIN).items():
         state = get_message(context.state, STATE, cid)
@@ -366,9 +388,8 @@ def handle_train(message: Message, context: Context) -> Message:
 
 def handle_evaluate(message: Message, context: Context) -> Message:
     """Evaluate every planned client hosted here with its current state."""
-    cfg, settings, _ = _run_settings(message.content, context)
+    cfg, settings, _, node = _run_settings(message.content, context)
     client = get_algorithm(cfg.algorithm.name).Client(settings)
-    node = _node_data(context)
     reply = RecordDict()
     for cid, msg in get_messages(message.content, EVALUATE).items():
         answer = client.evaluate(msg, get_message(context.state, STATE, cid), node.client(cid))

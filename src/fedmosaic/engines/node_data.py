@@ -18,17 +18,23 @@ evaluate each client's own model on the test set seen through that client's moda
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedmosaic.core.modality import ClientSpec, Modality
 from fedmosaic.core.task import ClientData, Task, TaskInfo, View
+
+if TYPE_CHECKING:
+    from fedmosaic.config import RunConfig
 
 FORMAT = 1
 NODE_FILE = "node.json"
@@ -121,6 +127,8 @@ def parse_modalities(value: object) -> frozenset[str] | None:
 def load_node(folder: str, modalities: frozenset[str] | None = None) -> NodeData:
     """Read a node folder; ``modalities`` narrows what every client holds (node config ``modalities``).
 
+    A client left with none of them is not hosted; a node left with no client is an error.
+
     Cached per process: a ClientApp process may serve several messages of one run.
     """
     path = Path(folder)
@@ -158,12 +166,57 @@ def load_node(folder: str, modalities: frozenset[str] | None = None) -> NodeData
             held &= modalities
         train = view(f"{cid}/train").restrict(held)
         if len(train) == 0:
-            raise NodeDataError(
-                f"node-config modalities: client {cid} holds {', '.join(sorted(entry['modalities']))}, "
-                f"none of which is in {', '.join(sorted(modalities or ()))}"
-            )
+            continue  # a client holding only modalities this site does not hold is not hosted here
         held = held & train.modalities
         spec = ClientSpec(cid, held, len(train), info.group(held))
         clients.append(ClientData(spec, train, view(f"{cid}/val").restrict(held), test.restrict(held)))
         order[cid] = int(entry["order"])
+    if not clients:
+        raise NodeDataError(
+            f"node-config modalities: no client in {path} holds any of {', '.join(sorted(modalities or ()))}"
+        )
     return NodeData(info, clients, order)
+
+
+def site_node(cfg: RunConfig, data_dir: Path, options: dict[str, Any], name: str) -> Path:
+    """A node folder built *at the site* from its raw data, cached (returns the folder).
+
+    The run config is applied to the site's own data (``task.data_dir`` = ``data_dir``, data set
+    options updated with the node's ``options``): the site's data is split as the config says
+    (its clients, and test/proxy/labelled parts that stay unused at the site) and every client is
+    hosted here, renamed ``<name>.<id>`` so ids are unique across sites. Raw data never leaves the
+    site. Preprocessing is the site's own (a small WordPiece vocabulary trained on local text, local
+    normalisation statistics), so the coordinator accepts the node only if its task description
+    (modalities, shapes, vocabulary size, classes) equals the run's: use a pretrained tokenizer for
+    text. Built once per (folder, config, options) into ``$FEDMOSAIC_NODE_CACHE`` (default
+    ``~/.cache/fedmosaic/nodes``): every ClientApp process after the first only reads it.
+    """
+    from fedmosaic.config import validate
+    from fedmosaic.data.tasks import build_task
+
+    tree = cfg.to_toml_dict()
+    tree["task"]["data_dir"] = str(data_dir)
+    tree["task"]["options"] = {**tree["task"].get("options", {}), **options}
+    site_cfg = validate(tree)
+    key = json.dumps(
+        [str(data_dir), name, site_cfg.seed, tree["task"], tree["clients"], tree["model"]], sort_keys=True
+    )
+    root = Path(os.environ.get("FEDMOSAIC_NODE_CACHE", Path.home() / ".cache" / "fedmosaic" / "nodes"))
+    folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if (folder / NODE_FILE).is_file():
+        return folder
+    task = build_task(site_cfg)
+    for client in task.clients:
+        client.spec = ClientSpec(
+            f"{name}.{client.spec.id}", client.spec.modalities, client.spec.n_train, client.spec.group
+        )
+    task._by_id.clear()
+    partial = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    export_node(task, [c.spec.id for c in task.clients], partial)
+    try:
+        partial.replace(folder)  # atomic: a concurrent ClientApp process sees all of it or nothing
+    except OSError:  # another process of this node finished the same folder first
+        if not (folder / NODE_FILE).is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
