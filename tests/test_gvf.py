@@ -25,6 +25,8 @@ GVF_TINY = ["algorithm.name=gvf", "algorithm.dim=16"]
 def _cfg(tiny_cfg: RunConfig, *extra: str) -> RunConfig:
     tree = tiny_cfg.to_toml_dict()
     tree["algorithm"] = {"name": "gvf", "dim": 16}
+    tree["task"]["options"]["n_samples"] = 240  # ~16 training samples per client: enough for plumbing
+    tree["task"]["proxy_size"] = tree["task"]["labelled_size"] = 24
     cfg = RunConfig.model_validate(tree)
     if extra:
         from fedmosaic.config import apply_override, validate
