@@ -297,6 +297,7 @@ def test_non_sensor_task_is_a_one_line_error(tiny_cfg):
         )
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_same_metrics_and_does_not_resend_the_proxy(tmp_path, mhealth_dir):
     from fedmosaic.engines.local import LocalEngine
     from fedmosaic.engines.run_folder import RunFolder, read_jsonl
