@@ -56,6 +56,59 @@ def tiny(*extra: str) -> RunConfig:
     return load_config(None, [*TINY, *extra])
 
 
+def write_mhealth(folder: Path, subjects: int = 4, rows_per_run: int = 64) -> Path:
+    """Small mHealth_subjectN.log files (23 signal columns + label), label-dependent signals."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for s in range(1, subjects + 1):
+        labels = np.repeat(np.arange(1, 7), rows_per_run)
+        t = np.arange(len(labels))[:, None]
+        signal = np.sin(t * labels[:, None] / 7.0 + np.arange(23)[None, :]) + 0.3 * rng.normal(
+            size=(len(t), 23)
+        )
+        np.savetxt(
+            folder / f"mHealth_subject{s}.log",
+            np.column_stack([signal, labels]),
+            fmt=["%.4f"] * 23 + ["%d"],
+            delimiter="\t",
+        )
+    return folder
+
+
+def sensor_overrides(data_dir: Path) -> list[str]:
+    """A tiny acc/gyro task for algorithms built for (channels, time) sensor windows."""
+    return [
+        "rounds=2",
+        "compare=[]",
+        "engine.progress=false",
+        "task.dataset=mhealth",
+        f"task.data_dir={data_dir}",
+        'task.options.modalities=["acc", "gyro"]',
+        "task.options.window=16",
+        "task.partition=iid",
+        "task.proxy_size=24",
+        "task.labelled_size=30",
+        'clients.mix="acc:2,gyro:2,acc+gyro:2"',
+        "training.batch_size=16",
+    ]
+
+
+def runs_on_image_text(algorithm: str) -> bool:
+    """Whether ``algorithm`` builds for the image+text task (some need sensor windows)."""
+    from fedmosaic.core.algorithm import ServerData
+    from fedmosaic.engines.local import settings_for
+
+    cfg = tiny(f"algorithm.name={algorithm}")
+    task = build_task(cfg)
+    halves = get_algorithm(algorithm)
+    try:
+        halves.Client(settings_for(cfg, task))
+        halves.Server(settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test))
+    except ValueError:
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------- records and node data
 
 
@@ -172,28 +225,49 @@ def test_app_folder_names_both_apps(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- real federations
 
 
+def start_federation(root: Path, folders: list[Path]):
+    """One insecure SuperLink and a SuperNode per node folder on 127.0.0.1 (a context manager)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def federation():
+        with local_federation(root / "flower") as fed:
+            for k, folder in enumerate(folders):
+                fed.start_supernode(f"node_{k}", folder)
+            yield fed, write_app(root / "app"), root
+        assert all(p.poll() is not None for p in fed.processes.values())
+        assert not [pid for pid in fed.stopped if alive(pid)]
+
+    return federation()
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory, node_folders: list[Path]):
-    """One insecure SuperLink and three SuperNodes on 127.0.0.1, each pointing at its own node folder."""
-    root = tmp_path_factory.mktemp("federation")
-    with local_federation(root / "flower") as fed:
-        for k, folder in enumerate(node_folders):
-            fed.start_supernode(f"node_{k}", folder)
-        yield fed, write_app(root / "app"), root
-    assert all(p.poll() is not None for p in fed.processes.values())
-    assert not [pid for pid in fed.stopped if alive(pid)]
+    """Three SuperNodes, each pointing at its own node folder of the tiny image+text task."""
+    with start_federation(tmp_path_factory.mktemp("federation"), node_folders) as fed:
+        yield fed
 
 
-def run_both(fed: LocalFederation, app: Path, root: Path, algorithm: str) -> tuple[Path, Path]:
+@pytest.fixture(scope="module")
+def sensor_federation(tmp_path_factory: pytest.TempPathFactory):
+    """Three SuperNodes holding a tiny mHealth-format acc/gyro task (written here, no download)."""
+    root = tmp_path_factory.mktemp("sensor")
+    overrides = sensor_overrides(write_mhealth(root / "mhealth"))
+    folders = prepare_nodes(load_config(None, overrides), root / "nodes", 3)
+    with start_federation(root, folders) as (fed, app, _):
+        yield fed, app, root, overrides
+
+
+def run_both(
+    fed: LocalFederation, app: Path, root: Path, algorithm: str, overrides: list[str] = TINY
+) -> tuple[Path, Path]:
     """The same tiny run on the local engine and on the federation; returns both run folders."""
-    cfg = tiny(f"algorithm.name={algorithm}")
+    sets = [*overrides, f"algorithm.name={algorithm}"]
+    cfg = load_config(None, sets)
     local = root / f"local-{algorithm}"
     LocalEngine(cfg, build_task(cfg), RunFolder(local)).run()
     flower = root / f"flower-{algorithm}"
-    run_id = fed.submit(
-        app,
-        {"set": ";".join([*TINY, f"algorithm.name={algorithm}"]), "out": str(flower), "min-nodes": 3},
-    )
+    run_id = fed.submit(app, {"set": ";".join(sets), "out": str(flower), "min-nodes": 3})
     status = fed.wait_run(run_id, RUN_TIMEOUT_S)
     assert status == "finished:completed", f"{status}\n{fed.log('superlink')[-3000:]}"
     return local, flower
@@ -227,9 +301,13 @@ OTHERS = [n for n in algorithm_names() if n != "fedavg" and not get_algorithm(n)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", OTHERS)
-def test_every_algorithm_on_three_supernodes_equals_local_engine(federation, algorithm: str) -> None:
-    fed, app, root = federation
-    assert_same_run(*run_both(fed, app, root, algorithm))
+def test_every_algorithm_on_three_supernodes_equals_local_engine(request, algorithm: str) -> None:
+    if runs_on_image_text(algorithm):
+        fed, app, root = request.getfixturevalue("federation")
+        assert_same_run(*run_both(fed, app, root, algorithm))
+    else:  # built for sensor windows (fedmekt, mmfedavg ...): the same test on an acc/gyro task
+        fed, app, root, overrides = request.getfixturevalue("sensor_federation")
+        assert_same_run(*run_both(fed, app, root, algorithm, overrides))
 
 
 @pytest.mark.slow
