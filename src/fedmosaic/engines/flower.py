@@ -13,7 +13,9 @@ persistent state lives in Flower's ``Context.state`` on its node and survives be
 Where the data comes from:
 
 - the server's proxy, labelled and test sets: the run config (``task.*``) on the coordinator;
-- each node's clients: the node folder named by the SuperNode's ``--node-config data-dir=...``;
+- each node's clients: the SuperNode's ``--node-config data-dir=...``, a node folder written by
+  ``prepare-nodes`` (the local engine's exact rows) or the site's raw data, from which the node
+  builds its own clients with the run config and its ``options``/``name`` node config;
   ``modalities="image,text"`` narrows what the node's clients hold (see :mod:`.node_data`).
 
 Run config (``[tool.flwr.app.config]``, overridable with ``flwr run --run-config``):
