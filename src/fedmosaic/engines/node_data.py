@@ -92,13 +92,12 @@ def export_node(task: Task, client_ids: Iterable[str], folder: Path) -> Path:
         views[f"{cid}/train"] = data.train
         views[f"{cid}/val"] = data.val
     # Only the rows these clients (and the test set) use: a site's folder holds its own data.
-    rows = np.unique(np.concatenate([v.indices for v in views.values()]))
-    local = {int(g): i for i, g in enumerate(rows.tolist())}
+    rows = np.unique(np.concatenate([v.indices for v in views.values()]))  # sorted: searchsorted maps
     arrays: dict[str, np.ndarray] = {"labels": task.labels[rows]}
     for name, array in task.store.items():
         arrays[f"store/{name}"] = np.ascontiguousarray(array[rows])
     for key, view in views.items():
-        arrays[f"{key}/idx"] = np.array([local[int(i)] for i in view.indices], dtype=np.int64)
+        arrays[f"{key}/idx"] = np.searchsorted(rows, view.indices).astype(np.int64)
         arrays[f"{key}/mask"] = view.mask
     np.savez(folder / DATA_FILE, **arrays)
     clients = [
