@@ -75,6 +75,7 @@ class LocalFederation:
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     stopped: list[int] = field(default_factory=list)  # every PID stop() signalled (descendants included)
+    submitted: int = 0  # runs submitted (names each run's --run-config file)
 
     @property
     def address(self) -> str:
@@ -166,13 +167,20 @@ class LocalFederation:
         return done.stdout
 
     def submit(self, app: Path, run_config: dict[str, object]) -> int:
-        """``flwr run APP fedmosaic --run-config ...``; returns the run id."""
-        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        done = self.flwr("run", str(app), "fedmosaic", "--run-config", overrides, "--format", "json")
-        if done.returncode != 0:
-            raise RuntimeError(f"flwr run failed: {done.stdout}{done.stderr}")
+        """``flwr run APP fedmosaic --run-config FILE``; returns the run id.
+
+        The overrides go through a TOML file: ``--run-config 'k=v k=v'`` splits on spaces, and
+        fedmosaic overrides may contain some (``task.options.modalities=["acc", "gyro"]``).
+        """
+        self.submitted += 1
+        path = self.root / f"run-config-{self.submitted}.toml"
+        path.write_text(tomli_w.dumps(run_config))
+        done = self.flwr("run", str(app), "fedmosaic", "--run-config", str(path), "--format", "json")
         start = done.stdout.find("{")
-        return int(json.loads(done.stdout[start:])["run-id"])
+        answer = json.loads(done.stdout[start:]) if start >= 0 else {}
+        if done.returncode != 0 or "run-id" not in answer:
+            raise RuntimeError(f"flwr run failed: {done.stdout}{done.stderr}")
+        return int(answer["run-id"])
 
     def run_status(self, run_id: int) -> str:
         """The run's status as ``flwr list`` reports it (e.g. ``finished:completed``)."""
