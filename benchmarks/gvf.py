@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.smoke else args.seeds
-    ablation_seeds = args.ablation_seeds[:1]
+    ablation_seeds = args.ablation_seeds
     rounds = 1 if args.smoke else args.rounds
     start = time.perf_counter()
     lines: list[str] = []
