@@ -129,7 +129,7 @@ def _run(cfg: RunConfig, folder: Path, record: list | None = None, monkeypatch=N
 def test_only_proxy_vectors_and_shared_weights_leave_a_client(
     tiny_cfg: RunConfig, tmp_path: Path, monkeypatch
 ) -> None:
-    cfg = _cfg(tiny_cfg)
+    cfg = _cfg(tiny_cfg, "algorithm.proxy_weight=1")  # every kind of message, proxy labels included
     record: list = []
     summary = _run(cfg, tmp_path / "run", record, monkeypatch)
     task = build_task(cfg)
@@ -154,6 +154,10 @@ def test_only_proxy_vectors_and_shared_weights_leave_a_client(
     assert all(any(k.startswith(gvf.PROXY) for k in m.arrays) for m in first)
     assert not any(k.startswith(gvf.PROXY) for m in second for k in m.arrays)
     assert all(any(k.startswith(gvf.BANK) for k in m.arrays) for m in second)
+    for spec, message, _ in record[len(task.clients) :]:
+        for m in spec.modalities:  # one label (or -1) per proxy sample, an integer: no private data
+            assert message.arrays[gvf.PSEUDO + m].shape == (n_proxy,)
+            assert message.arrays[gvf.PSEUDO + m].dtype == np.int64
 
     # finite metrics for every group of the 2 image / 2 text / 6 image+text mix
     final = summary["final"]
