@@ -116,6 +116,9 @@ def test_replies_hold_only_proxy_embeddings_of_held_modalities(two_rounds):
                 assert reply.arrays[emb_key(m, "first")].shape == (n, WINDOW, HIDDEN)
                 assert reply.arrays[emb_key(m, "top")].dtype == np.float32
             assert not any(k.startswith(("encoders.", "decoders.", "proxy/")) for k in reply.arrays)
+            # contiguous, so an engine that serialises messages delivers exactly these numbers
+            assert all(a.flags.c_contiguous for a in reply.arrays.values())
+            assert all(a.flags.c_contiguous for a in plan[cid].arrays.values())
 
 
 def test_proxy_batch_indices_identical_down_and_up_and_new_each_round(two_rounds):

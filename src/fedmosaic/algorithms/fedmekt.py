@@ -184,6 +184,13 @@ class Distiller:
         return total
 
 
+def _wire(embedding: torch.Tensor) -> np.ndarray:
+    """An embedding as a C-contiguous array: a batch-first LSTM output is a transposed view, and an
+    engine that serialises messages (Flower, files) delivers it contiguous, which torch rounds
+    differently; sending it contiguous keeps every engine bit-identical."""
+    return np.ascontiguousarray(embedding.numpy())
+
+
 def _encode(
     model: SplitAutoencoder, windows: dict[str, torch.Tensor], cfg: FedMEKTConfig
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -259,7 +266,7 @@ class FedMEKTClient:
         reply = Message(
             {
                 PROXY_IDX: idx.copy(),
-                **{emb_key(m, layer): mine[m][layer].numpy() for m in held for layer in LAYERS},
+                **{emb_key(m, layer): _wire(mine[m][layer]) for m in held for layer in LAYERS},
             },
             {"n_train": len(data.train), "train_loss": loss},
         )
@@ -302,7 +309,7 @@ class FedMEKTServer(LinearEvalServer):
         with torch.no_grad():
             windows = {m: torch.from_numpy(a[idx]) for m, a in self.proxy.items()}
             enc = _encode(self.model, windows, self.cfg)
-        return {m: {layer: t.numpy() for layer, t in e.items()} for m, e in enc.items()}
+        return {m: {layer: _wire(t) for layer, t in e.items()} for m, e in enc.items()}
 
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         picked = sample_clients(clients, self.settings.clients_per_round, rng)
