@@ -123,6 +123,3 @@ class MMFedProx(Algorithm):
     Server = MMFedAvgServer
     Client = MMFedAvgClient
     summary = "mmFedProx: mmFedAvg with a proximal term toward the global weights"
-
-
-__all__ = ["MMFedAvg", "MMFedProx", "build_autoencoder"]
