@@ -125,11 +125,12 @@ def table(m: dict, command: str) -> str:
             "",
             f"Where the overhead goes: Flower starts a fresh ClientApp process per node and message "
             f"(subprocess isolation); Flower's own accounting gives {m['clientapp_s']:.1f} s of ClientApp "
-            f"process time per message, of which importing torch and fedmosaic alone took "
-            f"{m['import_s']:.1f} s (a fresh `python -c 'import fedmosaic.engines.flower'` just before the "
-            f"run); the {m['nodes']} nodes' processes start together and share the CPU, and SuperNodes "
-            f"poll the SuperLink every 3 s. So the overhead is a roughly constant cost per round, not per "
-            f"byte. Machine: 2 CPU cores shared with other "
+            f"process time per message, while importing torch and fedmosaic takes "
+            f"{m['import_s']:.1f} s in a fresh process run alone just before (`python -c 'import "
+            f"fedmosaic.engines.flower'`); the {m['nodes']} nodes' processes start together and share "
+            f"the CPU, and SuperNodes "
+            f"poll the SuperLink every 3 s. Most of the overhead is ClientApp process time, not transfer "
+            f"(the bytes cross loopback). Machine: 2 CPU cores shared with other "
             f"jobs (1-min load average {m['load'][0]:.1f} before, {m['load'][1]:.1f} after), so absolute "
             f"times are inflated; on an idle machine the overhead is smaller.",
         ]
