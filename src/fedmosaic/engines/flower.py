@@ -152,6 +152,17 @@ class Exchange:
         return replies
 
 
+def federated_algorithm(cfg: RunConfig) -> type:
+    """The configured algorithm, refusing one that needs pooled client data (a federation has none)."""
+    algorithm = get_algorithm(cfg.algorithm.name)
+    if algorithm.needs_pooled_data:
+        raise ConfigError(
+            f"algorithm.name: {cfg.algorithm.name!r} trains on pooled client data, which a "
+            "federation never has; run it with the local engine"
+        )
+    return algorithm
+
+
 class _ServerTask:
     """What the summary needs from the task when clients live on other machines."""
 
@@ -184,12 +195,7 @@ class FlowerEngine(LocalEngine):
         client_val: int,
     ) -> None:
         configure_threads(cfg)
-        algorithm = get_algorithm(cfg.algorithm.name)
-        if algorithm.needs_pooled_data:
-            raise ConfigError(
-                f"algorithm.name: {cfg.algorithm.name!r} trains on pooled client data, which a "
-                "federation never has; run it with the local engine"
-            )
+        algorithm = federated_algorithm(cfg)
         self.cfg, self.folder, self.exchange = cfg, folder, exchange
         self.specs, self.node_of = specs, node_of
         self.task = _ServerTask(task, sum(s.n_train for s in self.specs), client_val)  # type: ignore[assignment]
@@ -291,6 +297,7 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     path = Path(str(rc["config"])) if rc["config"] else None
     cfg = load_config(path, parse_overrides(str(rc["set"])))
     configure_threads(cfg)
+    federated_algorithm(cfg)  # fail before waiting for nodes
     folder = RunFolder(Path(str(rc["out"])) if rc["out"] else default_folder(cfg))
     if folder.exists():
         raise ConfigError(f"out: {folder.path} already holds a run; pick a new results folder")
