@@ -3,7 +3,7 @@
 Two tasks (the synthetic image+text task and fsdd-digits, image+audio), each with 2 clients holding
 only modality A, 2 only modality B and 6 holding both. For every client group: accuracy and
 macro-F1 of local, fedavg and gvf (mean ± std over seeds), then the ablations of gvf (random
-pairing, no alignment, no gating, sample-count weights, no global vectors, no proxy labels). Writes
+pairing, no alignment, no gating, sample-count weights, no global vectors; proxy labels switched on). Writes
 the section between ``<!-- gvf:begin -->`` and ``<!-- gvf:end -->`` of BENCHMARKS.md.
 
     python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2, ablations on seed 0
@@ -33,7 +33,7 @@ ABLATIONS = {
     "no gating (concatenation)": ["algorithm.gating=false"],
     "sample-count weights": ["algorithm.weighting=samples"],
     "no global vectors": ["algorithm.global_vectors=false"],
-    "no proxy labels": ["algorithm.proxy_weight=0"],
+    "with proxy labels": ["algorithm.proxy_weight=1"],
 }
 SMOKE = [
     "task.options.n_samples=300",
