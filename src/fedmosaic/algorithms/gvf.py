@@ -27,7 +27,8 @@ The method, part by part (see docs/gvf.md for the formulas and the measurements)
 
 What crosses the wire, per round and sampled client:
   down: the shared part θ for its modalities, the global vectors (k × d per modality, after round
-  1), and in its first round the proxy set's inputs of the modalities it holds;
+  1), in its first round the proxy set's inputs of the modalities it holds, and with
+  ``proxy_weight > 0`` (off by default) one label per proxy sample (``pseudo/<m>``, -1 = unsure);
   up: the shared part θ, the proxy vectors ``vec/<m>`` (n_proxy × d per held modality), and scalars
   (``n_train``, ``train_loss``, ``delta`` and the two validation losses behind it).
 """
