@@ -28,7 +28,14 @@ def algorithm_names() -> list[str]:
 
 
 def _load_builtins() -> None:
-    from fedmosaic.algorithms import centralized, fedavg, fedprox, local  # noqa: F401
-    from fedmosaic.algorithms import gvf  # noqa: F401
-    from fedmosaic.algorithms import fedcmi  # noqa: F401
-    from fedmosaic.algorithms import fedmekt, mmfedavg  # noqa: F401
+    # Importing a module runs its @register decorator; nothing else is used from these names.
+    from fedmosaic.algorithms import (  # noqa: F401
+        centralized,
+        fedavg,
+        fedcmi,
+        fedmekt,
+        fedprox,
+        gvf,
+        local,
+        mmfedavg,
+    )
