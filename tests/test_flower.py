@@ -36,6 +36,7 @@ from fedmosaic.engines.flower_records import get_message, get_messages, put_mess
 from fedmosaic.engines.local import LocalEngine
 from fedmosaic.engines.node_data import NodeDataError, load_node, site_node
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from mhealth_files import write_mhealth
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny synthetic task of conftest.py (400 samples; 2 image, 2 text, 6 image+text clients).
@@ -54,25 +55,6 @@ RUN_TIMEOUT_S = 420.0  # bounded wait for one Flower run (a loaded 2-core machin
 
 def tiny(*extra: str) -> RunConfig:
     return load_config(None, [*TINY, *extra])
-
-
-def write_mhealth(folder: Path, subjects: int = 4, rows_per_run: int = 64) -> Path:
-    """Small mHealth_subjectN.log files (23 signal columns + label), label-dependent signals."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for s in range(1, subjects + 1):
-        labels = np.repeat(np.arange(1, 7), rows_per_run)
-        t = np.arange(len(labels))[:, None]
-        signal = np.sin(t * labels[:, None] / 7.0 + np.arange(23)[None, :]) + 0.3 * rng.normal(
-            size=(len(t), 23)
-        )
-        np.savetxt(
-            folder / f"mHealth_subject{s}.log",
-            np.column_stack([signal, labels]),
-            fmt=["%.4f"] * 23 + ["%d"],
-            delimiter="\t",
-        )
-    return folder
 
 
 def sensor_overrides(data_dir: Path) -> list[str]:

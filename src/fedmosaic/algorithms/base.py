@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
+
 import numpy as np
 from torch import nn
 
@@ -52,10 +55,10 @@ class ModelSlot:
 class GlobalModelServer:
     """Server half holding one global classifier: evaluation on the test set and checkpoint state."""
 
-    def __init__(self, settings: Settings, test: View) -> None:
+    def __init__(self, settings: Settings, test: View, model: nn.Module | None = None) -> None:
         self.settings = settings
         self.test = test
-        self.model = initial_model(settings)
+        self.model = initial_model(settings) if model is None else model
 
     def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
         return {}  # one global model: the server evaluates it on its own test set
@@ -80,3 +83,27 @@ def weighted_train_loss(replies: dict[str, Message]) -> dict[str, float]:
     total = sum(float(r.meta["n_train"]) for r in replies.values())
     loss = sum(float(r.meta["train_loss"]) * float(r.meta["n_train"]) for r in replies.values())
     return {"train_loss": loss / total} if total else {}
+
+
+def sample_count(reply: Message) -> float:
+    """A reply's aggregation weight under FedAvg: the client's training-sample count."""
+    return float(reply.meta["n_train"])
+
+
+def weighted_average(
+    replies: dict[str, Message], weight: Callable[[Message], float] = sample_count
+) -> dict[str, np.ndarray]:
+    """Each named array averaged over the replies that carry it, reply r weighted by ``weight(r)``.
+
+    Averaging by name (not over all replies) is what makes a modality's parts average over the
+    clients holding that modality; a part no reply carries is absent, so it keeps its global value.
+    Sums run in float64; ``load_arrays`` casts back to each parameter's dtype.
+    """
+    sums: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = defaultdict(float)
+    for reply in replies.values():
+        w = weight(reply)
+        for name, value in reply.arrays.items():
+            sums[name] = sums.get(name, 0.0) + w * value.astype(np.float64)
+            weights[name] += w
+    return {name: total / weights[name] for name, total in sums.items()}

@@ -7,12 +7,9 @@ is the same protocol with a proximal term ``mu/2 ||w - w_global||^2`` in the loc
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
 import torch
 
-from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot, weighted_train_loss
+from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot, weighted_average, weighted_train_loss
 from fedmosaic.algorithms.registry import register
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
@@ -68,15 +65,7 @@ class FedAvgServer(GlobalModelServer):
         }
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
-        sums: dict[str, np.ndarray] = {}
-        weights: dict[str, float] = defaultdict(float)
-        for reply in replies.values():
-            w = float(reply.meta["n_train"])
-            for name, value in reply.arrays.items():
-                sums[name] = sums.get(name, 0.0) + w * value.astype(np.float64)
-                weights[name] += w
-        # load_arrays copies into the model's own tensors, which casts back to each entry's dtype
-        load_arrays(self.model, {name: total / weights[name] for name, total in sums.items()})
+        load_arrays(self.model, weighted_average(replies))
         return weighted_train_loss(replies)
 
 

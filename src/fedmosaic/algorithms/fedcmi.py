@@ -53,16 +53,16 @@ import torch
 from pydantic import ConfigDict, Field
 from torch.nn import functional as F
 
+from fedmosaic.algorithms.base import GlobalModelServer, weighted_average
 from fedmosaic.algorithms.registry import register
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
-from fedmosaic.core.metrics import global_model_groups
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
 from fedmosaic.core.task import ClientData, View
 from fedmosaic.models.cmi import CMIClassifier, build_cmi_classifier, part_prefixes
 from fedmosaic.models.params import load_arrays, to_arrays
-from fedmosaic.models.train import evaluate_subsets, make_optimizer
+from fedmosaic.models.train import make_optimizer
 
 
 class FedCMIConfig(AlgorithmConfig):
@@ -263,28 +263,21 @@ class FedCMIClient:
         return Message()  # one global model: the server evaluates it
 
 
-class FedCMIServer:
+class FedCMIServer(GlobalModelServer):
     """Holds the global FedCMI model; sends each client its parts and averages each part over holders."""
 
+    model: CMIClassifier
+
     def __init__(self, settings: Settings, data: ServerData) -> None:
-        self.settings = settings
-        self.test = data.test
-        self.model = initial_cmi_model(settings)
+        super().__init__(settings, data.test, initial_cmi_model(settings))
 
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         picked = sample_clients(clients, self.settings.clients_per_round, rng)
         return {c.id: Message(to_arrays(self.model, part_prefixes(self.model, c.modalities))) for c in picked}
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
-        sums: dict[str, np.ndarray] = {}
-        weights: dict[str, float] = defaultdict(float)
-        for reply in replies.values():
-            w = float(reply.meta["n_train"])
-            for name, value in reply.arrays.items():
-                sums[name] = sums.get(name, 0.0) + w * value.astype(np.float64)
-                weights[name] += w
-        # a part no sampled client holds keeps its global value (it is simply not in sums)
-        load_arrays(self.model, {name: total / weights[name] for name, total in sums.items()})
+        # a part no sampled client holds keeps its global value (it is in no reply)
+        load_arrays(self.model, weighted_average(replies))
         return self._train_stats(replies)
 
     def _train_stats(self, replies: dict[str, Message]) -> dict[str, float]:
@@ -304,23 +297,6 @@ class FedCMIServer:
                     sum(int(r.meta[f"dominant_{m}"]) for r in replies.values()) / inf_batches
                 )
         return stats
-
-    def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
-        return {}
-
-    def evaluate(
-        self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
-    ) -> dict[str, dict[str, float]]:
-        subsets = {
-            f"test/{k}": v for k, v in evaluate_subsets(self.model, self.test, self.settings.info).items()
-        }
-        return {**subsets, **global_model_groups(subsets, clients)}
-
-    def state(self) -> Message:
-        return Message(to_arrays(self.model))
-
-    def load_state(self, state: Message) -> None:
-        load_arrays(self.model, state.arrays)
 
 
 @register

@@ -10,9 +10,6 @@ equally, whatever their sample counts). mmFedProx adds FedProx's ``mu/2 ||w - w_
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -23,7 +20,7 @@ from fedmosaic.algorithms.autoencoder_base import (
     prefixes,
     train_reconstruction,
 )
-from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.base import weighted_average, weighted_train_loss
 from fedmosaic.algorithms.registry import register
 from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
@@ -96,14 +93,9 @@ class MMFedAvgServer(LinearEvalServer):
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         mm_weight = float(self.settings.algorithm.mm_weight)  # type: ignore[attr-defined]
-        sums: dict[str, np.ndarray] = {}
-        weights: dict[str, float] = defaultdict(float)
-        for reply in replies.values():
-            w = mm_weight if reply.meta.get("multimodal") else 1.0
-            for name, value in reply.arrays.items():
-                sums[name] = sums.get(name, 0.0) + w * value.astype(np.float64)
-                weights[name] += w
-        load_arrays(self.model, {name: total / weights[name] for name, total in sums.items()})
+        load_arrays(
+            self.model, weighted_average(replies, lambda r: mm_weight if r.meta.get("multimodal") else 1.0)
+        )
         return weighted_train_loss(replies)
 
 
