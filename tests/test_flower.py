@@ -20,6 +20,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import RecordDict
 
+from conftest import TINY_OVERRIDES
 from fedmosaic.algorithms.registry import algorithm_names, get_algorithm
 from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.message import Message
@@ -40,16 +41,7 @@ from mhealth_files import write_mhealth
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny synthetic task of conftest.py (400 samples; 2 image, 2 text, 6 image+text clients).
-TINY = [
-    "task.options.n_samples=400",
-    "task.proxy_size=40",
-    "task.labelled_size=40",
-    "rounds=2",
-    "engine.progress=false",
-    "compare=[]",
-    "model.embed_dim=16",
-    "model.text_hidden=16",
-]
+TINY = list(TINY_OVERRIDES)
 RUN_TIMEOUT_S = 420.0  # bounded wait for one Flower run (a loaded 2-core machine: ~1 min per round)
 
 

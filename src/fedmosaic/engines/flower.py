@@ -59,7 +59,7 @@ from fedmosaic.engines.flower_records import (
     spec_to_json,
     total_nbytes,
 )
-from fedmosaic.engines.local import LocalEngine, configure_threads
+from fedmosaic.engines.local import LocalEngine, configure_threads, settings_for
 from fedmosaic.engines.node_data import (
     NODE_FILE,
     NodeData,
@@ -199,15 +199,7 @@ class FlowerEngine(LocalEngine):
         self.cfg, self.folder, self.exchange = cfg, folder, exchange
         self.specs, self.node_of = specs, node_of
         self.task = _ServerTask(task, sum(s.n_train for s in self.specs), client_val)  # type: ignore[assignment]
-        settings = Settings(
-            info=task.info,
-            algorithm=cfg.algorithm,
-            training=cfg.training,
-            model=cfg.model,
-            seed=cfg.seed,
-            rounds=cfg.rounds,
-            clients_per_round=cfg.clients.per_round or len(self.specs),
-        )
+        settings = settings_for(cfg, task, len(self.specs))
         self.server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
         # Unused on the coordinator (states live on the nodes); LocalEngine._restore rolls it back.
         self.states = ClientStateStore(folder.client_states, 0)

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 RoundCallback = Callable[[int, dict[str, Any]], None]
 
 
-def settings_for(cfg: RunConfig, task: Task) -> Settings:
-    """The settings both halves of the configured algorithm are built with."""
+def settings_for(cfg: RunConfig, task: Task, n_clients: int | None = None) -> Settings:
+    """The settings both halves of the configured algorithm are built with.
+
+    ``n_clients`` (default: the task's clients) is the federation's size when the task object does
+    not hold the clients itself (the Flower coordinator's); it is the default clients per round.
+    """
     return Settings(
         info=task.info,
         algorithm=cfg.algorithm,
@@ -37,7 +41,7 @@ def settings_for(cfg: RunConfig, task: Task) -> Settings:
         model=cfg.model,
         seed=cfg.seed,
         rounds=cfg.rounds,
-        clients_per_round=cfg.clients.per_round or len(task.clients),
+        clients_per_round=cfg.clients.per_round or (len(task.clients) if n_clients is None else n_clients),
     )
 
 
