@@ -11,6 +11,7 @@ import torch
 
 from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot, weighted_average, weighted_train_loss
 from fedmosaic.algorithms.registry import register
+from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
@@ -65,7 +66,7 @@ class FedAvgServer(GlobalModelServer):
         }
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
-        load_arrays(self.model, weighted_average(replies))
+        load_arrays(self.model, weighted_average(replies, rule=aggregation_of(self.settings)))
         return weighted_train_loss(replies)
 
 

@@ -55,11 +55,13 @@ from torch.nn import functional as F
 
 from fedmosaic.algorithms.base import GlobalModelServer, weighted_average
 from fedmosaic.algorithms.registry import register
+from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
 from fedmosaic.core.task import ClientData, View
+from fedmosaic.core.validation import ReplySpec
 from fedmosaic.models.cmi import CMIClassifier, build_cmi_classifier, part_prefixes
 from fedmosaic.models.params import load_arrays, to_arrays
 from fedmosaic.models.train import make_optimizer
@@ -277,8 +279,14 @@ class FedCMIServer(GlobalModelServer):
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         # a part no sampled client holds keeps its global value (it is in no reply)
-        load_arrays(self.model, weighted_average(replies))
+        load_arrays(self.model, weighted_average(replies, rule=aggregation_of(self.settings)))
         return self._train_stats(replies)
+
+    def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
+        """The sent parts back, and the statistics :meth:`_train_stats` reads."""
+        dominant = tuple(f"dominant_{m}" for m in self.model.names)
+        meta = ("n_train", "train_loss", "inf_batches", "inf_loss", *dominant)
+        return ReplySpec.echo(sent, meta=meta, finite_meta=("n_train", "inf_batches", "inf_loss"))
 
     def _train_stats(self, replies: dict[str, Message]) -> dict[str, float]:
         total = sum(float(r.meta["n_train"]) for r in replies.values())

@@ -15,6 +15,7 @@ from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import ClientData
+from fedmosaic.core.validation import ReplySpec
 from fedmosaic.models.params import load_arrays, shared_prefixes, to_arrays
 from fedmosaic.models.train import evaluate_subsets, train_epochs
 
@@ -61,6 +62,10 @@ class LocalServer:
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         return weighted_train_loss(replies)
+
+    def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
+        """No arrays (nothing is shared), only the training statistics."""
+        return ReplySpec(meta=("n_train", "train_loss"), finite_meta=("n_train",))
 
     def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
         return {c.id: Message() for c in clients}

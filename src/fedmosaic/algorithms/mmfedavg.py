@@ -22,11 +22,13 @@ from fedmosaic.algorithms.autoencoder_base import (
 )
 from fedmosaic.algorithms.base import weighted_average, weighted_train_loss
 from fedmosaic.algorithms.registry import register
+from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import ClientData
+from fedmosaic.core.validation import ReplySpec
 from fedmosaic.models.autoencoder import SplitAutoencoder
 from fedmosaic.models.params import load_arrays, to_arrays
 
@@ -93,10 +95,15 @@ class MMFedAvgServer(LinearEvalServer):
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         mm_weight = float(self.settings.algorithm.mm_weight)  # type: ignore[attr-defined]
-        load_arrays(
-            self.model, weighted_average(replies, lambda r: mm_weight if r.meta.get("multimodal") else 1.0)
+        weights = weighted_average(
+            replies, lambda r: mm_weight if r.meta.get("multimodal") else 1.0, aggregation_of(self.settings)
         )
+        load_arrays(self.model, weights)
         return weighted_train_loss(replies)
+
+    def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
+        """The sent encoder/decoder weights back, same names, shapes and dtypes."""
+        return ReplySpec.echo(sent, meta=("n_train", "train_loss", "multimodal"))
 
 
 @register

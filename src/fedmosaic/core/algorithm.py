@@ -16,6 +16,7 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import ClientData, TaskInfo, View
+from fedmosaic.core.validation import ReplySpec
 
 
 class AlgorithmConfig(BaseModel):
@@ -27,7 +28,11 @@ class AlgorithmConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything either half may know besides data: the task's description and the run's settings."""
+    """Everything either half may know besides data: the task's description and the run's settings.
+
+    ``robustness`` is the run's ``[robustness]`` block (the aggregation rule lives there); ``None``
+    (a hand-built Settings) means the weighted mean.
+    """
 
     info: TaskInfo
     algorithm: AlgorithmConfig
@@ -36,6 +41,7 @@ class Settings:
     seed: int
     rounds: int
     clients_per_round: int
+    robustness: Any = None
 
 
 @dataclass
@@ -62,6 +68,10 @@ class ServerSide(Protocol):
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         """Fold the clients' replies into the global state; return scalar training statistics."""
+        ...
+
+    def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
+        """What a well-formed reply of ``client_id`` to ``sent`` holds (the engine checks it first)."""
         ...
 
     def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
