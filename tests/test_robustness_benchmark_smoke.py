@@ -1,0 +1,37 @@
+"""The robustness benchmark in smoke mode, so it never rots (the full run is not part of the tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_robustness_benchmark_smoke(tmp_path: Path) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--smoke", "--output", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for label in (
+        "mean, validation off",
+        "mean, validation on",
+        "median, validation off",
+        "trimmed mean (0.3)",
+    ):
+        assert f"| {label}" in out
+    # the x1e6 replies of the 3 poisoned clients (of 10) are all rejected, and no honest reply is
+    assert re.search(
+        r"\| x1e6 replies: mean, validation on \| [0-9.]+ ± [0-9.]+ \| 3/3 poisoned, 3 in all \|", out
+    )
+    assert "benchmarks/robustness.py --smoke" in out
+    assert not target.exists()  # smoke mode never overwrites the published table
