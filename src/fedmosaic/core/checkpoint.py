@@ -15,9 +15,38 @@ from safetensors.numpy import load_file, save
 from fedmosaic.core.message import Message
 
 
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk.
+
+    ``os.replace`` is atomic, but only a directory fsync makes the rename itself survive a power
+    loss; without it a later step (say, deleting the previous checkpoint) can reach the disk first.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """``mkdir -p path``, fsyncing the parent of every directory it creates (so they survive a crash)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never half of it.
+
+    temp file in the same directory -> write -> fsync -> ``os.replace`` -> fsync of the directory:
+    after it returns the new content is durable, even across a power loss.
+    """
+    path = Path(path)
+    ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -28,6 +57,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

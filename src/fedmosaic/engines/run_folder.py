@@ -12,13 +12,20 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from fedmosaic.core.checkpoint import atomic_write_bytes, atomic_write_json, load_message, save_message
+from fedmosaic.core.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+    load_message,
+    save_message,
+)
 from fedmosaic.core.message import Message
 
 
@@ -61,11 +68,16 @@ class RunFolder:
         atomic_write_bytes(self.config, tomli_w.dumps(tree).encode())
 
     def append(self, path: Path, row: dict[str, Any]) -> None:
-        """Append one JSON line (flushed: a crash loses at most this line)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Append one JSON line, durably: it is on disk before the round's commit marker is written.
+
+        Without the fsync a power loss could keep the marker of round r but not round r's line, and
+        the resumed run would lack that row. A torn last line (a kill mid-write) is dropped on resume.
+        """
+        ensure_dir(path.parent)
         with path.open("a") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
             handle.flush()
+            os.fsync(handle.fileno())
 
     def truncate(self, path: Path, last_round: int) -> None:
         """Keep only lines of rounds <= ``last_round`` (an interrupted round's lines go)."""
@@ -73,13 +85,26 @@ class RunFolder:
         atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
     def commit(self, round: int, server_state: Message, totals: dict[str, Any]) -> None:
-        """Checkpoint the end of ``round``: server state first, then the marker that names it."""
+        """Checkpoint the end of ``round``: server state first, then the marker that names it.
+
+        Both writes are atomic and durable (directory fsync included), so the old server state is
+        deleted only once the marker naming the new one is on disk. Client states of the round were
+        written (versioned) during it; see :class:`~fedmosaic.engines.state_store.ClientStateStore`.
+        """
         name = f"server_r{round:05d}.safetensors"
         save_message(self.checkpoints / name, server_state)
         atomic_write_json(self.marker, {"round": round, "server_state": name, **totals})
         for old in self.checkpoints.glob("server_r*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+
+    def discard_partial_writes(self) -> int:
+        """Delete temp files a killed writer left behind (see ``atomic_write_bytes``); return how many."""
+        patterns = (".*.tmp", "checkpoints/.*.tmp", "checkpoints/clients/*/.*.tmp")
+        stale = [p for pattern in patterns for p in self.path.glob(pattern)]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def last_checkpoint(self) -> tuple[dict[str, Any], Message] | None:
         """The committed marker and server state, or ``None`` before the first commit."""
