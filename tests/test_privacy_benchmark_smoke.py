@@ -1,0 +1,37 @@
+"""benchmarks/privacy.py runs in smoke mode (tiny sizes, one seed): table, epsilon and plot are produced."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_privacy_benchmark_smoke(tmp_path: Path) -> None:
+    target, figure = tmp_path / "BENCHMARKS.md", tmp_path / "privacy.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "privacy.py"),
+            "--smoke",
+            "--output",
+            str(target),
+            "--figure",
+            str(figure),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| no DP | ∞ | ∞ |" in proc.stdout
+    dp_rows = [line for line in proc.stdout.splitlines() if line.startswith("| z = 0.003 |")]
+    assert len(dp_rows) == 1
+    epsilon = float(dp_rows[0].split("|")[2])
+    assert epsilon > 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not target.exists()  # smoke mode never overwrites the published table
