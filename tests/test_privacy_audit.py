@@ -89,7 +89,7 @@ class RecordingClient:
     round: int = 0
 
     def fit(self, message, state, data, rng):
-        self.round = rng.round if hasattr(rng, "round") else self.round
+        self.round = rng.round  # evaluate calls carry no Rng: they belong to the last fit's round
         reply, new_state = self.inner.fit(message, state, data, rng)
         self.log.append(Sent(data.spec.id, "fit", self.round, reply))
         return reply, new_state
