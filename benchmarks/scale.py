@@ -1,0 +1,201 @@
+"""Benchmark: the local engine with 10, 100 and 1,000 clients, 10 sampled per round.
+
+Synthetic image+text task, fedavg, every client holding both modalities. Each client holds the same
+number of samples at every size and the server's test set has a fixed size, so the work of a round
+(10 clients training, one evaluation of the global model) is the same at every size: what changes
+is only how many clients exist. Each (size, seed) runs in its own subprocess, so the peak resident
+memory is that run's alone. Writes the ``scale`` section of BENCHMARKS.md.
+
+    python benchmarks/scale.py              # full: 10 / 100 / 1,000 clients x 3 seeds, 5 rounds (~6 min)
+    python benchmarks/scale.py --smoke      # 10 and 30 clients, 1 seed, 2 rounds, prints only (CI)
+
+Targets (issue 8): 1,000 clients in one process under 2 GB peak, and seconds per round with 1,000
+clients within 1.2x of those with 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import BENCHMARKS_MD, mean_std, write_section
+
+SECTION = "scale"
+PER_ROUND = 10
+SAMPLES_PER_CLIENT = 30  # 27 training + 3 validation samples at val_fraction 0.1
+TEST_SIZE = 500
+TARGET_MB = 2048
+TARGET_RATIO = 1.2
+
+
+def overrides(n_clients: int, seed: int, rounds: int, test_size: int = TEST_SIZE) -> list[str]:
+    """The scale task for ``n_clients`` clients: fixed samples per client, fixed test set."""
+    n_samples = n_clients * SAMPLES_PER_CLIENT + test_size
+    return [
+        f"seed={seed}",
+        f"rounds={rounds}",
+        "compare=[]",
+        "engine.progress=false",
+        "engine.threads=1",
+        "output.plots=false",
+        f"task.options.n_samples={n_samples}",
+        f"task.test_fraction={test_size / n_samples!r}",
+        # fedavg uses no server-side data besides the test set
+        "task.proxy_size=0",
+        "task.labelled_size=0",
+        'clients.mix=""',
+        f"clients.count={n_clients}",
+        f"clients.per_round={PER_ROUND}",
+    ]
+
+
+def worker(n_clients: int, seed: int, rounds: int, test_size: int) -> dict[str, Any]:
+    """One run in this process: task build time, wall and CPU seconds per round, peak RSS."""
+    from fedmosaic import runner
+    from fedmosaic.config import load_config
+    from fedmosaic.engines.run_folder import peak_rss_mb
+
+    marks: list[tuple[float, float]] = []
+
+    def progress(_name: str, _rounds: int):
+        marks.append((time.perf_counter(), time.process_time()))  # the task is built: the engine starts
+
+        def on_round(_r: int, _row: dict[str, Any]) -> None:
+            marks.append((time.perf_counter(), time.process_time()))
+
+        return on_round
+
+    cfg = load_config(None, overrides(n_clients, seed, rounds, test_size))
+    with tempfile.TemporaryDirectory() as tmp:
+        start = (time.perf_counter(), time.process_time())
+        result = runner.start(cfg, Path(tmp) / "run", progress=progress)
+    summary = result.summaries["fedavg"]
+    # marks: engine start, end of round 1, ..., end of round R. Rounds 2..R are timed (round 1
+    # also builds the client's model skeleton).
+    wall = np.diff([m[0] for m in marks[1:]])
+    cpu = np.diff([m[1] for m in marks[1:]])
+    return {
+        "clients": n_clients,
+        "seed": seed,
+        "rounds": summary["rounds"],
+        "setup_s": marks[0][0] - start[0],
+        "setup_cpu_s": marks[0][1] - start[1],
+        "s_per_round": float(np.mean(wall)),
+        "cpu_s_per_round": float(np.mean(cpu)),
+        "peak_rss_mb": peak_rss_mb(),
+        "accuracy": summary["final"]["overall"]["accuracy"],
+    }
+
+
+def measure(n_clients: int, seed: int, rounds: int, test_size: int) -> dict[str, Any]:
+    """Run :func:`worker` in a fresh interpreter (so its peak RSS is its own)."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(n_clients),
+        "--seeds",
+        str(seed),
+        "--rounds",
+        str(rounds),
+    ]
+    cmd += ["--test-size", str(test_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{n_clients} clients, seed {seed} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(
+    rows: dict[int, list[dict[str, Any]]], seeds: list[int], rounds: int, test_size: int, command: str
+) -> str:
+    """The markdown section: one row per size, and the two targets checked against the measurements."""
+    lines = [
+        f"Local engine, synthetic image+text task, fedavg, every client holding both modalities, "
+        f"{PER_ROUND} clients sampled per round, {SAMPLES_PER_CLIENT} samples per client, a fixed "
+        f"{test_size}-sample test set evaluated every round; {rounds} rounds, seeds "
+        f"{', '.join(map(str, seeds))}, each size and seed in its own process; mean ± std over seeds. "
+        f"Seconds per round are rounds 2..{rounds} (round 1 also builds the client's model). "
+        f"Command: `{command}`",
+        "",
+        "| clients | task setup CPU s | s / round (wall) | CPU s / round | peak RSS MiB | accuracy |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, runs in rows.items():
+        lines.append(
+            f"| {n:,} | {mean_std([r['setup_cpu_s'] for r in runs], 2)} "
+            f"| {mean_std([r['s_per_round'] for r in runs], 3)} "
+            f"| {mean_std([r['cpu_s_per_round'] for r in runs], 3)} "
+            f"| {mean_std([r['peak_rss_mb'] for r in runs], 0)} "
+            f"| {mean_std([r['accuracy'] for r in runs], 3)} |"
+        )
+    small, large = min(rows), max(rows)
+    cpu = {n: np.mean([r["cpu_s_per_round"] for r in rows[n]]) for n in (small, large)}
+    wall = {n: np.mean([r["s_per_round"] for r in rows[n]]) for n in (small, large)}
+    peak = max(r["peak_rss_mb"] for r in rows[large])
+    ratio = cpu[large] / cpu[small]
+    lines += [
+        "",
+        f"- {large:,} vs {small:,} clients, CPU seconds per round: {ratio:.2f}x (wall: "
+        f"{wall[large] / wall[small]:.2f}x); target ≤ {TARGET_RATIO}x: "
+        f"{'met' if ratio <= TARGET_RATIO else 'NOT met'}.",
+        f"- Peak resident memory with {large:,} clients: {peak:.0f} MiB (largest seed); target < "
+        f"{TARGET_MB} MiB: {'met' if peak < TARGET_MB else 'NOT met'}.",
+        "",
+        "CPU seconds are the contention-free figure (the machine is shared with other jobs, which "
+        "inflates wall time). Task setup is generating the data (it grows with the clients: "
+        f"{SAMPLES_PER_CLIENT} samples each) and assembling the task.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--smoke", action="store_true", help="10 and 30 clients, 1 seed, 2 rounds; prints only"
+    )
+    parser.add_argument("--test-size", type=int, default=TEST_SIZE, help="server test set size")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one run, JSON on stdout
+    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds: at least 2 (round 1 is not timed)")
+    if args.worker is not None:
+        print(json.dumps(worker(args.worker, args.seeds[0], args.rounds, args.test_size)))
+        return
+    sizes = [10, 30] if args.smoke else sorted(args.sizes)
+    seeds = args.seeds[:1] if args.smoke else args.seeds
+    rounds = 2 if args.smoke else args.rounds
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for n in sizes:
+        rows[n] = [measure(n, seed, rounds, args.test_size) for seed in seeds]
+        print(f"{n} clients: {rows[n]}", file=sys.stderr, flush=True)
+    command = "python benchmarks/scale.py" + (" --smoke" if args.smoke else "")
+    if not args.smoke:
+        if sizes != [10, 100, 1000]:
+            command += f" --sizes {' '.join(map(str, sizes))}"
+        if seeds != [0, 1, 2]:
+            command += f" --seeds {' '.join(map(str, seeds))}"
+        if rounds != 5:
+            command += f" --rounds {rounds}"
+        if args.test_size != TEST_SIZE:
+            command += f" --test-size {args.test_size}"
+    section = table(rows, seeds, rounds, args.test_size, command)
+    print(section)
+    if not args.smoke:
+        write_section(args.output, SECTION, section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The scale benchmark: its task keeps the work of a round fixed as clients grow; smoke mode runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fedmosaic.config import load_config
+from fedmosaic.data.tasks import build_task
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import scale  # noqa: E402
+
+
+def test_scale_task_fixes_samples_per_client_and_the_test_set() -> None:
+    for n in (10, 40):
+        task = build_task(load_config(None, scale.overrides(n, 0, 2)))
+        assert len(task.clients) == n
+        assert len(task.test) == scale.TEST_SIZE
+        sizes = {len(c.train) + len(c.val) for c in task.clients}
+        assert sizes == {scale.SAMPLES_PER_CLIENT}
+        assert {c.spec.group for c in task.clients} == {"image+text"}
+
+
+def test_scale_benchmark_smoke(tmp_path: Path) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--smoke", "--output", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| 10 |" in out and "| 30 |" in out
+    assert "30 vs 10 clients, CPU seconds per round:" in out
+    assert "Peak resident memory with 30 clients:" in out
+    assert "`python benchmarks/scale.py --smoke`" in out
+    assert not target.exists()  # smoke mode never writes the published table
