@@ -256,3 +256,20 @@ def test_check_reply_accepts_a_wellformed_reply_and_optional_arrays() -> None:
     bad_optional = Message({**good.arrays, "p": np.zeros((7, 4), np.float32)}, {"n_train": 5})
     assert "shape (7, 4), expected ('*', 3)" in check_reply(bad_optional, spec)
     assert "expected a finite number, got True" in check_reply(Message(good.arrays, {"n_train": True}), spec)
+
+
+# ------------------------------------------------------------------- the file pipeline screens too
+
+
+def test_file_pipeline_rejects_a_tampered_outbox(fedavg_cfg: RunConfig, tmp_path: Path) -> None:
+    from fedmosaic.core.checkpoint import load_message, save_message
+    from fedmosaic.engines.files import FilePipeline
+
+    pipeline = FilePipeline.init(tmp_path / "root", override(fedavg_cfg, "rounds=1"))
+    pipeline.train_clients()
+    outbox = tmp_path / "root" / VICTIM / "outbox.safetensors"
+    save_message(outbox, CORRUPTIONS["norm_1e6"](load_message(outbox), ""))
+    pipeline.aggregate_vectors()
+    row = pipeline.update_clients()
+    assert list(row["rejected"]) == [VICTIM] and "norm bound" in row["rejected"][VICTIM]
+    assert read_jsonl(tmp_path / "root" / "metrics.jsonl")[0]["rejected"] == row["rejected"]
