@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from fedmosaic.core.algorithm import AlgorithmConfig
+from fedmosaic.privacy.dp import PrivacyConfig
 
 
 class ConfigError(ValueError):
@@ -161,6 +162,40 @@ class EngineConfig(_Strict):
         "on small batches, where thread synchronisation costs more than it gains (on the 2-core CI machine "
         "one FedAvg round of the UCI-HAR task took 129 s with 2 threads and 5.4 s with 1)",
     )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="local engine: each planned client's reply is lost with this probability per round "
+        "(drawn from the run's seed, round and client, so a resumed run drops the same ones)",
+    )
+
+
+class RobustnessConfig(_Strict):
+    """Reply validation, the min_clients policy and the aggregation rule (see docs/robustness.md)."""
+
+    validate_replies: bool = Field(
+        True,
+        description="check each reply's names, shapes, dtypes, finite values and norm before aggregating",
+    )
+    norm_factor: float = Field(
+        100.0,
+        gt=1,
+        description="an array's RMS may be at most this times its reference (sent / peers' median)",
+    )
+    norm_floor: float = Field(1.0, gt=0, description="smallest reference RMS (when sent and peers are ~0)")
+    min_clients: int = Field(1, ge=1, description="fewest usable replies a round aggregates")
+    below_min: Literal["skip", "fail"] = Field(
+        "skip", description="below min_clients: skip the round (global state unchanged) or stop the run"
+    )
+    aggregator: Literal["mean", "median", "trimmed_mean"] = Field(
+        "mean",
+        description="for weights and uploaded embeddings/vectors: weighted mean, coordinate-wise median "
+        "or trimmed mean",
+    )
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="trimmed_mean: share of values dropped at each end, per coordinate"
+    )
 
 
 class OutputConfig(_Strict):
@@ -184,7 +219,11 @@ class RunConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = Field(
+        default_factory=PrivacyConfig, description="client-level DP on uploads (docs/privacy.md)"
+    )
 
     @field_validator("algorithm", mode="before")
     @classmethod

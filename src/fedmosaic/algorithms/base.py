@@ -8,12 +8,14 @@ from collections.abc import Callable
 import numpy as np
 from torch import nn
 
+from fedmosaic.algorithms.robust import Aggregation
 from fedmosaic.core.algorithm import Settings
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import global_model_groups
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, torch_seed, torch_seeded
 from fedmosaic.core.task import View
+from fedmosaic.core.validation import ReplySpec
 from fedmosaic.models.build import build_classifier
 from fedmosaic.models.params import load_arrays, to_arrays
 from fedmosaic.models.train import evaluate_subsets
@@ -71,6 +73,10 @@ class GlobalModelServer:
         }
         return {**subsets, **global_model_groups(subsets, clients)}
 
+    def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
+        """The weights that were sent, back with the same names, shapes and dtypes."""
+        return ReplySpec.echo(sent)
+
     def state(self) -> Message:
         return Message(to_arrays(self.model))
 
@@ -91,14 +97,23 @@ def sample_count(reply: Message) -> float:
 
 
 def weighted_average(
-    replies: dict[str, Message], weight: Callable[[Message], float] = sample_count
+    replies: dict[str, Message],
+    weight: Callable[[Message], float] = sample_count,
+    rule: Aggregation | None = None,
 ) -> dict[str, np.ndarray]:
     """Each named array averaged over the replies that carry it, reply r weighted by ``weight(r)``.
 
     Averaging by name (not over all replies) is what makes a modality's parts average over the
     clients holding that modality; a part no reply carries is absent, so it keeps its global value.
-    Sums run in float64; ``load_arrays`` casts back to each parameter's dtype.
+    Sums run in float64; ``load_arrays`` casts back to each parameter's dtype. ``rule`` (default:
+    this mean) swaps in a robust rule per name (:mod:`fedmosaic.algorithms.robust`).
     """
+    if rule is not None and not rule.is_mean:
+        by_name: dict[str, list[np.ndarray]] = defaultdict(list)
+        for reply in replies.values():
+            for name, value in reply.arrays.items():
+                by_name[name].append(value)
+        return {name: rule.combine(values) for name, values in by_name.items()}
     sums: dict[str, np.ndarray] = {}
     weights: dict[str, float] = defaultdict(float)
     for reply in replies.values():

@@ -42,6 +42,9 @@ from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.local import configure_threads, settings_for
+from fedmosaic.engines.run_folder import read_jsonl
+from fedmosaic.engines.screening import screened_aggregate
+from fedmosaic.privacy import privacy_summary, private_client
 
 STEPS = ("train-clients", "aggregate-vectors", "update-clients")
 
@@ -117,7 +120,7 @@ class FilePipeline:
         state = self.root / "server" / "state.safetensors"
         if state.is_file():
             server.load_state(load_message(state))
-        return server, algorithm.Client(settings)
+        return server, private_client(algorithm.Client(settings), self.cfg.privacy)
 
     def _save_server(self, server: Any) -> None:
         save_message(self.root / "server" / "state.safetensors", server.state())
@@ -189,7 +192,10 @@ class FilePipeline:
         r = progress["round"]
         server, _ = self._algorithm()
         replies = {c: load_message(self._dir(c) / "outbox.safetensors") for c in progress["planned"]}
-        train = server.aggregate(r, replies, Rng(self.cfg.seed, r, SERVER))
+        plan = {c: load_message(self._dir(c) / "inbox.safetensors") for c in progress["planned"]}
+        train, screened = screened_aggregate(
+            server, r, plan, replies, self.cfg.robustness, Rng(self.cfg.seed, r, SERVER)
+        )
         evaluating = r % self.cfg.engine.eval_every == 0 or r == self.cfg.rounds
         eval_plan = server.configure_evaluate(r, self.task.specs) if evaluating else {}
         for cid, message in eval_plan.items():
@@ -199,6 +205,7 @@ class FilePipeline:
         self._set_progress(
             due="update-clients",
             train=train,
+            screened=screened,
             evaluating=evaluating,
             eval_planned=sorted(eval_plan),
             bytes_up=sum(m.nbytes for m in replies.values()),
@@ -234,6 +241,7 @@ class FilePipeline:
             c: load_message(self._dir(c) / "eval_outbox.safetensors") for c in progress["eval_planned"]
         }
         row: dict[str, Any] = {"round": r, "clients": progress["planned"], "train": progress["train"]}
+        row.update(progress.get("screened", {}))  # rejected replies / skipped round (engines/screening.py)
         if progress["evaluating"]:
             row["eval"] = server.evaluate(r, self.task.specs, replies)
         row["bytes_up"] = progress["bytes_up"] + sum(m.nbytes for m in replies.values())
@@ -246,6 +254,10 @@ class FilePipeline:
         if r >= self.cfg.rounds:
             self._set_progress(due="done")
             summary = {"rounds": r, "final": row.get("eval", {})}
+            if self.cfg.privacy.enabled:
+                n, rows = len(self.task.specs), read_jsonl(self.root / "metrics.jsonl")
+                per_round = self.cfg.clients.per_round or n
+                summary["privacy"] = privacy_summary(self.cfg.privacy, rows, n, per_round)
             atomic_write_json(self.root / "summary.json", summary)
         else:
             self._plan(r + 1)

@@ -21,7 +21,11 @@ Where the data comes from:
 Run config (``[tool.flwr.app.config]``, overridable with ``flwr run --run-config``):
 ``config`` (a fedmosaic TOML on the coordinator, "" = the embedded default), ``set`` (overrides
 separated by ``;``), ``out`` (the results folder), ``min-nodes``, ``node-wait-s`` (bounded wait
-for ``min-nodes`` before round 1), ``reply-timeout-s`` (bounded wait per round), ``poll-s``.
+for ``min-nodes`` before round 1), ``reply-timeout-s`` (bounded wait for a round's replies),
+``on-node-failure`` (``"drop"``: a node that dies, fails or misses the timeout mid-round is left
+out of that round, its clients recorded as ``dropped`` and the node in ``lost_nodes``; the round
+goes on with the replies that arrived and the node is asked again next round if the SuperLink
+still lists it. ``"fail"``: the run stops), ``poll-s``.
 
 ``python -m fedmosaic.engines.flower app DIR`` writes the Flower app folder ``flwr run`` takes;
 ``python -m fedmosaic.engines.flower prepare-nodes`` writes node folders from a run config.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 import tomllib
 from pathlib import Path
@@ -69,13 +74,17 @@ from fedmosaic.engines.node_data import (
     parse_modalities,
     site_node,
 )
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.screening import screened_aggregate
 from fedmosaic.engines.state_store import ClientStateStore
+from fedmosaic.privacy import private_client
 
 # Flower message types: the ClientApp answers "query" (which clients do you host?), "train", "evaluate".
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 RUN = "fedmosaic"  # ConfigRecord holding the run config and the round
 STATE = "state"  # Context.state slot of the clients' persistent states
+NODE_FAILURE = ("drop", "fail")  # run config on-node-failure: go on without a lost node, or stop the run
+log = logging.getLogger("fedmosaic.flower")
 DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "config": "",
     "set": "",
@@ -83,6 +92,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "min-nodes": 1,
     "node-wait-s": 60.0,
     "reply-timeout-s": 600.0,
+    "on-node-failure": "drop",
     "poll-s": 0.05,
 }
 
@@ -118,12 +128,21 @@ class Exchange:
 
     Uses ``Grid.push_messages``/``pull_messages`` rather than ``send_and_receive``: the latter sleeps
     3 s between polls, which would dominate a round of a small task.
+
+    With ``tolerate`` a node that fails (its ClientApp raised, or the SuperLink reports it offline)
+    or does not answer within ``timeout_s`` is left out of the returned replies and recorded in
+    :attr:`failed` (node id -> reason) instead of failing the run.
     """
 
-    def __init__(self, grid: Grid, timeout_s: float, poll_s: float) -> None:
-        self.grid, self.timeout_s, self.poll_s = grid, timeout_s, poll_s
+    def __init__(self, grid: Grid, timeout_s: float, poll_s: float, tolerate: bool = False) -> None:
+        self.grid, self.timeout_s, self.poll_s, self.tolerate = grid, timeout_s, poll_s, tolerate
+        self.failed: dict[int, str] = {}  # the last call's lost nodes (only filled when tolerating)
 
-    def __call__(self, kind: str, contents: dict[int, RecordDict], group: str) -> dict[int, RecordDict]:
+    def __call__(
+        self, kind: str, contents: dict[int, RecordDict], group: str, tolerate: bool | None = None
+    ) -> dict[int, RecordDict]:
+        tolerate = self.tolerate if tolerate is None else tolerate
+        self.failed = {}
         messages = [
             Message(content=content, dst_node_id=node, message_type=kind, group_id=group)
             for node, content in contents.items()
@@ -137,19 +156,27 @@ class Exchange:
                 source = reply.metadata.reply_to_message_id
                 pending.discard(source)
                 if reply.has_error():
-                    raise FlowerRunError(
-                        f"node {node_of[source]} failed on {kind} ({group}): {reply.error.reason}"
-                    )
+                    reason = f"node {node_of[source]} failed on {kind} ({group}): {reply.error.reason}"
+                    if not tolerate:
+                        raise FlowerRunError(reason)
+                    self._lose(node_of[source], reason)
+                    continue
                 replies[node_of[source]] = reply.content
             if pending and time.monotonic() >= deadline:
                 missing = sorted(node_of[m] for m in pending)
-                raise FlowerRunError(
-                    f"reply-timeout-s: node(s) {missing} did not answer {kind} ({group}) "
-                    f"within {self.timeout_s:.0f} s"
-                )
+                reason = f"did not answer {kind} ({group}) within reply-timeout-s={self.timeout_s:g} s"
+                if not tolerate:
+                    raise FlowerRunError(f"reply-timeout-s: node(s) {missing} {reason}")
+                for node in missing:
+                    self._lose(node, f"node {node} {reason}")
+                break
             if pending:
                 time.sleep(self.poll_s)
         return replies
+
+    def _lose(self, node: int, reason: str) -> None:
+        log.warning("%s; the round goes on without it", reason)
+        self.failed[node] = reason
 
 
 def federated_algorithm(cfg: RunConfig) -> type:
@@ -198,6 +225,7 @@ class FlowerEngine(LocalEngine):
         algorithm = federated_algorithm(cfg)
         self.cfg, self.folder, self.exchange = cfg, folder, exchange
         self.specs, self.node_of = specs, node_of
+        self.lost: dict[int, str] = {}  # nodes lost in the current round -> why
         self.task = _ServerTask(task, sum(s.n_train for s in self.specs), client_val)  # type: ignore[assignment]
         settings = settings_for(cfg, task, len(self.specs))
         self.server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
@@ -208,11 +236,18 @@ class FlowerEngine(LocalEngine):
             "clients-per-round": settings.clients_per_round,
         }
 
-    def _send(self, kind: str, r: int, plan: dict[str, FMessage]) -> dict[str, FMessage]:
-        """Send each node the messages of the clients it hosts; replies in plan order."""
+    def _send(self, kind: str, r: int, plan: dict[str, FMessage]) -> tuple[dict[str, FMessage], list[str]]:
+        """Send each node the messages of the clients it hosts; the replies in plan order and the
+        planned clients whose reply never came (only under ``on-node-failure = "drop"``)."""
+        tolerate = self.exchange.tolerate
+        # A node the SuperLink no longer lists (it missed its heartbeats) is not even asked.
+        online = set(self.exchange.grid.get_node_ids()) if tolerate else set(self.node_of.values())
         contents: dict[int, RecordDict] = {}
         for cid, message in plan.items():
             node = self.node_of[cid]
+            if node not in online:
+                self.lost[node] = f"node {node} is offline (the SuperLink no longer lists it)"
+                continue
             if node not in contents:
                 contents[node] = RecordDict()
                 put_json(contents[node], RUN, round=r, **self.run_record)
@@ -220,24 +255,33 @@ class FlowerEngine(LocalEngine):
         replies: dict[str, FMessage] = {}
         for content in self.exchange(kind, contents, f"round-{r}").values():
             replies.update(get_messages(content, kind))
+        self.lost.update(self.exchange.failed)
         missing = [cid for cid in plan if cid not in replies]
-        if missing:
+        if missing and not tolerate:
             raise FlowerRunError(f"no {kind} reply for client(s) {missing} in round {r}")
-        return {cid: replies[cid] for cid in plan}  # the local engine's order: aggregation is order-exact
+        # the local engine's order: aggregation is order-exact
+        return {cid: replies[cid] for cid in plan if cid in replies}, missing
 
     def _round(self, r: int) -> dict[str, Any]:
         cfg, specs = self.cfg, self.specs
         plan = self.server.configure(r, specs, Rng(cfg.seed, r, SERVER))
-        replies = self._send(TRAIN, r, plan)
+        self.lost = {}
+        replies, dropped = self._send(TRAIN, r, plan)
         down, up = total_nbytes(plan.values()), total_nbytes(replies.values())
-        train = self.server.aggregate(r, replies, Rng(cfg.seed, r, SERVER))
-        row: dict[str, Any] = {"round": r, "clients": sorted(plan), "train": train}
+        train, screened = screened_aggregate(
+            self.server, r, plan, replies, cfg.robustness, Rng(cfg.seed, r, SERVER), dropped
+        )
+        row: dict[str, Any] = {"round": r, "clients": sorted(plan), "train": train, **screened}
         if r % cfg.engine.eval_every == 0 or r == cfg.rounds:
             eval_plan = self.server.configure_evaluate(r, specs)
-            eval_replies = self._send(EVALUATE, r, eval_plan) if eval_plan else {}
+            eval_replies, eval_dropped = self._send(EVALUATE, r, eval_plan) if eval_plan else ({}, [])
             down += total_nbytes(eval_plan.values())
             up += total_nbytes(eval_replies.values())
             row["eval"] = self.server.evaluate(r, specs, eval_replies)
+            if eval_dropped:
+                row["eval_dropped"] = eval_dropped
+        if self.lost:
+            row["lost_nodes"] = {str(node): reason for node, reason in sorted(self.lost.items())}
         row["bytes_up"], row["bytes_down"] = up, down
         return row
 
@@ -254,7 +298,7 @@ def query_nodes(
     for node in nodes:
         contents[node] = RecordDict()
         put_json(contents[node], RUN, round=0, config=tomli_w.dumps(cfg.to_toml_dict()))
-    answers = exchange(QUERY, contents, "query")
+    answers = exchange(QUERY, contents, "query", tolerate=False)  # a node that cannot say what it hosts
     expected = info_to_json(task.info)
     found: list[tuple[int, str, ClientSpec]] = []
     node_of: dict[str, int] = {}
@@ -295,11 +339,16 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"out: {folder.path} already holds a run; pick a new results folder")
     task = build_task(cfg)  # the coordinator's proxy, labelled and test sets (and the task description)
     folder.write_config(cfg.to_toml_dict())
-    exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]))
+    if rc["on-node-failure"] not in NODE_FAILURE:
+        raise ConfigError(f"on-node-failure: {rc['on-node-failure']!r} is not one of {NODE_FAILURE}")
+    drop = rc["on-node-failure"] == "drop"
+    exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]), tolerate=drop)
     nodes = wait_for_nodes(grid, int(rc["min-nodes"]), float(rc["node-wait-s"]))
     specs, node_of, client_val = query_nodes(exchange, nodes, cfg, task)
     summary = FlowerEngine(cfg, task, folder, exchange, specs, node_of, client_val).run()
     summary["engine"] = {"name": "flower", "nodes": len(set(node_of.values()))}
+    if lost := {n for row in read_jsonl(folder.metrics) for n in row.get("lost_nodes", {})}:
+        summary["engine"]["lost_nodes"] = sorted(lost, key=int)  # nodes that failed in some round
     folder.write_summary(summary)
     write_run_report(folder.path, plots=cfg.output.plots)
     return summary
@@ -356,6 +405,7 @@ def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Set
         seed=cfg.seed,
         rounds=cfg.rounds,
         clients_per_round=int(run.get("clients-per-round", len(node.clients))),
+        robustness=cfg.robustness,  # as settings_for gives the coordinator
     )
     return cfg, settings, int(run["round"]), node
 
@@ -377,7 +427,7 @@ def handle_query(message: Message, context: Context) -> Message:
 def handle_train(message: Message, context: Context) -> Message:
     """Fit every planned client hosted here; their new states go to ``Context.state``."""
     cfg, settings, r, node = _run_settings(message.content, context)
-    client = get_algorithm(cfg.algorithm.name).Client(settings)
+    client = private_client(get_algorithm(cfg.algorithm.name).Client(settings), cfg.privacy)
     reply = RecordDict()
     for cid, msg in get_messages(message.content, TRAIN).items():
         state = get_message(context.state, STATE, cid)

@@ -20,7 +20,9 @@ from fedmosaic.core.algorithm import ServerData, Settings
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.core.task import Task
 from fedmosaic.engines.run_folder import RunFolder, peak_rss_mb, read_jsonl
+from fedmosaic.engines.screening import reply_lost, screened_aggregate
 from fedmosaic.engines.state_store import ClientStateStore
+from fedmosaic.privacy import privacy_summary, private_client
 
 if TYPE_CHECKING:
     from fedmosaic.config import RunConfig
@@ -42,6 +44,7 @@ def settings_for(cfg: RunConfig, task: Task, n_clients: int | None = None) -> Se
         seed=cfg.seed,
         rounds=cfg.rounds,
         clients_per_round=cfg.clients.per_round or (len(task.clients) if n_clients is None else n_clients),
+        robustness=cfg.robustness,
     )
 
 
@@ -63,7 +66,7 @@ class LocalEngine:
         settings = settings_for(cfg, task)
         pooled = task.pooled_train() if algorithm.needs_pooled_data else None
         self.server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test, pooled))
-        self.client = algorithm.Client(settings)
+        self.client = private_client(algorithm.Client(settings), cfg.privacy)
         self.states = ClientStateStore(folder.client_states, cfg.engine.state_cache)
         self.specs = task.specs
 
@@ -97,6 +100,7 @@ class LocalEngine:
             self.server.load_state(server_state)
             totals = {k: marker[k] for k in totals}
         # Anything written after the last commit belongs to an interrupted round: drop it.
+        self.folder.discard_partial_writes()
         self.states.rollback(committed)
         for path in (self.folder.metrics, self.folder.timings):
             if path.exists():
@@ -107,15 +111,22 @@ class LocalEngine:
         cfg, specs = self.cfg, self.specs
         plan = self.server.configure(r, specs, Rng(cfg.seed, r, SERVER))
         down = sum(m.nbytes for m in plan.values())
-        replies = {}
+        replies, dropped = {}, []
         for cid, message in plan.items():
             data = self.task.client(cid)
             reply, state = self.client.fit(message, self.states.get(cid), data, Rng(cfg.seed, r, cid))
             self.states.put(cid, r, state)
-            replies[cid] = reply
+            # engine.dropout: the client got its message and trained, its reply never arrives (so a
+            # server that delivers data once, like fedmekt's proxy set, is still right about delivery)
+            if reply_lost(cfg.seed, r, cid, cfg.engine.dropout):
+                dropped.append(cid)
+            else:
+                replies[cid] = reply
         up = sum(m.nbytes for m in replies.values())
-        train = self.server.aggregate(r, replies, Rng(cfg.seed, r, SERVER))
-        row: dict[str, Any] = {"round": r, "clients": sorted(plan), "train": train}
+        train, screened = screened_aggregate(
+            self.server, r, plan, replies, cfg.robustness, Rng(cfg.seed, r, SERVER), dropped
+        )
+        row: dict[str, Any] = {"round": r, "clients": sorted(plan), "train": train, **screened}
         if r % cfg.engine.eval_every == 0 or r == cfg.rounds:
             eval_plan = self.server.configure_evaluate(r, specs)
             eval_replies = {
@@ -149,5 +160,9 @@ class LocalEngine:
             "seconds_per_round": totals["wall_s"] / max(len(rows), 1),
             "peak_rss_mb": max((t["peak_rss_mb"] for t in timings), default=peak_rss_mb()),
         }
+        if self.cfg.privacy.enabled:
+            n, pooled = len(self.specs), get_algorithm(self.cfg.algorithm.name).needs_pooled_data
+            per_round = self.cfg.clients.per_round or n
+            summary["privacy"] = privacy_summary(self.cfg.privacy, rows, n, per_round, pooled=pooled)
         self.folder.write_summary(summary)
         return summary

@@ -9,6 +9,7 @@ from typing import Any
 
 from fedmosaic.core.metrics import METRIC_NAMES
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.privacy.accounting import privacy_markdown
 from fedmosaic.reporting.plots import eval_keys, plot_bytes, plot_comparison, plot_run_metrics
 
 
@@ -64,6 +65,8 @@ def write_run_report(path: Path, plots: bool = True, comparison: Path | None = N
         metrics_table(summary["final"]) if summary["final"] else "(no evaluation)",
         "",
     ]
+    if "privacy" in summary:
+        parts += privacy_markdown(summary["privacy"])
     if plots and rows:
         plot_run_metrics(rows, path / "plots" / "metrics.png", title)
         plot_bytes({summary["algorithm"]: rows}, path / "plots" / "bytes.png")
