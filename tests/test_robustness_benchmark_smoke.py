@@ -1,4 +1,4 @@
-"""The robustness benchmark in smoke mode, so it never rots (the full run is not part of the tests)."""
+"""The robustness and validation-sweep benchmarks in smoke mode, so they never rot (not the full runs)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,25 @@ def test_robustness_benchmark_smoke(tmp_path: Path) -> None:
     )
     assert "benchmarks/robustness.py --smoke" in out
     assert not target.exists()  # smoke mode never overwrites the published table
+
+
+def test_validation_sweep_smoke(tmp_path: Path) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "validation_sweep.py"),
+            "--smoke",
+            "--output",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    # every bad reply of fedavg's 10 clients caught, no clean reply rejected
+    assert "| fedavg | " + " | ".join(["10/10"] * 9) + " | 0/10 |" in proc.stdout
+    assert "| local | — |" in proc.stdout and "benchmarks/validation_sweep.py --smoke" in proc.stdout
+    assert not target.exists()

@@ -1,0 +1,160 @@
+"""Benchmark: bad replies tried against the server's reply validation, by kind and algorithm.
+
+For each algorithm, one real round is trained (tiny sizes); then, for every client in turn and every
+corruption kind of ``engines/faults.py::CORRUPTIONS`` (NaN, Inf, wrong shape, wrong dtype, missing
+and extra arrays, x1e6 norm, missing and NaN metadata), that client's reply is corrupted and the
+round's replies are screened exactly as the engines do before ``aggregate``. A try counts as caught
+when the corrupted reply, and no other, is rejected. The clean round is screened too (false
+rejections). Writes the section between ``<!-- validation:begin -->`` and ``<!-- validation:end -->``
+of BENCHMARKS.md.
+
+    python benchmarks/validation_sweep.py            # 7 algorithms, seed 0 (a few minutes)
+    python benchmarks/validation_sweep.py --smoke    # fedavg and local only (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BENCHMARKS_MD, write_section
+from fedmosaic.algorithms.registry import get_algorithm
+from fedmosaic.config import load_config
+from fedmosaic.core.algorithm import ServerData
+from fedmosaic.core.message import Message
+from fedmosaic.core.seeding import SERVER, Rng
+from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.faults import CORRUPTIONS, default_target
+from fedmosaic.engines.local import configure_threads, settings_for
+from fedmosaic.engines.screening import screen
+
+SECTION = "validation"
+TINY = [
+    "rounds=1",
+    "compare=[]",
+    "engine.progress=false",
+    "output.plots=false",
+    "task.options.n_samples=400",
+    "task.proxy_size=40",
+    "task.labelled_size=40",
+    "model.embed_dim=16",
+    "model.text_hidden=16",
+]
+# kinds that need a floating-point array to corrupt (the rest only touch names or metadata)
+NEEDS_ARRAY = {"nan", "inf", "wrong_shape", "wrong_dtype", "missing_array", "norm_1e6"}
+
+
+def sensor_overrides(folder: Path) -> list[str]:
+    """A small mHealth-format task (synthetic logs in the real format) for the autoencoder algorithms."""
+    from fedmekt import write_mhealth_like  # benchmarks/fedmekt.py's writer of mHealth-format logs
+
+    data = write_mhealth_like(folder, scale=0.05)
+    return [
+        "rounds=1",
+        "compare=[]",
+        "engine.progress=false",
+        "output.plots=false",
+        "task.dataset=mhealth",
+        f"task.data_dir={data}",
+        'task.options.modalities=["acc", "gyro"]',
+        "task.partition=iid",
+        "task.proxy_size=40",
+        "task.labelled_size=40",
+        'clients.mix="acc:2,gyro:2,acc+gyro:4"',
+    ]
+
+
+def algorithms(smoke: bool, sensor: list[str]) -> dict[str, list[str]]:
+    """Algorithm label -> config overrides."""
+    out = {"fedavg": [*TINY, "algorithm.name=fedavg"], "local": [*TINY, "algorithm.name=local"]}
+    if not smoke:
+        out["fedcmi"] = [*TINY, "algorithm.name=fedcmi"]
+        out["gvf"] = [*TINY, "algorithm.name=gvf", "algorithm.dim=16"]
+        out["mmfedavg"] = [*sensor, "algorithm.name=mmfedavg"]
+        out["fedmekt"] = [*sensor, "algorithm.name=fedmekt", "algorithm.proxy_batch=16"]
+    return out
+
+
+def one_round(overrides: list[str]) -> tuple[object, object, dict[str, Message], dict[str, Message]]:
+    """The server half, the config, and round 1's plan and replies (trained for real)."""
+    cfg = load_config(None, overrides)
+    configure_threads(cfg)
+    task = build_task(cfg)
+    algorithm = get_algorithm(cfg.algorithm.name)
+    settings = settings_for(cfg, task)
+    server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
+    client = algorithm.Client(settings)
+    plan = server.configure(1, task.specs, Rng(cfg.seed, 1, SERVER))
+    replies = {
+        cid: client.fit(message, Message(), task.client(cid), Rng(cfg.seed, 1, cid))[0]
+        for cid, message in plan.items()
+    }
+    return server, cfg, plan, replies
+
+
+def sweep(overrides: list[str]) -> tuple[dict[str, tuple[int, int]], int, int]:
+    """Per kind (caught, tried); the clean round's false rejections and replies."""
+    server, cfg, plan, replies = one_round(overrides)
+    clean = screen(server, 1, plan, replies, cfg.robustness)
+    counts: dict[str, tuple[int, int]] = {}
+    for kind, corrupt in CORRUPTIONS.items():
+        caught = tried = 0
+        for cid, reply in replies.items():
+            has_float = any(a.dtype.kind == "f" for a in reply.arrays.values())
+            if kind in NEEDS_ARRAY and not has_float:
+                continue  # nothing to corrupt (local's replies carry metadata only)
+            bad = corrupt(reply, default_target(reply) if has_float else "")
+            result = screen(server, 1, plan, {**replies, cid: bad}, cfg.robustness)
+            tried += 1
+            caught += list(result.rejected) == [cid]
+        counts[kind] = (caught, tried)
+    return counts, len(clean.rejected), len(replies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="fedavg and local only")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        sensor = [] if args.smoke else sensor_overrides(Path(tmp) / "mhealth")
+        results = {label: sweep(o) for label, o in algorithms(args.smoke, sensor).items()}
+    kinds = list(CORRUPTIONS)
+    command = "python benchmarks/validation_sweep.py" + (" --smoke" if args.smoke else "")
+    total_caught = sum(c for counts, _, _ in results.values() for c, _ in counts.values())
+    total_tried = sum(t for counts, _, _ in results.values() for _, t in counts.values())
+    lines = [
+        "### Bad replies tried against reply validation (issue 9)",
+        "",
+        "One real round per algorithm (tiny sizes: the synthetic image+text task; an mHealth-format "
+        "acc+gyro task for mmfedavg and fedmekt), default `[robustness]` settings; then each client's "
+        "reply in turn corrupted by each kind and the round screened as the engines do. Cell: caught / "
+        "tried (caught = that reply, and no other, rejected). `local` replies carry no arrays, so only "
+        "the name and metadata kinds apply. "
+        f"Command: `{command}` ({(time.perf_counter() - start) / 60:.1f} min).",
+        "",
+        f"| algorithm | {' | '.join(kinds)} | clean replies falsely rejected |",
+        "|---|" + "---:|" * (len(kinds) + 1),
+    ]
+    for label, (counts, false_rejections, n) in results.items():
+        cells = [f"{c}/{t}" if t else "—" for c, t in (counts[k] for k in kinds)]
+        lines.append(f"| {label} | {' | '.join(cells)} | {false_rejections}/{n} |")
+    by_kind = {k: [sum(results[a][0][k][i] for a in results) for i in (0, 1)] for k in kinds}
+    lines += [
+        "",
+        f"Total: {total_caught} of {total_tried} bad replies caught; by kind: "
+        + ", ".join(f"{k} {c}/{t}" for k, (c, t) in by_kind.items())
+        + ".",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if args.smoke:
+        return
+    write_section(args.output, SECTION, section)
+
+
+if __name__ == "__main__":
+    main()
