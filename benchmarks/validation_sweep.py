@@ -59,6 +59,7 @@ def sensor_overrides(folder: Path) -> list[str]:
         "task.dataset=mhealth",
         f"task.data_dir={data}",
         'task.options.modalities=["acc", "gyro"]',
+        "task.options.window=32",
         "task.partition=iid",
         "task.proxy_size=40",
         "task.labelled_size=40",
