@@ -124,6 +124,8 @@ def _read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except RecursionError:  # json's decoder recurses once per nesting level
+        raise DataError(f"{path}: JSON nested too deeply to be a COCO annotation file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({' '.join(str(exc).split())})") from exc
     if not isinstance(data, dict):

@@ -133,6 +133,9 @@ def _jsonl_rows(
             except json.JSONDecodeError as exc:
                 ctx.bad(path, f"not valid JSON ({exc.msg})", line=number)
                 continue
+            except RecursionError:  # json's decoder recurses once per nesting level
+                ctx.bad(path, "JSON nested too deeply", line=number)
+                continue
             if not isinstance(row, dict):
                 ctx.bad(path, "not a JSON object", line=number)
                 continue

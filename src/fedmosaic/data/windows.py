@@ -5,7 +5,7 @@ windows out of recordings. This module does that once:
 
 - :func:`read_table` parses a whitespace-separated table with numpy's C parser and, only when that
   fails, re-reads it line by line to name every bad line (wrong number of values, not a number,
-  NaN/Inf), so a bad file costs a slow pass but a good one never does.
+  NaN/Inf, beyond the float32 range), so a bad file costs a slow pass but a good one never does.
 - :func:`cut_windows` places windows with a step inside ``[start, end)`` ranges; :func:`runs` finds
   the ranges of equal labels; :func:`clear_of` drops windows that cover a bad row;
   :func:`gather` copies the windows out channels-first; :func:`majority_labels` labels windows that
@@ -21,6 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from fedmosaic.data.registry import DataError, LoadContext
+
+# Windows are stored as float32: a finite float64 beyond this would become infinity there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+TOO_LARGE = f"value beyond the float32 range (|x| > {FLOAT32_MAX:.3g})"
 
 
 @dataclass
@@ -64,8 +68,9 @@ def read_table(path: Path, n_cols: int) -> Table:
     """Read a whitespace-separated table of ``n_cols`` floats per line.
 
     Raises :class:`DataError` if the file is missing, unreadable or empty (a whole-file problem);
-    every bad line (wrong value count, not a number, NaN/Inf) is listed in ``Table.bad``. Trailing
-    blank lines are ignored; a blank line inside the table is a bad line (rows are positions).
+    every bad line (wrong value count, not a number, NaN/Inf, beyond the float32 range) is listed in
+    ``Table.bad``. Trailing blank lines are ignored; a blank line inside the table is a bad line
+    (rows are positions).
     """
     try:
         raw = path.read_bytes()
@@ -88,6 +93,9 @@ def read_table(path: Path, n_cols: int) -> Table:
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         table.mark_bad(np.flatnonzero(~finite), "NaN or infinite value")
+    huge = (np.abs(values) > FLOAT32_MAX).any(axis=1) & finite
+    if huge.any():
+        table.mark_bad(np.flatnonzero(huge), TOO_LARGE)
     return table
 
 
@@ -109,6 +117,9 @@ def _read_table_slowly(path: Path, body: bytes, n_cols: int) -> Table:
             continue
         if not all(np.isfinite(row)):
             bad.append((i + 1, "NaN or infinite value"))
+            continue
+        if max(abs(v) for v in row) > FLOAT32_MAX:
+            bad.append((i + 1, TOO_LARGE))
             continue
         values[i] = row
     return Table(path, values, bad)
