@@ -12,7 +12,8 @@ ankle + arm (6), ``mag`` = ankle + arm (6), ``ecg`` = 2 leads. Windows are cut i
 runs of one non-null label ("inside" rule: a window lies entirely inside one run and takes its label),
 one block per run. Null-class rows are never windowed.
 
-Bad input: a row that is not 24 numbers, holds NaN/Inf or has a label that is not an integer 0-12
+Bad input: a row that is not 24 numbers, holds NaN/Inf or a value beyond float32, or has a label
+that is not an integer 0-12
 drops only the windows that cover it under ``on_bad_sample = "skip"``; a missing folder or an empty
 file is a :class:`DataError`. ``extras["origin"]`` holds ``(subject, first row)`` per window (row
 0-based).

@@ -24,7 +24,8 @@ How windows get labels (``label_rule``):
 7-12 as unlabelled; ``"all"`` keeps all 12. ``test_users = "official"`` gives the users of the
 official test split the test role.
 
-Bad input: a bad sensor row (not 3 numbers, NaN/Inf) drops only the windows that cover it under
+Bad input: a bad sensor row (not 3 numbers, NaN/Inf, beyond float32) drops only the windows that
+cover it under
 ``on_bad_sample = "skip"``; a bad ``labels.txt`` row (not 5 integers, start after end, end beyond
 its recording, overlapping an earlier segment) drops its segment; a missing acc/gyro file or acc and
 gyro files of different length drop the experiment. Under "error" each is a one-line

@@ -13,7 +13,8 @@ is window ``i``. ``acc = "total"`` reads ``total_acc`` (gravity included), ``"bo
 ``body_acc``; gyro is ``body_gyro``. The official windows overlap by 50% within a run of one subject
 doing one activity, so consecutive rows with the same subject and label in one split form a block.
 
-Bad input: a signal row that is not 128 numbers (or holds NaN/Inf), a label outside 1-6 or a subject
+Bad input: a signal row that is not 128 numbers (or holds NaN/Inf or a value beyond float32), a
+label outside 1-6 or a subject
 id that is not a positive integer drops that window under ``on_bad_sample = "skip"``; a missing file
 or files of one split with different row counts is a :class:`DataError`. ``extras["origin"]`` holds
 ``(split, row)`` per window (split 0 = train, 1 = test; row 0-based) to trace it back to its files.
