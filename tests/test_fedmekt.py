@@ -19,7 +19,7 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.local import settings_for
-from fedmosaic.models.autoencoder import HIDDEN, kd_loss
+from fedmosaic.models.autoencoder import HIDDEN, SplitAutoencoder, kd_loss
 from mhealth_files import write_mhealth
 
 WINDOW = 16
@@ -155,10 +155,90 @@ def test_kd_softmax_is_over_the_embedding_dimension():
     distiller.cfg = settings_cfg.algorithm  # type: ignore[assignment]
     loss = distiller.loss(
         {"acc": {"top": student, "first": student}},
-        {"acc": {"top": teacher, "first": teacher}},
+        distiller.log_targets({"acc": {"top": teacher, "first": teacher}}),
         {"top": 1.0, "first": 1.0},
     )
     assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["C", "S"])
+@pytest.mark.parametrize("axis", ["embedding", "time"])
+def test_distiller_with_a_once_softmaxed_teacher_equals_kd_on_the_step_rows(variant, axis):
+    """The teacher is soft-maxed once per round and sliced per step: the same loss as the KD of the
+    step's student against the step's rows of the teacher (joined through the joint layer for C)."""
+    torch.manual_seed(0)
+    cfg = load_config(
+        None, ["algorithm.name=fedmekt", f"algorithm.variant={variant}", f"algorithm.kd_axis={axis}"]
+    )
+    distiller = Distiller.__new__(Distiller)
+    distiller.cfg = cfg.algorithm  # type: ignore[assignment]
+    distiller.names = ("acc", "gyro")
+    distiller.widths = {"top": REP, "first": HIDDEN}
+    distiller.joint = {
+        layer: torch.linalg.qr(torch.randn(2 * w, w))[0] for layer, w in distiller.widths.items()
+    }
+
+    def embeddings(n: int) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            m: {"top": torch.randn(n, 6, REP), "first": torch.randn(n, 6, HIDDEN)} for m in ("acc", "gyro")
+        }
+
+    teacher, student = embeddings(10), embeddings(3)
+    rows = slice(4, 7)
+    weights = {"top": 0.1, "first": 0.04}
+    got = distiller.loss(student, distiller.log_targets(teacher), weights, rows)
+    expected = torch.zeros(())
+    for layer in LAYERS:
+        t = {m: e[layer][rows] for m, e in teacher.items()}
+        s = {m: e[layer] for m, e in student.items()}
+        if variant == "C":
+            term = kd_loss(distiller._join(s, layer), distiller._join(t, layer), 3.0, axis)
+        else:
+            term = sum(kd_loss(s[m], t[m], 3.0, axis) for m in s)
+        expected = expected + weights[layer] * term
+    assert float(got) > 0
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_cross_reconstruction_is_the_sum_over_source_and_target_pairs():
+    """One decoder call over all sources' codes, the target broadcast, equals decoding each source
+    separately and summing the per-pair MSEs."""
+    torch.manual_seed(0)
+    model = SplitAutoencoder({"acc": 3, "gyro": 2}, REP)
+    batch = {"acc": torch.randn(5, 3, WINDOW), "gyro": torch.randn(5, 2, WINDOW)}
+    with torch.no_grad():  # values only
+        codes = {m: model.represent(x, m) for m, x in batch.items()}
+        expected = sum(
+            torch.nn.functional.mse_loss(model.decoders[t](codes[s], WINDOW), y.transpose(1, 2).flip(1))
+            for s in batch
+            for t, y in batch.items()
+        )
+        joint = model.reconstruction_loss(batch)
+        given_codes = model.reconstruction_loss(batch, codes=codes)
+    assert float(joint) == pytest.approx(float(expected), rel=1e-5)
+    assert float(given_codes) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_server_distillation_runs_each_encoder_once_per_step(mhealth_dir):
+    """The server's step encodes each modality once, for the codes and the KD's student alike."""
+    task, server, client = parts(config(mhealth_dir, "fedmekt", "algorithm.server_epochs=2"))
+    states: dict[str, Message] = {}
+    plan = server.configure(1, task.specs, Rng(0, 1, SERVER))
+    replies = {}
+    for cid, message in plan.items():
+        replies[cid], states[cid] = client.fit(message, Message(), task.client(cid), Rng(0, 1, cid))
+    calls = dict.fromkeys(server.model.encoders, 0)
+    hooks = [
+        encoder.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+        for m, encoder in server.model.encoders.items()
+    ]
+    try:
+        server.aggregate(1, replies, Rng(0, 1, SERVER))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    steps = 2 * math.ceil(len(server.batch) / 16)  # server_epochs x batches of training.batch_size
+    assert calls == dict.fromkeys(server.model.encoders, steps)
 
 
 def test_local_models_persist_and_are_never_overwritten_by_global_weights(two_rounds, mhealth_dir):

@@ -91,7 +91,8 @@ def train_reconstruction(
     moments are not part of the persisted state, which keeps checkpoints small and resumes exact.
     """
     cfg = settings.algorithm
-    optimizer = torch.optim.Adam(trainable(model, held), lr=cfg.lr_local)  # type: ignore[attr-defined]
+    # fused: one kernel per step for all parameters instead of a Python loop over ~20 small tensors
+    optimizer = torch.optim.Adam(trainable(model, held), lr=cfg.lr_local, fused=True)  # type: ignore[attr-defined]
     model.train()
     losses: list[float] = []
     step = 0

@@ -69,6 +69,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from torch.nn import functional as F
 
 from fedmosaic.algorithms.autoencoder_base import (
     AutoencoderConfig,
@@ -79,12 +80,14 @@ from fedmosaic.algorithms.autoencoder_base import (
 )
 from fedmosaic.algorithms.base import weighted_train_loss
 from fedmosaic.algorithms.registry import register
+from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed
 from fedmosaic.core.task import ClientData
-from fedmosaic.models.autoencoder import SplitAutoencoder, joint_projection, kd_loss
+from fedmosaic.core.validation import ArraySpec, ReplySpec
+from fedmosaic.models.autoencoder import SplitAutoencoder, joint_projection, kd_from_log_teacher
 from fedmosaic.models.params import load_arrays, to_arrays
 
 LAYERS = ("top", "first")
@@ -158,28 +161,48 @@ class Distiller:
             embeddings[m] @ q[i * w : (i + 1) * w] for i, m in enumerate(self.names) if m in embeddings
         )  # type: ignore[return-value]
 
+    def _distributions(
+        self, embeddings: dict[str, dict[str, torch.Tensor]], layer: str
+    ) -> list[torch.Tensor]:
+        """What the KD compares at ``layer``: the joint embedding (C, several modalities) or each one's."""
+        if self.cfg.variant == "C" and len(embeddings) > 1:
+            return [self._join({m: e[layer] for m, e in embeddings.items()}, layer)]
+        return [embeddings[m][layer] for m in sorted(embeddings)]
+
+    def log_targets(self, teacher: dict[str, dict[str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+        """Per layer, the log-softmax of the distributions of ``teacher`` (``{modality: {layer: ...}}``).
+
+        The teacher is constant for a whole round (the global or the averaged embeddings), so its
+        joint embedding and softmax are computed once here, not at every step; the softmax is per
+        sample (over D or over T), so a step's rows are a slice of this.
+        """
+        cfg = self.cfg
+        dim = -1 if cfg.kd_axis == "embedding" else -2
+        return {
+            layer: [F.log_softmax(t / cfg.temperature, dim=dim) for t in self._distributions(teacher, layer)]
+            for layer in LAYERS
+        }
+
     def loss(
         self,
         student: dict[str, dict[str, torch.Tensor]],
-        teacher: dict[str, dict[str, torch.Tensor]],
+        log_teacher: dict[str, list[torch.Tensor]],
         weights: dict[str, float],
+        rows: slice | torch.Tensor = slice(None),
     ) -> torch.Tensor:
-        """``sum_layer weight[layer] * KD(student || teacher)``; inputs ``{modality: {layer: (B,T,D)}}``."""
+        """``sum_layer weight[layer] * KD(student || teacher)``; student ``{modality: {layer: (B,T,D)}}``.
+
+        ``log_teacher`` is :meth:`log_targets` of the teacher embeddings of the same modalities;
+        ``rows`` selects the samples of this step from it.
+        """
         cfg = self.cfg
+        dim = -1 if cfg.kd_axis == "embedding" else -2
         total = torch.zeros(())
-        joint = cfg.variant == "C" and len(student) > 1
         for layer in LAYERS:
             if weights[layer] == 0:
                 continue
-            if joint:
-                s = self._join({m: e[layer] for m, e in student.items()}, layer)
-                t = self._join({m: e[layer] for m, e in teacher.items() if m in student}, layer)
-                term = kd_loss(s, t, cfg.temperature, cfg.kd_axis)
-            else:
-                term = sum(
-                    kd_loss(student[m][layer], teacher[m][layer], cfg.temperature, cfg.kd_axis)
-                    for m in student
-                )
+            pairs = zip(self._distributions(student, layer), log_teacher[layer], strict=True)
+            term = sum(kd_from_log_teacher(s, t[rows], cfg.temperature, dim) for s, t in pairs)
             total = total + weights[layer] * term
         return total
 
@@ -244,9 +267,11 @@ class FedMEKTClient:
         steps_per_epoch = max(1, -(-len(data.train) // self.settings.training.batch_size))
         chunk = -(-len(idx) // steps_per_epoch)
         weights = {"top": cfg.alpha, "first": cfg.beta}
+        log_teacher = self._distiller.log_targets(teacher)  # once per round: the teacher is fixed
 
         def loss_fn(inputs: dict[str, torch.Tensor], step: int) -> torch.Tensor:
-            # The private windows and the proxy chunk go through each encoder in one call.
+            # The private windows and the proxy chunk go through each encoder in one call; that one
+            # pass gives the codes to decode and both KD layers' student embeddings.
             start = (step * chunk) % len(idx)
             rows = slice(start, start + chunk)
             codes, student = {}, {}
@@ -255,9 +280,8 @@ class FedMEKTClient:
                 n = len(x)
                 codes[m] = top[:n, -1, :]
                 student[m] = {"top": _steps(top[n:], cfg), "first": _steps(first[n:], cfg)}
-            target = {m: {layer: teacher[m][layer][rows] for layer in LAYERS} for m in inputs}
             rec = model.reconstruction_loss(inputs, cfg.reverse_target, codes)
-            return rec + self._distiller.loss(student, target, weights)  # type: ignore[union-attr]
+            return rec + self._distiller.loss(student, log_teacher, weights, rows)  # type: ignore[union-attr]
 
         loss = train_reconstruction(model, data.train, held, self.settings, rng, loss_fn)
         model.eval()
@@ -342,7 +366,11 @@ class FedMEKTServer(LinearEvalServer):
             holders = [r for r in replies.values() if emb_key(m, "top") in r.arrays]
             if holders:  # per modality, a plain mean over the clients that hold it (as the reference)
                 averaged[m] = {
-                    layer: torch.from_numpy(np.mean([r.arrays[emb_key(m, layer)] for r in holders], axis=0))
+                    layer: torch.from_numpy(
+                        aggregation_of(self.settings).combine_like(
+                            [r.arrays[emb_key(m, layer)] for r in holders]
+                        )
+                    )
                     for layer in LAYERS
                 }
         rec, kd = self._distil(averaged, rng)
@@ -350,12 +378,19 @@ class FedMEKTServer(LinearEvalServer):
         stats.update({"server_recon": rec, "server_kd": kd, "proxy_bytes": float(self.proxy_bytes_sent)})
         return stats
 
+    def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
+        """The proxy indices echoed unchanged; the client's embeddings shaped like the global ones it got."""
+        arrays = {k: ArraySpec.like(v) for k, v in sent.arrays.items() if k.startswith("emb/")}
+        arrays[PROXY_IDX] = ArraySpec.like(sent.arrays[PROXY_IDX], echo=True)
+        return ReplySpec(arrays, meta=("n_train", "train_loss"), finite_meta=("n_train",))
+
     def _distil(self, averaged: dict[str, dict[str, torch.Tensor]], rng: Rng) -> tuple[float, float]:
         """R epochs over the round's proxy batch: reconstruction + eta/gamma KD toward the client average."""
         cfg, model = self.cfg, self.model
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr_server)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr_server, fused=True)  # one kernel per step
         windows = {m: torch.from_numpy(a[self.batch]) for m, a in self.proxy.items()}
         weights = {"top": cfg.eta, "first": cfg.gamma}
+        log_teacher = self.distiller.log_targets(averaged) if averaged else {}
         bs = self.settings.training.batch_size
         recs, kds = [], []
         model.train()
@@ -364,12 +399,17 @@ class FedMEKTServer(LinearEvalServer):
             for start in range(0, len(order), bs):
                 rows = torch.from_numpy(order[start : start + bs])
                 batch = {m: x[rows] for m, x in windows.items()}
-                rec = model.reconstruction_loss(batch, cfg.reverse_target)
+                # One encoder pass per modality gives both the codes to decode and the KD's student.
+                encoded = {m: model.encode(x, m) for m, x in batch.items()}
+                codes = {m: top[:, -1, :] for m, (top, _) in encoded.items()}
+                rec = model.reconstruction_loss(batch, cfg.reverse_target, codes)
                 kd = torch.zeros(())
                 if averaged:
-                    student = _encode(model, {m: batch[m] for m in averaged}, cfg)
-                    teacher = {m: {layer: t[rows] for layer, t in e.items()} for m, e in averaged.items()}
-                    kd = self.distiller.loss(student, teacher, weights)
+                    student = {
+                        m: {"top": _steps(encoded[m][0], cfg), "first": _steps(encoded[m][1], cfg)}
+                        for m in averaged
+                    }
+                    kd = self.distiller.loss(student, log_teacher, weights, rows)
                 optimizer.zero_grad(set_to_none=True)
                 (rec + kd).backward()
                 optimizer.step()

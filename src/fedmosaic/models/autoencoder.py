@@ -90,12 +90,14 @@ class SplitAutoencoder(nn.Module):
         if codes is None:
             codes = {m: self.represent(batch[m], m) for m in sources}
         stacked = torch.cat([codes[m] for m in sources])  # (S * B, rep)
+        n = len(sources)
         loss = torch.zeros(())
         for target, y in targets.items():
             # One decoder call over every source's codes (a bigger batch is cheaper per sample on CPU
             # than one call per source); the mean over S * B samples, times S, is the sum over sources.
-            decoded = self.decoders[target](stacked, y.shape[1])
-            loss = loss + len(sources) * F.mse_loss(decoded, y.repeat(len(sources), 1, 1))
+            # The target broadcasts over the S sources (no S-fold copy of it).
+            decoded = self.decoders[target](stacked, y.shape[1]).unflatten(0, (n, -1))
+            loss = loss + n * (decoded - y).square().mean()
         return loss
 
 
@@ -125,7 +127,15 @@ def kd_loss(
     window length or the batch size.
     """
     dim = -1 if axis == "embedding" else -2
-    log_student = F.log_softmax(student / temperature, dim=dim)
     log_teacher = F.log_softmax(teacher / temperature, dim=dim)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim)
-    return kl.mean() * temperature**2
+    return kd_from_log_teacher(student, log_teacher, temperature, dim)
+
+
+def kd_from_log_teacher(
+    student: torch.Tensor, log_teacher: torch.Tensor, temperature: float, dim: int = -1
+) -> torch.Tensor:
+    """:func:`kd_loss` given the teacher's log-softmax (a constant target can be soft-maxed once)."""
+    log_student = F.log_softmax(student / temperature, dim=dim)
+    # Fused KL(teacher || student); its sum over everything / #distributions is the mean KL.
+    kl = F.kl_div(log_student, log_teacher, reduction="sum", log_target=True)
+    return kl * (student.shape[dim] / student.numel()) * temperature**2

@@ -77,13 +77,11 @@ def linear_evaluation(
         y_l = labelled.labels[rows_l].astype(np.int64)
         with rng.seeded(f"probe-init/{group}"):
             probe = nn.Linear(x_l.shape[1], info.num_classes)
-        optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+        optimizer = torch.optim.Adam(probe.parameters(), lr=lr, fused=True)  # one kernel per step
         xt_l, yt_l = torch.from_numpy(x_l), torch.from_numpy(y_l)
         order = rng.numpy(f"probe-batches/{group}")
         for _ in range(epochs):
-            perm = order.permutation(len(y_l))
-            for start in range(0, len(perm), batch_size):
-                idx = torch.from_numpy(perm[start : start + batch_size])
+            for idx in torch.from_numpy(order.permutation(len(y_l))).split(batch_size):
                 loss = nn.functional.cross_entropy(probe(xt_l[idx]), yt_l[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
