@@ -29,7 +29,7 @@ def test_privacy_benchmark_smoke(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| no DP | ∞ | ∞ |" in proc.stdout
-    dp_rows = [line for line in proc.stdout.splitlines() if line.startswith("| z = 0.003 |")]
+    dp_rows = [line for line in proc.stdout.splitlines() if line.startswith("| z = 0.001 |")]
     assert len(dp_rows) == 1
     epsilon = float(dp_rows[0].split("|")[2])
     assert epsilon > 0
