@@ -115,6 +115,74 @@ def test_exchange_goes_on_without_failed_and_silent_nodes_within_the_timeout(mon
         exchange("query", {2: RecordDict()}, "query", tolerate=False)
 
 
+class _InProcessNodes:
+    """An Exchange stand-in: node 0 trains its clients in this process, node 1 fails, node 2 is
+    offline (the SuperLink no longer lists it)."""
+
+    tolerate = True
+
+    def __init__(self, cfg, task) -> None:
+        from fedmosaic.algorithms.registry import get_algorithm
+        from fedmosaic.engines.local import settings_for
+
+        self.cfg, self.task, self.failed = cfg, task, {}
+        self.client = get_algorithm(cfg.algorithm.name).Client(settings_for(cfg, task))
+        self.states: dict = {}
+        self.asked: list[set[int]] = []
+        self.grid = type("Grid", (), {"get_node_ids": lambda _: [0, 1]})()
+
+    def __call__(self, kind, contents, group, tolerate=None):
+        from flwr.app import RecordDict
+
+        from fedmosaic.core.message import Message
+        from fedmosaic.core.seeding import Rng
+        from fedmosaic.engines.flower_records import get_messages, put_message
+
+        self.asked.append(set(contents))
+        self.failed = {1: "node 1 failed on train: boom"} if 1 in contents else {}
+        replies = {}
+        if 0 in contents:
+            r = int(group.split("-")[1])
+            replies[0] = RecordDict()
+            for cid, message in get_messages(contents[0], kind).items():
+                state = self.states.get(cid, Message())
+                reply, self.states[cid] = self.client.fit(
+                    message, state, self.task.client(cid), Rng(self.cfg.seed, r, cid)
+                )
+                put_message(replies[0], kind, cid, reply)
+        return replies
+
+
+def test_flower_engine_aggregates_what_arrived_and_records_lost_nodes(tmp_path: Path) -> None:
+    from fedmosaic.config import load_config
+    from fedmosaic.data.tasks import build_task
+    from fedmosaic.engines.flower import FlowerEngine
+    from fedmosaic.engines.run_folder import RunFolder
+
+    cfg = load_config(None, [*TINY_OVERRIDES, "output.plots=false"])
+    task = build_task(cfg)
+    ids = [c.spec.id for c in task.clients]
+    node_of = {cid: k % 3 for k, cid in enumerate(ids)}  # three nodes
+    exchange = _InProcessNodes(cfg, task)
+    engine = FlowerEngine(cfg, task, RunFolder(tmp_path), exchange, task.specs, node_of, 0)  # type: ignore[arg-type]
+    summary = engine.run()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2] and summary["rounds"] == 2
+    lost_clients = sorted(cid for cid in ids if node_of[cid] != 0)
+    for row in rows:
+        assert row["dropped"] == lost_clients
+        assert row["lost_nodes"] == {"1": "node 1 failed on train: boom", "2": row["lost_nodes"]["2"]}
+        assert "offline" in row["lost_nodes"]["2"]
+        assert row["train"]["train_loss"] > 0  # aggregated from node 0's clients
+        assert row["bytes_up"] > 0
+    assert all(asked == {0, 1} for asked in exchange.asked)  # the offline node was never asked
+
+    exchange.tolerate = False  # on-node-failure = "fail": the same failure stops the run
+    strict = FlowerEngine(cfg, task, RunFolder(tmp_path / "strict"), exchange, task.specs, node_of, 0)  # type: ignore[arg-type]
+    with pytest.raises(FlowerRunError, match="no train reply for client"):
+        strict.run()
+
+
 # ----------------------------------------------------------------------------- a real federation
 
 
@@ -167,6 +235,9 @@ def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(tmp_path:
     assert not [pid for pid in fed.stopped if alive(pid)]
 
     rows = read_jsonl(out / "metrics.jsonl")
+    seconds = [t["seconds"] for t in read_jsonl(out / "timings.jsonl")]
+    for row, s in zip(rows, seconds, strict=False):  # shown by pytest -rP
+        print(f"round {row['round']}: {s:.0f} s, dropped {row.get('dropped')}, lost {row.get('lost_nodes')}")
     assert [r["round"] for r in rows] == [1, 2, 3]  # every round ran
     assert "dropped" not in rows[0] and "lost_nodes" not in rows[0]
     lost = set()
