@@ -3,7 +3,8 @@
 Two tasks (the synthetic image+text task and fsdd-digits, image+audio), each with 2 clients holding
 only modality A, 2 only modality B and 6 holding both. For every client group: accuracy and
 macro-F1 of local, fedavg and gvf (mean ± std over seeds), then the ablations of gvf (random
-pairing, no alignment, no gating, sample-count weights, no global vectors; proxy labels switched on). Writes
+pairing, alignment switched on, no gating, sample-count weights, no global vectors, no proxy anchor, a
+shared classifier). Writes
 the section between ``<!-- gvf:begin -->`` and ``<!-- gvf:end -->`` of BENCHMARKS.md.
 
     python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2, ablations on seed 0
@@ -13,6 +14,7 @@ the section between ``<!-- gvf:begin -->`` and ``<!-- gvf:end -->`` of BENCHMARK
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,13 +29,17 @@ from fedmosaic.config import load_config
 
 SECTION = "gvf"
 BASELINES = ("local", "fedavg")
+# Each ablation switches one part of gvf's defaults (alignment is off by default since it measured
+# worse; the ablation switches it on). The proxy-label extension (off, -20 points on fsdd-digits in an
+# earlier run, docs/gvf.md) is no longer rerun: it is the costliest row.
 ABLATIONS = {
     "random pairing": ["algorithm.pairing=random"],
-    "no alignment": ["algorithm.alignment=false"],
+    "with alignment (InfoNCE)": ["algorithm.alignment=true"],
     "no gating (concatenation)": ["algorithm.gating=false"],
     "sample-count weights": ["algorithm.weighting=samples"],
     "no global vectors": ["algorithm.global_vectors=false"],
-    "with proxy labels": ["algorithm.proxy_weight=1"],
+    "no proxy anchor": ["algorithm.anchor_weight=0"],
+    "shared classifier": ["algorithm.shared_classifier=true"],
 }
 SMOKE = [
     "task.options.n_samples=300",
@@ -68,9 +74,25 @@ def _overrides(base: list[str], seed: int, rounds: int, smoke: bool, compare: tu
     ]
 
 
+def finished(folder: Path, compare: tuple[str, ...]) -> dict | None:
+    """The summaries of a unit that already ran to its end in ``folder`` (``--workdir``), else None."""
+    paths = {"gvf": folder / "summary.json"}
+    paths.update({name: folder / "baselines" / name / "summary.json" for name in compare})
+    if not all(path.is_file() for path in paths.values()):
+        return None
+    return {name: json.loads(path.read_text()) for name, path in paths.items()}
+
+
 def run_unit(base: list[str], seed: int, extra: list[str], rounds: int, smoke: bool, folder: Path) -> dict:
-    """One run: gvf (with an ablation's ``extra`` overrides) and, when ``extra`` is empty, the baselines."""
+    """One run: gvf (with an ablation's ``extra`` overrides) and, when ``extra`` is empty, the baselines.
+
+    A unit whose folder already holds every summary (a ``--workdir`` filled by an earlier invocation)
+    is read back instead of rerun.
+    """
     compare = () if extra else BASELINES
+    done = finished(folder, compare)
+    if done is not None:
+        return done
     cfg = load_config(None, [*_overrides(base, seed, rounds, smoke, compare), *extra])
     return runner.start(cfg, folder).summaries
 
@@ -83,12 +105,17 @@ def run_all(
     smoke: bool,
     workdir: Path,
     jobs: int,
+    ablations: dict[str, list[str]] | None = None,
+    collect: bool = False,
 ) -> dict[str, dict[str, list[dict]]]:
     """Summaries by task and row name: the baselines and gvf per seed, each ablation per ablation seed.
 
-    Every (task, seed, variant) is one independent run, spread over ``jobs`` processes.
+    Every (task, seed, variant) is one independent run in ``workdir/<task>-<variant>-s<seed>``,
+    spread over ``jobs`` processes. ``collect``: run nothing, read the units that finished in
+    ``workdir`` (a row then has fewer seeds; the table says how many).
     """
-    ablations = dict(list(ABLATIONS.items())[:1]) if smoke else ABLATIONS
+    if ablations is None:
+        ablations = dict(list(ABLATIONS.items())[:1]) if smoke else ABLATIONS
     # the main units (three runs each) first, so the long ones do not start last
     units = [(name, None, seed, []) for name in tasks for seed in seeds]
     units += [
@@ -97,6 +124,8 @@ def run_all(
         for label, extra in ablations.items()
         for seed in ablation_seeds
     ]
+    if collect:
+        units = [u for u in units if finished(workdir / _unit_dir(*u[:3]), () if u[3] else BASELINES)]
     out: dict[str, dict[str, list[dict]]] = {
         name: {row: [] for row in (*BASELINES, "gvf", *(f"gvf, {a}" for a in ablations))} for name in tasks
     }
@@ -105,9 +134,11 @@ def run_all(
             (
                 name,
                 label,
-                pool.submit(run_unit, tasks[name], seed, extra, rounds, smoke, workdir / f"{name}-{i}"),
+                pool.submit(
+                    run_unit, tasks[name], seed, extra, rounds, smoke, workdir / _unit_dir(name, label, seed)
+                ),
             )
-            for i, (name, label, seed, extra) in enumerate(units)
+            for name, label, seed, extra in units
         ]
         for name, label, future in futures:  # in submission order: rows stay in seed order
             summaries = future.result()
@@ -116,7 +147,13 @@ def run_all(
                     out[name][row].append(summaries[row])
             else:
                 out[name][f"gvf, {label}"].append(summaries["gvf"])
-    return out
+    return {name: {row: runs for row, runs in rows.items() if runs} for name, rows in out.items()}
+
+
+def _unit_dir(task: str, label: str | None, seed: int) -> str:
+    """The folder name of one unit: ``synthetic-main-s0``, ``fsdd-digits-no-gating-concatenation-s0``."""
+    variant = "main" if label is None else "-".join("".join(c if c.isalnum() else " " for c in label).split())
+    return f"{task}-{variant}-s{seed}"
 
 
 def _groups(summary: dict) -> list[str]:
@@ -161,28 +198,78 @@ def table(name: str, results: dict[str, list[dict]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the main rows")
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=4, help="runs in parallel processes")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, one seed, one ablation")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the run folders here; units that already finished in it are read, not rerun "
+        "(so a run can be split over several invocations and collected by a last one)",
+    )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="with --workdir: run nothing; tabulate the units that finished there",
+    )
+    parser.add_argument(
+        "--run-only",
+        action="store_true",
+        help="with --workdir: run the units, write no table (a part of a split run)",
+    )
+    parser.add_argument("--tasks", nargs="+", help="run only these tasks (default: all available)")
+    parser.add_argument(
+        "--ablations", nargs="*", help=f"run only these ablations (default: all of {list(ABLATIONS)})"
+    )
     args = parser.parse_args()
+    if args.run_only and args.workdir is None:
+        parser.error("--run-only: needs --workdir (the runs would be lost)")
+    if args.collect and args.workdir is None:
+        parser.error("--collect: needs --workdir (the folder the runs finished in)")
+    if not args.seeds and not args.run_only:
+        parser.error("--seeds: at least one seed for the main rows (or --run-only)")
+    unknown = sorted(set(args.ablations or ()) - set(ABLATIONS))
+    if unknown:
+        parser.error(f"--ablations: unknown {unknown[0]!r}; choose from {list(ABLATIONS)}")
     seeds = args.seeds[:1] if args.smoke else args.seeds
     ablation_seeds = args.ablation_seeds
     rounds = 1 if args.smoke else args.rounds
     start = time.perf_counter()
     lines: list[str] = []
     tasks = datasets(args.shared, args.smoke)
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - set(tasks))
+        if unknown:
+            parser.error(f"--tasks: {unknown[0]!r} is not available; choose from {list(tasks)}")
+        tasks = {name: tasks[name] for name in args.tasks}
+    ablations = None if args.ablations is None else {a: ABLATIONS[a] for a in args.ablations}
     with tempfile.TemporaryDirectory() as tmp:
-        results = run_all(tasks, seeds, ablation_seeds, rounds, args.smoke, Path(tmp), args.jobs)
+        workdir = args.workdir or Path(tmp)
+        results = run_all(
+            tasks, seeds, ablation_seeds, rounds, args.smoke, workdir, args.jobs, ablations, args.collect
+        )
+    if args.run_only:
+        return
     for name in tasks:
-        lines += [*table(name, results[name]), ""]
+        if "gvf" in results[name]:  # (a --collect finds no finished run of a task: no table)
+            lines += [*table(name, results[name]), ""]
     command = "python benchmarks/gvf.py" + (" --smoke" if args.smoke else "")
     if not args.smoke and (seeds != [0, 1, 2] or rounds != 10 or ablation_seeds != [0]):
         command += f" --rounds {rounds} --seeds {' '.join(map(str, seeds))}"
         command += f" --ablation-seeds {' '.join(map(str, ablation_seeds))}"
+    if args.ablations is not None:
+        command += " --ablations " + " ".join(f"'{a}'" for a in args.ablations)
+    took = f"{(time.perf_counter() - start) / 60:.0f} min on a shared 2-core machine"
+    if args.collect:
+        command += " --workdir DIR --collect"
+        took = (
+            "the runs were split over several `--run-only` invocations into one work folder and "
+            "collected; a row's `seeds` column says how many of its runs finished"
+        )
     intro = [
         "### Global-vector fusion (gvf)",
         "",
@@ -191,7 +278,7 @@ def main() -> None:
         f"ablation rows over seed(s) {', '.join(map(str, ablation_seeds))}; mean ± std. "
         "Each client group's metric is the mean over its clients of the model that client deploys "
         "(local, gvf: its own; fedavg: the global model on the modalities it holds). "
-        f"Command: `{command}` ({(time.perf_counter() - start) / 60:.0f} min on a shared 2-core machine).",
+        f"Command: `{command}` ({took}).",
         "",
     ]
     section = "\n".join(intro + lines)

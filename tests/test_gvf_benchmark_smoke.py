@@ -10,16 +10,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_gvf_benchmark_smoke(tmp_path: Path) -> None:
-    target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gvf.py"), "--smoke", "--output", str(target)],
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gvf.py"), "--smoke", *args],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
     )
+
+
+def test_gvf_benchmark_smoke(tmp_path: Path) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    work = tmp_path / "work"
+    # split the run: units into a work folder (no table), then a collection that runs nothing
+    part = _bench("--workdir", str(work), "--run-only", "--output", str(target))
+    assert part.returncode == 0, part.stderr
+    assert "| gvf |" not in part.stdout and (work / "synthetic-main-s0" / "summary.json").is_file()
+    proc = _bench("--workdir", str(work), "--collect", "--output", str(target))
     assert proc.returncode == 0, proc.stderr
+    assert "--workdir DIR --collect" in proc.stdout
+    again = _bench("--workdir", str(tmp_path / "empty"), "--collect", "--output", str(target))
+    assert again.returncode == 0 and "| gvf |" not in again.stdout  # nothing finished: no rows
     for text in (
         "| local |",
         "| fedavg |",
@@ -30,3 +42,19 @@ def test_gvf_benchmark_smoke(tmp_path: Path) -> None:
         assert text in proc.stdout
     assert "vs local" in proc.stdout and "| image acc | image F1 |" in proc.stdout
     assert not target.exists()  # smoke mode never overwrites the published table
+
+
+def test_gvf_diagnose_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gvf_diagnose.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "1. learning curve" in out and "  2: {" in out  # the evaluated round has group accuracies
+    assert "retrieval same" in out and "probe own" in out
+    assert "own+fill" in out  # single-modality clients are probed with their filled slot
+    assert out.count(" | ") >= 10 and "4. test accuracy with the bank | without" in out

@@ -3,13 +3,17 @@
 The method, part by part (see docs/gvf.md for the formulas and the measurements):
 
 1. **Clients** keep their own encoders (never uploaded). Each held modality m is projected by an
-   adapter into one shared d-dimensional space, ``h_m = A_m(E_m(x_m))``. Clients holding several
-   modalities *align* the projections with a symmetric InfoNCE loss on their pairs, so that an image
-   and its caption land close; without it, cross-modal pairing of clusters would be meaningless.
+   adapter into one shared d-dimensional space, ``h_m = A_m(E_m(x_m))``. Every client's encoders
+   start from the same seeded weights. Clients holding several modalities can *align* the
+   projections with a symmetric InfoNCE loss on their pairs (``alignment``, off by default: it cost
+   complete clients accuracy and did not put different clients in one space, docs/gvf.md).
 2. **Common data set**: the server distributes its proxy set (each client receives only the
    modalities it holds, once). After local training a client uploads the vectors ``h_m`` of the
    *proxy* samples (``vec/<m>``, the design's ``img_vec``/``txt_vec``), never of its private samples
-   unless ``allow_private_vectors = true``.
+   unless ``allow_private_vectors = true``. The server sends back the *proxy anchor*: the mean of all
+   uploaded vectors of each proxy sample; clients pull their own vector of that sample towards it
+   (InfoNCE against the batch's other samples, ``anchor_weight``), which keeps all private encoders'
+   projections in one shared space, sample by sample.
 3. **Server, global area**: K-Means per modality on all uploaded vectors (``k`` fixed, the number of
    classes, or chosen by silhouette); the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``)
    pairs the clusters of every modality with those of the first modality by cosine similarity of
@@ -27,7 +31,8 @@ The method, part by part (see docs/gvf.md for the formulas and the measurements)
 
 What crosses the wire, per round and sampled client:
   down: the shared part θ for its modalities, the global vectors (k × d per modality, after round
-  1), in its first round the proxy set's inputs of the modalities it holds, and with
+  1), the proxy anchor (``anchor/<m>``, n_proxy × d per held modality, after round 1), in its first
+  round the proxy set's inputs of the modalities it holds, and with
   ``proxy_weight > 0`` (off by default) one label per proxy sample (``pseudo/<m>``, -1 = unsure);
   up: the shared part θ, the proxy vectors ``vec/<m>`` (n_proxy × d per held modality), and scalars
   (``n_train``, ``train_loss``, ``delta`` and the two validation losses behind it).
@@ -49,12 +54,14 @@ from torch.nn import functional as F
 
 from fedmosaic.algorithms.base import weighted_train_loss
 from fedmosaic.algorithms.registry import register
+from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
 from fedmosaic.core.task import ClientData, View, to_tensor
+from fedmosaic.core.validation import ArraySpec, ReplySpec
 from fedmosaic.models.build import build_encoder
 from fedmosaic.models.fusion import GVFModel
 from fedmosaic.models.params import load_arrays, to_arrays
@@ -63,6 +70,7 @@ from fedmosaic.models.train import evaluate_subsets, make_optimizer
 SHARED = ("adapters.", "fusion.", "gate.", "classifier.")  # the global-update part; encoders stay local
 VEC, PRIV, BANK, PROXY = "vec/", "priv/", "gv/", "proxy/"
 PSEUDO = "pseudo/"  # the federation's label for each proxy sample holding the modality (-1 = unsure)
+ANCHOR = "anchor/"  # the federation's mean vector of each proxy sample holding the modality
 
 
 class GVFConfig(AlgorithmConfig):
@@ -77,7 +85,11 @@ class GVFConfig(AlgorithmConfig):
     k_min: int = Field(2, ge=2, description="smallest k tried by silhouette")
     k_max: int = Field(24, ge=2, description="largest k tried by silhouette")
     kmeans_init: int = Field(3, ge=1, description="K-Means restarts (n_init)")
-    alignment: bool = Field(True, description="symmetric InfoNCE between a complete client's projections")
+    alignment: bool = Field(
+        False,
+        description="symmetric InfoNCE between a complete client's projections (off: it cost complete "
+        "clients 9 points on the synthetic task, docs/gvf.md)",
+    )
     align_weight: float = Field(1.0, ge=0)
     align_temperature: float = Field(0.1, gt=0)
     pairing: Literal["hungarian", "random"] = "hungarian"
@@ -101,6 +113,17 @@ class GVFConfig(AlgorithmConfig):
         ge=0,
         le=1,
         description="a proxy label is sent only when the teachers' mean probability reaches it",
+    )
+    anchor_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the loss pulling a client's proxy vectors towards the federation's mean "
+        "vector of each proxy sample (0 = off)",
+    )
+    shared_classifier: bool = Field(
+        True,
+        description="aggregate the FusionClassifier too; false = it stays on its client (personal), only "
+        "the adapters, the cross-attention block and the gate are aggregated",
     )
     weighting: Literal["contribution", "samples"] = "contribution"
     contribution_temperature: float = Field(0.1, gt=0, description="tau in w_k ∝ n_k exp(delta_k / tau)")
@@ -140,9 +163,12 @@ def build_model(settings: Settings) -> GVFModel:
         )
 
 
-def shared_names(model: nn.Module, modalities: frozenset[str] | set[str]) -> tuple[str, ...]:
-    """Prefixes of the shared part a holder of ``modalities`` trains: its adapters and the fusion."""
-    return tuple(f"adapters.{m}." for m in sorted(modalities)) + SHARED[1:]
+def shared_names(
+    model: nn.Module, modalities: frozenset[str] | set[str], classifier: bool = True
+) -> tuple[str, ...]:
+    """Prefixes of the shared part a holder of ``modalities`` trains: its adapters and the fusion
+    (cross-attention, gate), and the classifier unless it stays on the client (``classifier=False``)."""
+    return tuple(f"adapters.{m}." for m in sorted(modalities)) + SHARED[1 : 4 if classifier else 3]
 
 
 def bank_arrays(message: Message) -> dict[str, torch.Tensor]:
@@ -287,10 +313,11 @@ class GVFClient:
         model.set_bank(bank_arrays(message))
         proxy = {k: v for k, v in {**state.arrays, **message.arrays}.items() if k.startswith(PROXY)}
         pseudo = {k[len(PSEUDO) :]: v for k, v in message.arrays.items() if k.startswith(PSEUDO)}
-        loss = self._train(model, data.train, rng, proxy, pseudo)
+        anchor = {k[len(ANCHOR) :]: v for k, v in message.arrays.items() if k.startswith(ANCHOR)}
+        loss = self._train(model, data.train, rng, proxy, pseudo, anchor)
 
         # Contribution: the trained shared part against the received one, both on my trained encoders.
-        trained = to_arrays(model, shared_names(model, held))
+        trained = to_arrays(model, shared_names(model, held, cfg.shared_classifier))
         val_local = self._val_loss(model, data.val)
         load_arrays(model, received)
         val_global = self._val_loss(model, data.val)
@@ -316,6 +343,7 @@ class GVFClient:
             },
         )
         own = to_arrays(model, tuple(f"encoders.{m}." for m in sorted(held)) + shared_names(model, held))
+        # (shared_names with the classifier: a personal classifier is part of the client's own state)
         bank = {BANK + m: model.bank(m).numpy() for m in model.order if len(model.bank(m))}
         new_state = Message({**own, **proxy, **bank})
         return reply, new_state
@@ -327,8 +355,9 @@ class GVFClient:
         rng: Rng,
         proxy: dict[str, np.ndarray],
         pseudo: dict[str, np.ndarray],
+        anchor: dict[str, np.ndarray] | None = None,
     ) -> float:
-        """Local epochs: cross-entropy, alignment, fill training, and the proxy consensus loss."""
+        """Local epochs: cross-entropy, alignment, fill training, the proxy anchor and proxy-label losses."""
         cfg, tcfg = self.cfg, self.settings.training
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], tcfg)
         has_bank = all(len(model.bank(m)) for m in model.order)
@@ -359,9 +388,49 @@ class GVFClient:
                     loss.backward()
                     optimizer.step()
                     losses.append(float(loss.detach()))
+                if anchor and cfg.anchor_weight > 0:
+                    self._anchor_epoch(model, optimizer, proxy, anchor, rng.numpy(f"anchor-{epoch}"))
                 if pseudo and cfg.proxy_weight > 0:
                     self._proxy_epoch(model, optimizer, proxy, pseudo, rng.numpy(f"proxy-{epoch}"))
         return float(np.mean(losses)) if losses else float("nan")
+
+    def _anchor_epoch(
+        self,
+        model: GVFModel,
+        optimizer: torch.optim.Optimizer,
+        proxy: dict[str, np.ndarray],
+        anchor: dict[str, np.ndarray],
+        order: np.random.Generator,
+    ) -> None:
+        """Pull the client's vector of every proxy sample towards the federation's mean vector of it.
+
+        ``loss = anchor_weight * InfoNCE(h_m(x_i), a_i)`` over batches of the proxy samples of each
+        held modality m (one-sided, ``align_temperature``): a client's vector of sample i must be
+        closer to the federation's vector of i than to those of the other samples in the batch (a
+        plain distance to the mean would let every vector collapse onto one point). The mean is over
+        every client and modality, so it also aligns a single-modality client's projection with the
+        others': it keeps all private encoders' projections in one shared space, where the aggregated
+        fusion and the global vectors mean the same thing to every client, and it carries what the
+        other clients' encoders learnt into this one's.
+        """
+        cfg, bs = self.cfg, self.settings.training.batch_size
+        for key in sorted(proxy):
+            m = key[len(PROXY) :]
+            if m not in anchor:
+                continue
+            x, target = proxy[key], anchor[m]
+            known = order.permutation(np.flatnonzero(np.isfinite(target).all(1)))
+            for start in range(0, len(known), bs):
+                rows = np.sort(known[start : start + bs])
+                if len(rows) < 2:  # batch norm cannot train on one sample
+                    continue
+                h = model.project({m: to_tensor(np.asarray(x[rows]))})[m]
+                a = torch.from_numpy(target[rows]).float()
+                logits = F.normalize(h, dim=1) @ F.normalize(a, dim=1).T / cfg.align_temperature
+                loss = cfg.anchor_weight * F.cross_entropy(logits, torch.arange(len(rows)))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
     def _proxy_epoch(
         self,
@@ -432,6 +501,7 @@ class GVFServer:
         self.bank: dict[str, np.ndarray] = {}
         self.delivered: set[str] = set()  # clients that already hold the proxy inputs
         self.pseudo: np.ndarray | None = None  # the federation's label of every proxy sample (-1: unsure)
+        self.anchor: np.ndarray | None = None  # the federation's mean vector of every proxy sample
 
     def _proxy_rows(self, modality: str) -> np.ndarray:
         """Positions of the proxy samples that hold ``modality`` (the rows of its proxy arrays)."""
@@ -443,10 +513,12 @@ class GVFServer:
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         plan = {}
         for c in sample_clients(clients, self.settings.clients_per_round, rng):
-            arrays = to_arrays(self.model, shared_names(self.model, c.modalities))
+            arrays = to_arrays(self.model, shared_names(self.model, c.modalities, self.cfg.shared_classifier))
             arrays.update({BANK + m: v for m, v in self.bank.items()})
             if self.pseudo is not None and self.cfg.proxy_weight > 0:
                 arrays.update({PSEUDO + m: self.pseudo[self._proxy_rows(m)] for m in sorted(c.modalities)})
+            if self.anchor is not None and self.cfg.anchor_weight > 0:
+                arrays.update({ANCHOR + m: self.anchor[self._proxy_rows(m)] for m in sorted(c.modalities)})
             if c.id not in self.delivered:
                 arrays.update({PROXY + m: self._proxy_inputs(m) for m in sorted(c.modalities)})
                 self.delivered.add(c.id)
@@ -463,8 +535,14 @@ class GVFServer:
         for name in names:
             holders = [i for i, c in enumerate(ids) if name in replies[ids[i]].arrays]
             w = contribution_weights(n[holders], delta[holders], cfg.contribution_temperature, cfg.weighting)
-            averaged[name] = sum(
-                wi * replies[ids[i]].arrays[name].astype(np.float64) for wi, i in zip(w, holders, strict=True)
+            rule = aggregation_of(self.settings)  # a robust rule ignores the (client-reported) weights
+            averaged[name] = (
+                sum(
+                    wi * replies[ids[i]].arrays[name].astype(np.float64)
+                    for wi, i in zip(w, holders, strict=True)
+                )
+                if rule.is_mean
+                else rule.combine([replies[ids[i]].arrays[name] for i in holders])
             )
         load_arrays(self.model, averaged)
 
@@ -490,10 +568,39 @@ class GVFServer:
                 )
                 stats["k"] = float(len(next(iter(self.bank.values()))))
                 stats["pair_similarity"] = similarity
+        if cfg.anchor_weight > 0:
+            self.anchor = self._anchor_vectors(replies)
         if cfg.proxy_weight > 0:
             self.pseudo = self._pseudo_labels(replies)
             stats["pseudo_labelled"] = float((self.pseudo >= 0).mean())
         return stats
+
+    def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
+        """The shared part sent, back; a vector per proxy sample of each held modality (private: optional)."""
+        held = sorted({k.split(".")[1] for k in sent.arrays if k.startswith("adapters.")})
+        f32, dim = np.dtype(np.float32), self.cfg.dim
+        arrays = {k: ArraySpec.like(v) for k, v in sent.arrays.items() if k.startswith(SHARED)}
+        arrays.update({VEC + m: ArraySpec((len(self._proxy_rows(m)), dim), f32) for m in held})
+        if self.cfg.allow_private_vectors:
+            arrays.update({PRIV + m: ArraySpec((None, dim), f32, required=False) for m in held})
+        meta = ("n_train", "train_loss", "delta", "val_loss_local", "val_loss_global")
+        return ReplySpec(arrays, meta=meta, finite_meta=("n_train", "delta"))
+
+    def _anchor_vectors(self, replies: dict[str, Message]) -> np.ndarray:
+        """The mean of every uploaded vector of each proxy sample (all clients, all modalities).
+
+        A proxy sample no client sent a vector of is NaN (clients skip it).
+        """
+        total = np.zeros((len(self.proxy), self.cfg.dim))
+        count = np.zeros(len(self.proxy))
+        for reply in replies.values():
+            for key, v in reply.arrays.items():
+                if key.startswith(VEC):
+                    rows = self._proxy_rows(key[len(VEC) :])
+                    total[rows] += v
+                    count[rows] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (total / count[:, None]).astype(np.float32)
 
     @torch.no_grad()
     def _pseudo_labels(self, replies: dict[str, Message]) -> np.ndarray:
@@ -552,12 +659,15 @@ class GVFServer:
         arrays.update({BANK + m: v for m, v in self.bank.items()})
         if self.pseudo is not None:
             arrays["pseudo"] = self.pseudo
+        if self.anchor is not None:
+            arrays["anchor"] = self.anchor
         return Message(arrays, {"delivered": ",".join(sorted(self.delivered))})
 
     def load_state(self, state: Message) -> None:
         load_arrays(self.model, {k: v for k, v in state.arrays.items() if k.startswith(SHARED)})
         self.bank = {k[len(BANK) :]: v for k, v in state.arrays.items() if k.startswith(BANK)}
         self.pseudo = state.arrays.get("pseudo")
+        self.anchor = state.arrays.get("anchor")
         self.delivered = set(filter(None, str(state.meta.get("delivered", "")).split(",")))
 
 
