@@ -83,7 +83,7 @@ def _drop(rate: float) -> MatrixTask:
         f"hapt-drop-{rate}",
         f"uci-hapt, 30 clients, modality drop rate {rate}",
         (*HAPT, 'clients.mix=""', "clients.count=30", f"clients.drop_rate={rate}"),
-        ("fedavg", "local"),
+        ("fedavg",),
         10,
         "hapt",
     )
@@ -104,7 +104,7 @@ TASKS: dict[str, MatrixTask] = {
             "hapt-complete",
             "uci-hapt, 30 complete (acc+gyro) clients",
             (*HAPT, 'clients.mix="acc+gyro:30"'),
-            ("fedavg", "fedprox", "local"),
+            ("fedavg", "local"),
             10,
             "hapt",
         ),
@@ -121,7 +121,7 @@ TASKS: dict[str, MatrixTask] = {
                 'clients.mix="each:2,all:6"',
                 "training.local_epochs=1",
             ),
-            ALL_ALGORITHMS,
+            ("fedavg", "local", "fedcmi"),
             10,
             "fsdd",
         ),
@@ -185,10 +185,23 @@ def majority_class(task: Any) -> dict[str, float]:
     return classification_metrics(y, np.full_like(y, guess), task.info.num_classes)
 
 
+def _result_path(out: Path, task: str, algorithm: str, seed: int) -> Path:
+    return out / task / f"{algorithm}-seed{seed}.json"
+
+
 def run_task(
-    spec: MatrixTask, algorithms: list[str], seeds: list[int], shared: Path, out: Path, work: Path
+    spec: MatrixTask,
+    algorithms: list[str],
+    seeds: list[int],
+    shared: Path,
+    out: Path,
+    work: Path,
+    resume: bool = False,
 ) -> None:
-    """Run ``algorithms`` on ``spec`` for each seed; one JSON per run under ``out/<task>/``."""
+    """Run ``algorithms`` on ``spec`` for each seed; one JSON per run under ``out/<task>/``.
+
+    ``resume`` skips the runs whose JSON is already there (a stopped matrix continues).
+    """
     from fedmosaic.config import load_config, validate
     from fedmosaic.data.tasks import build_task
     from fedmosaic.engines.local import LocalEngine
@@ -196,10 +209,13 @@ def run_task(
 
     hapt_dir = unpack_hapt(shared, work) if spec.needs == "hapt" else None
     for seed in seeds:
+        pending = [a for a in algorithms if not (resume and _result_path(out, spec.name, a, seed).is_file())]
+        if not pending:
+            continue
         base = load_config(None, spec.config_overrides(shared, hapt_dir, seed))
         task = build_task(base)
         majority = majority_class(task)
-        for name in algorithms:
+        for name in pending:
             tree = base.to_toml_dict()
             tree["algorithm"] = {"name": name}
             cfg = validate(tree)
@@ -215,7 +231,7 @@ def run_task(
                 "majority": majority,
                 "summary": summary,
             }
-            path = out / spec.name / f"{name}-seed{seed}.json"
+            path = _result_path(out, spec.name, name, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1, sort_keys=True))
             overall = summary["final"]["overall"]["macro_f1"]
@@ -232,8 +248,8 @@ def run_in_subprocess(
     """Run one task in a fresh interpreter (its memory and peak RSS are its own)."""
     cmd = [sys.executable, __file__, "--worker", spec.name, "--algorithms", *algorithms]
     cmd += ["--seeds", *map(str, seeds), "--shared", str(args.shared), "--results", str(args.results)]
-    if args.smoke:
-        cmd.append("--smoke")
+    cmd += ["--smoke"] if args.smoke else []
+    cmd += ["--resume"] if args.resume else []
     subprocess.run(cmd, check=True)
 
 
@@ -274,6 +290,7 @@ def main() -> None:
     parser.add_argument("--rows", type=Path, default=ROWS_CSV, help="aggregated rows (CSV)")
     parser.add_argument("--figures", type=Path, default=FIGURES)
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
+    parser.add_argument("--resume", action="store_true", help="skip runs whose JSON is already stored")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # run one task in this process
     args = parser.parse_args()
     catalogue = SMOKE_TASKS if args.smoke else TASKS
@@ -283,7 +300,7 @@ def main() -> None:
     if args.worker:
         spec = catalogue[args.worker]
         with tempfile.TemporaryDirectory() as tmp:
-            run_task(spec, args.algorithms, seeds, args.shared, args.results, Path(tmp))
+            run_task(spec, args.algorithms, seeds, args.shared, args.results, Path(tmp), args.resume)
         return
     names = args.tasks or sorted(catalogue, key=lambda n: RUN_ORDER.index(n) if n in RUN_ORDER else 0)
     unknown = [n for n in names if n not in catalogue]
@@ -316,7 +333,9 @@ def main() -> None:
     report.write_rows(args.rows, rows)
     rows = report.read_rows(args.rows)  # the section always shows what the CSV holds
     labels = {n: t.label for n, t in catalogue.items()}
-    section = report.section(rows, labels, report.plots(rows, labels, args.figures), args.output.parent)
+    planned = {n: t.algorithms for n, t in catalogue.items()}
+    figures = report.plots(rows, labels, args.figures)
+    section = report.section(rows, labels, figures, args.output.parent, planned)
     print(section)
     write_section(args.output, SECTION, section)
     if failed:

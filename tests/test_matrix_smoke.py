@@ -46,6 +46,7 @@ def test_matrix_smoke_writes_rows_figures_and_section(tmp_path: Path) -> None:
     for text in ("test subset image+text", "client group text", "MB up / round", "peak RSS MiB"):
         assert text in section
     assert "`python benchmarks/matrix.py --smoke --tasks smoke-mix --algorithms fedcmi`" in section
+    assert "Not run on this task (CPU budget): fedprox, fedcmi." in section  # smoke-drop-0.3
     for png in ("matrix_f1_vs_bytes.png", "matrix_overall_f1.png"):
         data = (tmp_path / "figures" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -58,6 +59,13 @@ def test_matrix_smoke_writes_rows_figures_and_section(tmp_path: Path) -> None:
     assert local_bytes and all(float(r["mean"]) == 0 for r in local_bytes)  # local sends nothing
     fedavg_bytes = [r for r in rows if r["algorithm"] == "fedavg" and r["metric"] == "total_mb"]
     assert fedavg_bytes and all(float(r["mean"]) > 0 for r in fedavg_bytes)
+
+    # --resume reruns nothing that is stored, and gives the same section.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")}
+    resumed = _matrix(tmp_path, "--resume", output="D.md")
+    assert resumed.returncode == 0, resumed.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*.json")} == stamps
+    assert (tmp_path / "D.md").read_text() == section
 
     # The committed CSV alone regenerates the same section: no run JSON needed.
     for path in (tmp_path / "results").rglob("*.json"):
