@@ -305,7 +305,7 @@ def test_every_federated_algorithm_is_audited() -> None:
     assert {s for s, *_ in SETTINGS} <= set(documented_names())
 
 
-def test_gvf_private_vectors_are_off_by_default(tiny_cfg: RunConfig) -> None:
+def test_gvf_private_vectors_are_off_by_default() -> None:
     cfg = load_config(None, [*TINY_OVERRIDES, "algorithm.name=gvf"])
     assert cfg.algorithm.allow_private_vectors is False
     table = documented_names()
