@@ -162,6 +162,12 @@ class EngineConfig(_Strict):
         "on small batches, where thread synchronisation costs more than it gains (on the 2-core CI machine "
         "one FedAvg round of the UCI-HAR task took 129 s with 2 threads and 5.4 s with 1)",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="local engine: processes that train a round's sampled clients in parallel (forked, one "
+        "torch thread each); the replies, and so every metric, equal those of 1 worker",
+    )
     dropout: float = Field(
         0.0,
         ge=0,

@@ -10,15 +10,17 @@ uninterrupted run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import ServerData, Settings
+from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.core.task import Task
+from fedmosaic.engines.client_pool import ClientPool
 from fedmosaic.engines.run_folder import RunFolder, peak_rss_mb, read_jsonl
 from fedmosaic.engines.screening import reply_lost, screened_aggregate
 from fedmosaic.engines.state_store import ClientStateStore
@@ -69,26 +71,36 @@ class LocalEngine:
         self.client = private_client(algorithm.Client(settings), cfg.privacy)
         self.states = ClientStateStore(folder.client_states, cfg.engine.state_cache)
         self.specs = task.specs
+        workers = cfg.engine.workers
+        self.pool = ClientPool(self.client, task, cfg.seed, workers) if workers > 1 else None
 
     def run(self, on_round: RoundCallback | None = None) -> dict[str, Any]:
         """Run (or continue) to ``cfg.rounds``; return the summary that was written."""
         cfg = self.cfg
         start, totals = self._restore()
-        for r in range(start + 1, cfg.rounds + 1):
-            t0 = time.perf_counter()
-            row = self._round(r)
-            seconds = time.perf_counter() - t0
-            totals["bytes_up"] += row["bytes_up"]
-            totals["bytes_down"] += row["bytes_down"]
-            totals["wall_s"] += seconds
-            self.folder.append(self.folder.metrics, row)
-            self.folder.append(
-                self.folder.timings, {"round": r, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
-            )
-            self.folder.commit(r, self.server.state(), totals)
-            if on_round is not None:
-                on_round(r, row)
+        try:
+            for r in range(start + 1, cfg.rounds + 1):
+                self._run_round(r, totals, on_round)
+        finally:
+            if self.pool is not None:
+                self.pool.close()
         return self._summarise(totals)
+
+    def _run_round(self, r: int, totals: dict[str, Any], on_round: RoundCallback | None) -> None:
+        """One round, then its metrics, timings and checkpoint."""
+        t0 = time.perf_counter()
+        row = self._round(r)
+        seconds = time.perf_counter() - t0
+        totals["bytes_up"] += row["bytes_up"]
+        totals["bytes_down"] += row["bytes_down"]
+        totals["wall_s"] += seconds
+        self.folder.append(self.folder.metrics, row)
+        self.folder.append(
+            self.folder.timings, {"round": r, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        )
+        self.folder.commit(r, self.server.state(), totals)
+        if on_round is not None:
+            on_round(r, row)
 
     def _restore(self) -> tuple[int, dict[str, Any]]:
         totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "wall_s": 0.0}
@@ -112,9 +124,7 @@ class LocalEngine:
         plan = self.server.configure(r, specs, Rng(cfg.seed, r, SERVER))
         down = sum(m.nbytes for m in plan.values())
         replies, dropped = {}, []
-        for cid, message in plan.items():
-            data = self.task.client(cid)
-            reply, state = self.client.fit(message, self.states.get(cid), data, Rng(cfg.seed, r, cid))
+        for cid, reply, state in self._fit(r, plan):
             self.states.put(cid, r, state)
             # engine.dropout: the client got its message and trained, its reply never arrives (so a
             # server that delivers data once, like fedmekt's proxy set, is still right about delivery)
@@ -138,6 +148,17 @@ class LocalEngine:
             row["eval"] = self.server.evaluate(r, specs, eval_replies)
         row["bytes_up"], row["bytes_down"] = up, down
         return row
+
+    def _fit(self, r: int, plan: dict[str, Message]) -> Iterator[tuple[str, Message, Message]]:
+        """``(client, reply, new state)`` for each planned client, in plan order, from the pool if any."""
+        if self.pool is None:
+            for cid, message in plan.items():
+                data = self.task.client(cid)
+                yield cid, *self.client.fit(message, self.states.get(cid), data, Rng(self.cfg.seed, r, cid))
+            return
+        jobs = [(cid, r, message, self.states.get(cid)) for cid, message in plan.items()]
+        for (cid, *_), (reply, state) in zip(jobs, self.pool.fit(jobs), strict=True):
+            yield cid, reply, state
 
     def _summarise(self, totals: dict[str, Any]) -> dict[str, Any]:
         rows = read_jsonl(self.folder.metrics)
