@@ -8,7 +8,7 @@ which the ``matrix`` section of BENCHMARKS.md and its figures under ``benchmarks
 written. Each task runs in its own process, and the process's peak-RSS mark is reset before each
 algorithm, so every row's peak memory is that run's own.
 
-    python benchmarks/matrix.py                       # full matrix (~60 min single-threaded)
+    python benchmarks/matrix.py                       # full matrix (~25 CPU min, one thread)
     python benchmarks/matrix.py --tasks hapt-mix --algorithms fedavg   # rerun one row, merge it in
     python benchmarks/matrix.py --from-results        # section + figures from matrix_rows.csv only
     python benchmarks/matrix.py --smoke               # tiny synthetic tasks, 1 seed (< 1 min, CI)
@@ -83,7 +83,7 @@ def _drop(rate: float) -> MatrixTask:
         f"hapt-drop-{rate}",
         f"uci-hapt, 30 clients, modality drop rate {rate}",
         (*HAPT, 'clients.mix=""', "clients.count=30", f"clients.drop_rate={rate}"),
-        ("fedavg",),
+        ("fedavg", "local", "fedcmi"),
         10,
         "hapt",
     )
@@ -104,7 +104,7 @@ TASKS: dict[str, MatrixTask] = {
             "hapt-complete",
             "uci-hapt, 30 complete (acc+gyro) clients",
             (*HAPT, 'clients.mix="acc+gyro:30"'),
-            ("fedavg", "local"),
+            ("fedavg", "fedprox", "local"),
             10,
             "hapt",
         ),
@@ -121,7 +121,7 @@ TASKS: dict[str, MatrixTask] = {
                 'clients.mix="each:2,all:6"',
                 "training.local_epochs=1",
             ),
-            ("fedavg", "local", "fedcmi"),
+            ALL_ALGORITHMS,
             10,
             "fsdd",
         ),
@@ -325,7 +325,7 @@ def main() -> None:
     rows = report.read_rows(args.rows) if args.rows.exists() else []
     command = smoke_command if args.smoke else row_command
     done = report.complete_runs(args.results, {n: t.algorithms for n, t in catalogue.items()}, seeds)
-    rows = report.merge(rows, report.aggregate(args.results, done, seeds, command))
+    rows = report.merge(rows, report.aggregate(args.results, done, seeds))
     if not rows:
         raise SystemExit(
             f"no finished runs in {args.results} and no rows in {args.rows}: run the matrix first"
@@ -335,7 +335,7 @@ def main() -> None:
     labels = {n: t.label for n, t in catalogue.items()}
     planned = {n: t.algorithms for n, t in catalogue.items()}
     figures = report.plots(rows, labels, args.figures)
-    section = report.section(rows, labels, figures, args.output.parent, planned)
+    section = report.section(rows, labels, figures, args.output.parent, planned, command)
     print(section)
     write_section(args.output, SECTION, section)
     if failed:

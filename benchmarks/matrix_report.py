@@ -25,14 +25,13 @@ import numpy as np
 
 MAJORITY = "majority class"
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
-FIELDS = ("task", "algorithm", "key", "metric", "mean", "std", "seeds", "command")
+FIELDS = ("task", "algorithm", "key", "metric", "mean", "std", "seeds")
 COLOURS = {"fedavg": "tab:blue", "fedprox": "tab:orange", "local": "tab:green", "fedcmi": "tab:red"}
 Row = dict[str, Any]
+Command = Callable[[str, str, list[int]], str]
 
 
-def _row(
-    task: str, algorithm: str, key: str, metric: str, values: list[float], seeds: list[int], cmd: str
-) -> Row:
+def _row(task: str, algorithm: str, key: str, metric: str, values: list[float], seeds: list[int]) -> Row:
     return {
         "task": task,
         "algorithm": algorithm,
@@ -41,7 +40,6 @@ def _row(
         "mean": float(np.mean(values)),
         "std": float(np.std(values)),
         "seeds": " ".join(map(str, seeds)),
-        "command": cmd,
     }
 
 
@@ -57,9 +55,7 @@ def complete_runs(
     ]
 
 
-def aggregate(
-    results: Path, ran: list[tuple[str, str]], seeds: list[int], command: Callable[[str, str, list[int]], str]
-) -> list[Row]:
+def aggregate(results: Path, ran: list[tuple[str, str]], seeds: list[int]) -> list[Row]:
     """Rows (mean, std over ``seeds``) of every (task, algorithm) in ``ran``, from the per-run JSON."""
     rows: list[Row] = []
     majority_done: set[str] = set()
@@ -67,11 +63,10 @@ def aggregate(
         records = []
         for seed in seeds:
             records.append(json.loads((results / task / f"{algorithm}-seed{seed}.json").read_text()))
-        cmd = command(task, algorithm, seeds)
         finals = [r["summary"]["final"] for r in records]
         for key in finals[0]:
             for metric in METRICS:
-                rows.append(_row(task, algorithm, key, metric, [f[key][metric] for f in finals], seeds, cmd))
+                rows.append(_row(task, algorithm, key, metric, [f[key][metric] for f in finals], seeds))
         sums = [r["summary"] for r in records]
         cost = {
             "mb_up_per_round": [s["bytes_up"] / s["rounds"] / 1e6 for s in sums],
@@ -84,17 +79,15 @@ def aggregate(
             "clients": [s["clients"] for s in sums],
             "peak_rss_is_per_run": [float(r["peak_rss_is_per_run"]) for r in records],
         }
-        rows += [_row(task, algorithm, "cost", m, v, seeds, cmd) for m, v in cost.items()]
+        rows += [_row(task, algorithm, "cost", m, v, seeds) for m, v in cost.items()]
         if task not in majority_done:
             majority_done.add(task)
             for metric in METRICS:
                 rows.append(
-                    _row(task, MAJORITY, "test", metric, [r["majority"][metric] for r in records], seeds, "")
+                    _row(task, MAJORITY, "test", metric, [r["majority"][metric] for r in records], seeds)
                 )
             for metric in ("test", "client_train"):
-                rows.append(
-                    _row(task, MAJORITY, "data", metric, [s["data"][metric] for s in sums], seeds, "")
-                )
+                rows.append(_row(task, MAJORITY, "data", metric, [s["data"][metric] for s in sums], seeds))
     return rows
 
 
@@ -241,10 +234,12 @@ def section(
     figures: dict[str, Path],
     md_dir: Path,
     planned: dict[str, tuple[str, ...]],
+    command: Command,
 ) -> str:
     """The markdown section: figures, then per task a cost table and the metrics by subset and group.
 
-    ``planned`` (task -> algorithms the matrix runs on it) names what is left out or unfinished.
+    ``planned`` (task -> algorithms the matrix runs on it) names what is left out or unfinished;
+    ``command(task, algorithm, seeds)`` is the command that reruns a row.
     """
     table = Table(rows, list(labels))
     rel = {k: os.path.relpath(p, md_dir) for k, p in figures.items()}
@@ -289,7 +284,7 @@ def section(
     ]
     everything = list(dict.fromkeys(a for algorithms in planned.values() for a in algorithms))
     for task in table.tasks:
-        lines += ["", *_task_tables(table, task, labels.get(task, task))]
+        lines += ["", *_task_tables(table, task, labels.get(task, task), command)]
         present = set(table.algorithms(task))
         skipped = [a for a in everything if a not in planned.get(task, ())]
         unfinished = [a for a in planned.get(task, ()) if a not in present]
@@ -308,7 +303,7 @@ def section(
     return "\n".join(lines)
 
 
-def _task_tables(table: Table, task: str, label: str) -> list[str]:
+def _task_tables(table: Table, task: str, label: str, command: Command) -> list[str]:
     algorithms = table.algorithms(task)
     first = algorithms[0]
     rounds = table.get(task, first, "cost", "rounds")
@@ -336,8 +331,10 @@ def _task_tables(table: Table, task: str, label: str) -> list[str]:
             table.cell(task, algorithm, "cost", "cpu_s_per_round", 2),
             table.cell(task, algorithm, "cost", "peak_rss_mb", 0),
         ]
-        command = table.get(task, algorithm, "overall", "macro_f1")["command"]
-        lines.append(f"| {algorithm} | " + " | ".join(cells + cost) + f" | `{command}` |")
+        seeds = [int(x) for x in table.get(task, algorithm, "overall", "macro_f1")["seeds"].split()]
+        lines.append(
+            f"| {algorithm} | " + " | ".join(cells + cost) + f" | `{command(task, algorithm, seeds)}` |"
+        )
     majority = [table.cell(task, MAJORITY, "test", m) for m in METRICS]
     lines.append(f"| {MAJORITY} (test set) | " + " | ".join(majority) + " | 0 | 0 | – | – | – | |")
     lines += [

@@ -113,11 +113,11 @@ def test_aggregate_gives_mean_and_std_over_seeds(tmp_path: Path) -> None:
         path.write_text(json.dumps(_record("t", "fedavg", seed, f1, 1_000_000)))
     assert report.complete_runs(tmp_path, {"t": ("fedavg", "local")}, [0, 1]) == [("t", "fedavg")]
     assert report.complete_runs(tmp_path, {"t": ("fedavg",)}, [0, 1, 2]) == []  # seed 2 missing
-    rows = report.aggregate(tmp_path, [("t", "fedavg")], [0, 1], lambda t, a, s: f"run {t} {a}")
+    rows = report.aggregate(tmp_path, [("t", "fedavg")], [0, 1])
     table = report.Table(rows, ["t"])
     f1 = table.get("t", "fedavg", "overall", "macro_f1")
     assert f1["mean"] == pytest.approx(0.5) and f1["std"] == pytest.approx(0.1)
-    assert f1["command"] == "run t fedavg" and f1["seeds"] == "0 1"
+    assert f1["seeds"] == "0 1"
     assert table.get("t", "fedavg", "cost", "total_mb")["mean"] == pytest.approx(3.0)
     assert table.get("t", "fedavg", "cost", "mb_up_per_round")["mean"] == pytest.approx(0.5)
     assert table.get("t", "fedavg", "cost", "cpu_s_per_round")["mean"] == pytest.approx(2.0)
