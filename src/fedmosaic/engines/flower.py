@@ -231,6 +231,7 @@ class FlowerEngine(LocalEngine):
         self.server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
         # Unused on the coordinator (states live on the nodes); LocalEngine._restore rolls it back.
         self.states = ClientStateStore(folder.client_states, 0)
+        self.pool = None  # clients train on their nodes, never in this process's worker pool
         self.run_record = {
             "config": tomli_w.dumps(cfg.to_toml_dict()),
             "clients-per-round": settings.clients_per_round,
