@@ -25,6 +25,7 @@ the server's configure + aggregate and the linear evaluation; one run per seed.
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +51,9 @@ ALGORITHMS = {
     "mmFedAvg": ["algorithm.name=mmfedavg"],
     "mmFedProx": ["algorithm.name=mmfedprox"],
 }
+# The target is wall seconds per round on a 2-core CPU, judged on the last row: both cores training
+# clients (engine.workers=2). The one-worker rows give the CPU split.
+SPEED_RUNS = ("FedMEKT-C", "mmFedAvg", "FedMEKT-C, 2 workers")
 SUBSETS = ("test/acc", "test/gyro")
 LAST = 10  # rounds whose median is reported
 # --smoke: the same code path on a sliver of the work (CI checks that the script runs, not the numbers)
@@ -77,13 +81,20 @@ def hapt_overrides(data_dir: Path, seed: int, rounds: int) -> list[str]:
     ]
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(cfg: RunConfig, task, folder: Path) -> dict:
     """Run one configured algorithm on a prepared task; per-round rows plus wall and CPU time."""
     run = RunFolder(folder)
     run.write_config(cfg.to_toml_dict())
-    cpu = time.process_time()
+    # CPU of this process plus its finished children (engine.workers > 1 trains clients in forked
+    # workers, which the engine joins before it returns)
+    cpu = time.process_time() + _children_cpu()
     summary = LocalEngine(cfg, task, run).run()
-    cpu = time.process_time() - cpu
+    cpu = time.process_time() + _children_cpu() - cpu
     rows = read_jsonl(run.metrics)
     return {"summary": summary, "rows": rows, "cpu_per_round": cpu / len(rows)}
 
@@ -230,13 +241,16 @@ def speed_row(workdir: Path, rounds: int, scale: float, seeds: list[int]) -> dic
         task = build_task(load_config(None, [f"seed={seed}", *base, "algorithm.name=mmfedavg"]))
         per_client = float(np.mean([len(c.train) for c in task.clients])) * task.info.modalities[0].shape[1]
         out |= {"rows_per_client": per_client, "clients": len(task.clients)}
-        for label in ("FedMEKT-C", "mmFedAvg"):
-            cfg = load_config(None, [f"seed={seed}", *base, *ALGORITHMS[label]])
+        for label in SPEED_RUNS:
+            name, _, workers = label.partition(", ")
+            extra = [f"engine.workers={workers.split()[0]}"] if workers else []
+            cfg = load_config(None, [f"seed={seed}", *base, *ALGORITHMS[name], *extra])
             with cpu_split(cfg.algorithm.name) as split:
                 result = run_one(cfg, task, workdir / f"speed-{label}-{seed}")
             n = len(result["rows"])
             run = {"wall": result["summary"]["seconds_per_round"], "cpu": result["cpu_per_round"]}
-            run |= {part: cpu / n for part, cpu in split.items()}
+            # with workers, fit runs in the children, where the split's timers cannot count it
+            run |= {part: cpu / n for part, cpu in split.items() if not (workers and part == "clients")}
             out.setdefault(label, []).append(run)
             shown = ", ".join(f"{k} {v:.2f}" for k, v in run.items())
             print(f"speed {label} seed {seed}: {shown}", flush=True)
@@ -259,20 +273,24 @@ def speed_table(speed: dict, command: str) -> str:
         "| s / round (wall) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for label in ("FedMEKT-C", "mmFedAvg"):
+    for label in SPEED_RUNS:
         runs = speed[label]
         keys = ("cpu", "clients", "server", "evaluation", "wall")
-        cells = [mean_std([r[k] for r in runs], 2) for k in keys]
+        cells = [mean_std([r[k] for r in runs], 2) if k in runs[0] else "—" for k in keys]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cpu = float(np.mean([r["cpu"] for r in speed["FedMEKT-C"]]))
-    verdict = "met" if cpu <= 2.0 else "**not met**"
+    wall = float(np.mean([r["wall"] for r in speed[SPEED_RUNS[-1]]]))
+    verdict = "met" if wall <= 2.0 else "**not met**"
     if speed["scale"] < 1:
         verdict = "not judged (smoke sizes, a tenth of the data)"
     lines += [
         "",
-        f"Target: ≤ 2 s per round (the reference ≈ 85 s on 2 cores): {verdict}; {cpu:.2f} CPU s per round. "
-        "Wall seconds were measured on a 2-core machine shared with other jobs; CPU seconds are the "
-        "contention-free figure (contention still inflates them somewhat: shared caches).",
+        "Target: ≤ 2 s per round on a 2-core CPU (the reference ≈ 85 s), judged on the wall time of the "
+        "last row, where both cores train clients (`engine.workers=2`, same replies as one worker): "
+        f"{verdict}, "
+        f"{wall:.2f} s per round. One worker needs {cpu:.2f} CPU s per round. Wall seconds are only "
+        "meaningful on an otherwise idle machine (`uptime` before the run); CPU seconds include the "
+        "workers' (a worker's `fit` cannot be split out, hence the dashes).",
     ]
     return "\n".join(lines)
 
