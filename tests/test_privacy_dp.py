@@ -261,3 +261,10 @@ def test_bad_privacy_values_give_one_line_errors(assignment: str, expected: str)
 def test_pooled_data_algorithm_reports_no_guarantee(tmp_path: Path) -> None:
     _, summary = run(tiny(*DP_ON, "algorithm.name=centralized"), tmp_path / "run")
     assert summary["privacy"]["applies"] is False
+
+
+def test_worker_pool_applies_the_same_noise(tmp_path: Path) -> None:
+    # engine.workers forks the (wrapped) client half: the noise must still come from Rng(seed, round, client)
+    serial, _ = run(tiny(*DP_ON), tmp_path / "serial")
+    pooled, _ = run(tiny(*DP_ON, "engine.workers=2"), tmp_path / "pooled")
+    assert pooled == serial
