@@ -73,3 +73,49 @@ def test_cli_steps_and_out_of_order_message(tiny_cfg: RunConfig, tmp_path: Path)
         assert result.exit_code == 0, result.output
     assert "all rounds done" in result.output
     assert json.loads((root / "summary.json").read_text())["rounds"] == 1
+
+
+class _Crash(RuntimeError):
+    """Stands in for a site's process dying mid-step."""
+
+
+def test_a_step_killed_half_way_reruns_to_the_same_numbers(
+    tiny_cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedmosaic.engines.files as files
+
+    cfg = _gvf(tiny_cfg)
+    reference = FilePipeline.init(tmp_path / "reference", cfg)
+    for _ in range(cfg.rounds):
+        reference.train_clients()
+        reference.aggregate_vectors()
+        reference.update_clients()
+
+    pipeline = FilePipeline.init(tmp_path / "crashed", cfg)
+    save = files.save_message
+
+    def dies_writing_the_reply(path: Path, message) -> None:
+        if path.name == "outbox.safetensors":
+            raise _Crash  # the new state is on disk, the reply is not
+        save(path, message)
+
+    monkeypatch.setattr(files, "save_message", dies_writing_the_reply)
+    with pytest.raises(_Crash):
+        pipeline.train_clients()
+    monkeypatch.setattr(files, "save_message", save)
+    pipeline.train_clients()
+    pipeline.aggregate_vectors()
+
+    plan = FilePipeline._plan
+    monkeypatch.setattr(FilePipeline, "_plan", lambda self, r: (_ for _ in ()).throw(_Crash()))
+    with pytest.raises(_Crash):
+        pipeline.update_clients()  # round 1's row is written, round 2 is not planned
+    monkeypatch.setattr(FilePipeline, "_plan", plan)
+    pipeline.update_clients()
+    for _ in range(cfg.rounds - 1):
+        pipeline.train_clients()
+        pipeline.aggregate_vectors()
+        pipeline.update_clients()
+    assert (tmp_path / "crashed" / "metrics.jsonl").read_text() == (
+        tmp_path / "reference" / "metrics.jsonl"
+    ).read_text()

@@ -36,7 +36,7 @@ import numpy as np
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.algorithm import ServerData
-from fedmosaic.core.checkpoint import atomic_write_json, load_message, save_message
+from fedmosaic.core.checkpoint import atomic_write_bytes, atomic_write_json, load_message, save_message
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.core.task import Task
@@ -163,8 +163,20 @@ class FilePipeline:
         return [client]
 
     def _state(self, cid: str) -> Message:
+        self._settle(cid)
         path = self._dir(cid) / "model.safetensors"
         return load_message(path) if path.is_file() else Message()
+
+    def _settle(self, cid: str) -> None:
+        """Make a trained client's new state current once its reply is written.
+
+        Training writes the new state aside (``model.pending``), then the reply, then moves the state
+        into place: a crash before the reply exists leaves the old state, so the rerun trains from
+        the same state as the interrupted try and gives the same numbers.
+        """
+        pending = self._dir(cid) / "model.pending.safetensors"
+        if pending.is_file() and (self._dir(cid) / "outbox.safetensors").is_file():
+            pending.replace(self._dir(cid) / "model.safetensors")
 
     def train_clients(self, client: str | None = None) -> list[str]:
         """Each planned client (or only ``client``) trains on its data and writes its reply."""
@@ -174,13 +186,15 @@ class FilePipeline:
         for cid in self._pick("train-clients", progress["planned"], client):
             outbox = self._dir(cid) / "outbox.safetensors"
             if outbox.is_file():
+                self._settle(cid)
                 continue  # idempotent: this client already trained this round
             message = load_message(self._dir(cid) / "inbox.safetensors")
             reply, state = algorithm_client.fit(
                 message, self._state(cid), self.task.client(cid), Rng(self.cfg.seed, r, cid)
             )
-            save_message(self._dir(cid) / "model.safetensors", state)
+            save_message(self._dir(cid) / "model.pending.safetensors", state)
             save_message(outbox, reply)
+            self._settle(cid)
             done.append(cid)
         if all((self._dir(c) / "outbox.safetensors").is_file() for c in progress["planned"]):
             self._set_progress(due="aggregate-vectors")
@@ -246,11 +260,11 @@ class FilePipeline:
             row["eval"] = server.evaluate(r, self.task.specs, replies)
         row["bytes_up"] = progress["bytes_up"] + sum(m.nbytes for m in replies.values())
         row["bytes_down"] = progress["bytes_down"]
-        with (self.root / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-        for c in progress["eval_planned"]:
-            for name in ("eval_inbox.safetensors", "eval_outbox.safetensors"):
-                (self._dir(c) / name).unlink(missing_ok=True)
+        # Rewritten, not appended: a rerun after a crash before the next plan replaces this round's row.
+        rows = [old for old in read_jsonl(self.root / "metrics.jsonl") if old["round"] < r] + [row]
+        atomic_write_bytes(
+            self.root / "metrics.jsonl", "".join(json.dumps(x, sort_keys=True) + "\n" for x in rows).encode()
+        )
         if r >= self.cfg.rounds:
             self._set_progress(due="done")
             summary = {"rounds": r, "final": row.get("eval", {})}
@@ -261,4 +275,8 @@ class FilePipeline:
             atomic_write_json(self.root / "summary.json", summary)
         else:
             self._plan(r + 1)
+        # Only now, with the round closed: until then a rerun of update-clients needs these files.
+        for c in progress["eval_planned"]:
+            for name in ("eval_inbox.safetensors", "eval_outbox.safetensors"):
+                (self._dir(c) / name).unlink(missing_ok=True)
         return row
