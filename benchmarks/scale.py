@@ -119,6 +119,8 @@ def table(
 ) -> str:
     """The markdown section: one row per size, and the two targets checked against the measurements."""
     lines = [
+        "### Scale: 10, 100 and 1,000 clients in one process (issue 8)",
+        "",
         f"Local engine, synthetic image+text task, fedavg, every client holding both modalities, "
         f"{PER_ROUND} clients sampled per round, {SAMPLES_PER_CLIENT} samples per client, a fixed "
         f"{test_size}-sample test set evaluated every round; {rounds} rounds, seeds "
