@@ -4,11 +4,13 @@ Two tasks (the synthetic image+text task and fsdd-digits, image+audio), each wit
 only modality A, 2 only modality B and 6 holding both. For every client group: accuracy and
 macro-F1 of local, fedavg and gvf (mean ± std over seeds), then the ablations of gvf (random
 pairing, alignment switched on, no gating, sample-count weights, no global vectors, no proxy anchor, a
-shared classifier). Writes
+personal (not aggregated) classifier). Writes
 the section between ``<!-- gvf:begin -->`` and ``<!-- gvf:end -->`` of BENCHMARKS.md.
 
     python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2, ablations on seed 0
     python benchmarks/gvf.py --smoke          # tiny synthetic run, one seed, one ablation (CI, < 60 s)
+    python benchmarks/gvf.py --workdir W --run-only --tasks fsdd-digits --seeds 1   # one part of a split run
+    python benchmarks/gvf.py --workdir W --collect                                  # table of what finished
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ ABLATIONS = {
     "sample-count weights": ["algorithm.weighting=samples"],
     "no global vectors": ["algorithm.global_vectors=false"],
     "no proxy anchor": ["algorithm.anchor_weight=0"],
-    "shared classifier": ["algorithm.shared_classifier=true"],
+    "personal classifier": ["algorithm.shared_classifier=false"],
 }
 SMOKE = [
     "task.options.n_samples=300",
