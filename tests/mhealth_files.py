@@ -25,3 +25,23 @@ def write_mhealth(folder: Path, subjects: int = 4, rows_per_run: int = 64) -> Pa
             delimiter="\t",
         )
     return folder
+
+
+def mhealth_overrides(data_dir: Path, rounds: int = 2) -> list[str]:
+    """Config overrides for a tiny acc/gyro run on :func:`write_mhealth` files: 2 acc-only, 2 gyro-only
+    and 2 complete clients, 16-step windows, a run of seconds."""
+    return [
+        f"rounds={rounds}",
+        "compare=[]",
+        "engine.progress=false",
+        "output.plots=false",
+        "task.dataset=mhealth",
+        f"task.data_dir={data_dir}",
+        'task.options.modalities=["acc", "gyro"]',
+        "task.options.window=16",
+        "task.partition=iid",
+        "task.proxy_size=24",
+        "task.labelled_size=30",
+        'clients.mix="acc:2,gyro:2,acc+gyro:2"',
+        "training.batch_size=16",
+    ]

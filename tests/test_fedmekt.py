@@ -20,9 +20,9 @@ from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.local import settings_for
 from fedmosaic.models.autoencoder import HIDDEN, SplitAutoencoder, kd_loss
-from mhealth_files import write_mhealth
+from mhealth_files import mhealth_overrides, write_mhealth
 
-WINDOW = 16
+WINDOW = 16  # the window of mhealth_overrides
 REP = 4
 
 
@@ -35,20 +35,8 @@ def config(data_dir: Path, algorithm: str = "fedmekt", *extra: str) -> RunConfig
     return load_config(
         None,
         [
-            "rounds=2",
-            "compare=[]",
-            "engine.progress=false",
-            "output.plots=false",
-            "task.dataset=mhealth",
-            f"task.data_dir={data_dir}",
-            'task.options.modalities=["acc", "gyro"]',
-            f"task.options.window={WINDOW}",
-            "task.partition=iid",
-            "task.proxy_size=24",
-            "task.labelled_size=30",
-            'clients.mix="acc:2,gyro:2,acc+gyro:2"',
+            *mhealth_overrides(data_dir),
             "clients.per_round=4",
-            "training.batch_size=16",
             f"algorithm.name={algorithm}",
             "algorithm.proxy_batch=12" if algorithm == "fedmekt" else "algorithm.rep_size=4",
             "algorithm.probe_epochs=5",

@@ -37,7 +37,7 @@ from fedmosaic.engines.flower_records import get_message, get_messages, put_mess
 from fedmosaic.engines.local import LocalEngine
 from fedmosaic.engines.node_data import NodeDataError, load_node, site_node
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
-from mhealth_files import write_mhealth
+from mhealth_files import mhealth_overrides, write_mhealth
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny synthetic task of conftest.py (400 samples; 2 image, 2 text, 6 image+text clients).
@@ -47,24 +47,6 @@ RUN_TIMEOUT_S = 420.0  # bounded wait for one Flower run (a loaded 2-core machin
 
 def tiny(*extra: str) -> RunConfig:
     return load_config(None, [*TINY, *extra])
-
-
-def sensor_overrides(data_dir: Path) -> list[str]:
-    """A tiny acc/gyro task for algorithms built for (channels, time) sensor windows."""
-    return [
-        "rounds=2",
-        "compare=[]",
-        "engine.progress=false",
-        "task.dataset=mhealth",
-        f"task.data_dir={data_dir}",
-        'task.options.modalities=["acc", "gyro"]',
-        "task.options.window=16",
-        "task.partition=iid",
-        "task.proxy_size=24",
-        "task.labelled_size=30",
-        'clients.mix="acc:2,gyro:2,acc+gyro:2"',
-        "training.batch_size=16",
-    ]
 
 
 def runs_on_image_text(algorithm: str) -> bool:
@@ -226,7 +208,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory, node_folders: list[Path
 def sensor_federation(tmp_path_factory: pytest.TempPathFactory):
     """Three SuperNodes holding a tiny mHealth-format acc/gyro task (written here, no download)."""
     root = tmp_path_factory.mktemp("sensor")
-    overrides = sensor_overrides(write_mhealth(root / "mhealth"))
+    overrides = mhealth_overrides(write_mhealth(root / "mhealth"))
     folders = prepare_nodes(load_config(None, overrides), root / "nodes", 3)
     with start_federation(root, folders) as (fed, app, _):
         yield fed, app, root, overrides

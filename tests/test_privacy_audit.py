@@ -39,7 +39,7 @@ from fedmosaic.core.task import ClientData, Task, View
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.local import LocalEngine
 from fedmosaic.engines.run_folder import RunFolder
-from mhealth_files import write_mhealth
+from mhealth_files import mhealth_overrides, write_mhealth
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
 # Probe length per modality kind: long enough that weights cannot match by chance, shorter than a
@@ -100,33 +100,17 @@ class RecordingClient:
         return reply
 
 
-def sensor_overrides(data_dir: Path) -> list[str]:
-    """A 2-round mHealth run (acc, gyro; 16-step windows) small enough for seconds."""
-    return [
-        "rounds=2",
-        "compare=[]",
-        "engine.progress=false",
-        "output.plots=false",
-        "task.dataset=mhealth",
-        f"task.data_dir={data_dir}",
-        'task.options.modalities=["acc", "gyro"]',
-        "task.options.window=16",
-        "task.partition=iid",
-        "task.proxy_size=24",
-        "task.labelled_size=30",
-        'clients.mix="acc:2,gyro:2,acc+gyro:2"',
-        "clients.per_round=4",
-        "training.batch_size=16",
-    ]
-
-
 @pytest.fixture(scope="module")
 def mhealth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_mhealth(tmp_path_factory.mktemp("mhealth"))
 
 
 def make_cfg(algorithm: str, sensor: bool, extra: list[str], data_dir: Path) -> RunConfig:
-    base = sensor_overrides(data_dir) if sensor else [*TINY_OVERRIDES, "output.plots=false"]
+    base = (
+        [*mhealth_overrides(data_dir), "clients.per_round=4"]
+        if sensor
+        else [*TINY_OVERRIDES, "output.plots=false"]
+    )
     return load_config(None, [*base, f"algorithm.name={algorithm}", *extra])
 
 

@@ -22,7 +22,7 @@ from fedmosaic.engines.faults import CORRUPTIONS, CorruptingClient
 from fedmosaic.engines.local import LocalEngine
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 from fedmosaic.engines.screening import RoundFailed
-from mhealth_files import write_mhealth
+from mhealth_files import mhealth_overrides, write_mhealth
 
 VICTIM = "client_4"  # holds image and text: its reply carries every part
 EXPECTED = {  # kind -> a piece of the logged reason
@@ -175,19 +175,7 @@ def fedmekt_cfg(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
     return load_config(
         None,
         [
-            "rounds=1",
-            "compare=[]",
-            "engine.progress=false",
-            "output.plots=false",
-            "task.dataset=mhealth",
-            f"task.data_dir={data}",
-            'task.options.modalities=["acc", "gyro"]',
-            "task.options.window=16",
-            "task.partition=iid",
-            "task.proxy_size=24",
-            "task.labelled_size=30",
-            'clients.mix="acc:2,gyro:2,acc+gyro:2"',
-            "training.batch_size=16",
+            *mhealth_overrides(data, rounds=1),
             "algorithm.name=fedmekt",
             "algorithm.proxy_batch=12",
             "algorithm.probe_epochs=5",
