@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_runs import ROOT, run_benchmark
 
 
 def test_default_task_benchmark_smoke(tmp_path: Path) -> None:
     target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "default_task.py"), "--smoke", "--output", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("default_task.py", "--smoke", "--output", str(target), timeout=300)
     for name in ("| fedavg |", "| local |", "| centralized |", "default_task.py"):
         assert name in proc.stdout
     assert not target.exists()  # smoke mode never overwrites the published table
@@ -31,14 +21,7 @@ def test_uci_har_benchmark_smoke(tmp_path: Path) -> None:
 
         pytest.skip("real HAPT archive not available")
     target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "uci_har.py"), "--smoke", "--output", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("uci_har.py", "--smoke", "--output", str(target), timeout=600)
     for text in ("| acc+gyro at every client |", "| modality drop rate 0.5 |", "FedAvg F1 77.7"):
         assert text in proc.stdout
     assert not target.exists()

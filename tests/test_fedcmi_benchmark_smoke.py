@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_runs import ROOT, run_benchmark
 
 
 def test_fedcmi_benchmark_smoke(tmp_path: Path) -> None:
     if not (ROOT.parent / "shared" / "datasets" / "fsdd" / "recordings").is_dir():
         pytest.skip("FSDD recordings not available")
     target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fedcmi.py"), "--smoke", "--output", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("fedcmi.py", "--smoke", "--output", str(target), timeout=300)
     out = proc.stdout
     for row in ("| fedcmi |", "| fedcmi, no class-wise T |", "| fedcmi, no infiltration |", "| fedavg |"):
         assert out.count(row) == 2, row  # one row per task

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_runs import ROOT, run_benchmark
 
 
 def test_fedmekt_benchmark_smoke(tmp_path: Path) -> None:
     if not (ROOT.parent / "shared" / "datasets" / "uci-hapt" / "HAPT-RawData.tar.xz").is_file():
         pytest.skip("real HAPT archive not available")
     target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fedmekt.py"), "--smoke", "--output", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("fedmekt.py", "--smoke", "--output", str(target), timeout=600)
     for text in ("| FedMEKT-C |", "| FedMEKT-S |", "| mmFedAvg |", "| mmFedProx |", "| majority class |"):
         assert text in proc.stdout
     assert "FedMEKT speed at mHealth-like sizes" in proc.stdout and "benchmarks/fedmekt.py" in proc.stdout

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_runs import run_benchmark
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gvf.py"), "--smoke", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
-    )
+    return run_benchmark("gvf.py", "--smoke", *args, timeout=300, check=False)
 
 
 def test_gvf_benchmark_smoke(tmp_path: Path) -> None:
@@ -45,14 +37,7 @@ def test_gvf_benchmark_smoke(tmp_path: Path) -> None:
 
 
 def test_gvf_diagnose_smoke() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gvf_diagnose.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("gvf_diagnose.py", "--smoke", timeout=600)
     out = proc.stdout
     assert "1. learning curve" in out and "  2: {" in out  # the evaluated round has group accuracies
     assert "retrieval same" in out and "probe own" in out

@@ -4,31 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_runs import ROOT, run_benchmark
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import matrix_report as report  # noqa: E402
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+import matrix_report as report
 
 
 def _matrix(tmp: Path, *extra: str, output: str = "B.md") -> subprocess.CompletedProcess:
     paths = ["--results", str(tmp / "results"), "--rows", str(tmp / "rows.csv")]
     paths += ["--figures", str(tmp / "figures"), "--output", str(tmp / output)]
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "matrix.py"), "--smoke", *paths, *extra],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=ENV,
-    )
+    return run_benchmark("matrix.py", "--smoke", *paths, *extra, check=False)
 
 
 def test_matrix_smoke_writes_rows_figures_and_section(tmp_path: Path) -> None:

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_runs import run_benchmark
 
 
 def test_privacy_benchmark_smoke(tmp_path: Path) -> None:
     target, figure = tmp_path / "BENCHMARKS.md", tmp_path / "privacy.png"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "privacy.py"),
-            "--smoke",
-            "--output",
-            str(target),
-            "--figure",
-            str(figure),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
+    proc = run_benchmark(
+        "privacy.py", "--smoke", "--output", str(target), "--figure", str(figure), timeout=300
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| no DP | ∞ | ∞ |" in proc.stdout
     dp_rows = [line for line in proc.stdout.splitlines() if line.startswith("| z = 0.001 |")]
     assert len(dp_rows) == 1

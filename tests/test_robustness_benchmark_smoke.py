@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_runs import run_benchmark
 
 
 def test_robustness_benchmark_smoke(tmp_path: Path) -> None:
     target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--smoke", "--output", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("robustness.py", "--smoke", "--output", str(target), timeout=300)
     out = proc.stdout
     for label in (
         "mean, validation off",
@@ -39,20 +29,7 @@ def test_robustness_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_validation_sweep_smoke(tmp_path: Path) -> None:
     target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "validation_sweep.py"),
-            "--smoke",
-            "--output",
-            str(target),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("validation_sweep.py", "--smoke", "--output", str(target), timeout=300)
     # every bad reply of fedavg's 10 clients caught, no clean reply rejected
     assert "| fedavg | " + " | ".join(["10/10"] * 9) + " | 0/10 |" in proc.stdout
     assert "| local | — |" in proc.stdout and "benchmarks/validation_sweep.py --smoke" in proc.stdout

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+from benchmark_runs import ROOT, run_benchmark
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import scale  # noqa: E402
+import scale
 
 
 def test_scale_task_fixes_samples_per_client_and_the_test_set() -> None:
@@ -28,14 +26,7 @@ def test_scale_task_fixes_samples_per_client_and_the_test_set() -> None:
 
 def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     target = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--smoke", "--output", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("scale.py", "--smoke", "--output", str(target), timeout=600)
     out = proc.stdout
     assert "| 10 |" in out and "| 30 |" in out
     assert "30 vs 10 clients, CPU seconds per round:" in out

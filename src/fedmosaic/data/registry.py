@@ -160,8 +160,4 @@ def dataset_names() -> list[str]:
 
 def _load_builtins() -> None:
     for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"fedmosaic.data.{module}")
-        except ModuleNotFoundError as exc:  # TODO(issue 3): remove once every loader exists
-            if exc.name != f"fedmosaic.data.{module}":
-                raise
+        importlib.import_module(f"fedmosaic.data.{module}")
