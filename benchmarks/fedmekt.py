@@ -18,7 +18,7 @@ all sampled, 2 local epochs, R = 2 server epochs; CPU seconds per round split in
 the server's configure + aggregate and the linear evaluation; one run per seed.
 
     python benchmarks/fedmekt.py               # full: speed rows + 4 algorithms x 3 seeds x 20 rounds
-    python benchmarks/fedmekt.py --speed-only  # only the speed rows (3 seeds x 3 rounds, a few minutes)
+    python benchmarks/fedmekt.py --speed-only  # only the speed rows (3 seeds x 5 rounds, a few minutes)
     python benchmarks/fedmekt.py --smoke       # 1 short round, one seed, small speed files; prints only
 """
 
@@ -356,7 +356,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--speed-rounds", type=int, default=3)
+    parser.add_argument("--speed-rounds", type=int, default=5)
     parser.add_argument("--speed-only", action="store_true", help="only the speed rows (no HAPT runs)")
     parser.add_argument("--jobs", type=int, default=1, help="(seed, algorithm) runs in parallel processes")
     parser.add_argument(
@@ -370,7 +370,7 @@ def main() -> None:
     command = "python benchmarks/fedmekt.py" + (
         "" if seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, seeds))}"
     )
-    if args.speed_rounds != 3:
+    if args.speed_rounds != 5:
         command += f" --speed-rounds {args.speed_rounds}"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

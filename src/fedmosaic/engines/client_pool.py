@@ -53,7 +53,13 @@ class ClientPool:
         if self._pool is None:
             _INHERITED.update(client=self.client, task=self.task, seed=self.seed)
             self._pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_start_worker)
-        return self._pool.map(_fit, list(jobs), chunksize=1)
+        jobs = list(jobs)
+        # Largest first (by training (sample, modality) pairs), so that no big client starts last
+        # while the other workers idle; workers take the next job as they finish one.
+        order = sorted(range(len(jobs)), key=lambda i: -int(self.task.client(jobs[i][0]).train.mask.sum()))
+        results = self._pool.map(_fit, [jobs[i] for i in order], chunksize=1)
+        by_job = dict(zip(order, results, strict=True))
+        return [by_job[i] for i in range(len(jobs))]
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
