@@ -35,6 +35,16 @@ def write_section(path: Path, name: str, section: str) -> None:
     path.write_text(text)
 
 
+def publish(section: str, output: Path, name: str, smoke: bool) -> None:
+    """Print a script's section; outside smoke mode also write it into its part of ``output``.
+
+    Smoke runs only prove that a script still works: they never overwrite published numbers.
+    """
+    print(section, flush=True)
+    if not smoke:
+        write_section(output, name, section)
+
+
 def unpack_hapt(shared: Path, dest: Path) -> Path:
     """Unpack the shipped HAPT archive into ``dest`` (once) and return its ``HAPT`` folder."""
     target = dest / "HAPT"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, write_section
+from _common import BENCHMARKS_MD, publish
 from _common import mean_std as _ms
 from fedmosaic import runner
 from fedmosaic.config import load_config
@@ -85,9 +85,7 @@ def main() -> None:
         "" if seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, seeds))}"
     )
     section = table(results, seeds, command)
-    print(section)
-    if not args.smoke:
-        write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

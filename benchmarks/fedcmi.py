@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, mean_std, write_section
+from _common import BENCHMARKS_MD, SHARED, mean_std, publish
 from fedmosaic.config import RunConfig, load_config, validate
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.local import LocalEngine
@@ -170,9 +170,7 @@ def main() -> None:
         "over the clients that hold the subset of their own models."
     )
     section = "\n\n".join([intro, *sections])
-    print(section)
-    if not args.smoke:
-        write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

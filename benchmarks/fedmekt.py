@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, mean_std, unpack_hapt, write_section
+from _common import BENCHMARKS_MD, SHARED, mean_std, publish, unpack_hapt
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import RunConfig, load_config
 from fedmosaic.core.metrics import classification_metrics
@@ -377,9 +377,7 @@ def main() -> None:
         speed_rounds = 1 if args.smoke else args.speed_rounds
         speed = speed_row(work / "speed", speed_rounds, 0.1 if args.smoke else 1.0, seeds)
         speed_section = speed_table(speed, command + (" --speed-only" if args.speed_only else ""))
-        print(speed_section, flush=True)
-        if not args.smoke:
-            write_section(args.output, SPEED_SECTION, speed_section)
+        publish(speed_section, args.output, SPEED_SECTION, args.smoke)
         if args.speed_only:
             return
         data_dir = unpack_hapt(args.shared, work)
@@ -390,9 +388,7 @@ def main() -> None:
     if args.jobs > 1:
         command += f" --jobs {args.jobs}"
     section = table(results, majority, sizes, seeds, rounds, command)
-    print(section)
-    if not args.smoke:
-        write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, write_section
+from _common import BENCHMARKS_MD, publish
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.flower import prepare_nodes, write_app
@@ -155,9 +155,7 @@ def main() -> None:
     command = "python benchmarks/flower_overhead.py" + ("" if rounds == 3 else f" --rounds {rounds}")
     command += "" if args.nodes == 3 else f" --nodes {args.nodes}"
     section = table(result, command)
-    print(section)
-    if not args.smoke:
-        write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, write_section
+from _common import BENCHMARKS_MD, SHARED, publish
 from _common import mean_std as _ms
 from fedmosaic import runner
 from fedmosaic.config import load_config
@@ -284,10 +284,7 @@ def main() -> None:
         "",
     ]
     section = "\n".join(intro + lines)
-    print(section)
-    if args.smoke:
-        return
-    write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

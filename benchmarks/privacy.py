@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, ROOT, mean_std, write_section
+from _common import BENCHMARKS_MD, ROOT, mean_std, publish
 from fedmosaic import runner
 from fedmosaic.config import load_config
 
@@ -176,9 +176,7 @@ def main() -> None:
     except ValueError:
         figure = str(args.figure)
     section = table(results, seeds, command, figure)
-    print(section)
-    if not args.smoke:
-        write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, write_section
+from _common import BENCHMARKS_MD, publish
 from _common import mean_std as _ms
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
@@ -172,10 +172,7 @@ def main() -> None:
             cells.append(f"{_ms([r['acc'] for r in cell])} | {rej_bad}/{sent} poisoned, {rej} in all")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     section = "\n".join(lines)
-    print(section)
-    if args.smoke:
-        return
-    write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, mean_std, write_section
+from _common import BENCHMARKS_MD, mean_std, publish
 
 SECTION = "scale"
 PER_ROUND = 10
@@ -194,9 +194,7 @@ def main() -> None:
         if args.test_size != TEST_SIZE:
             command += f" --test-size {args.test_size}"
     section = table(rows, seeds, rounds, args.test_size, command)
-    print(section)
-    if not args.smoke:
-        write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, mean_std, unpack_hapt, write_section
+from _common import BENCHMARKS_MD, SHARED, mean_std, publish, unpack_hapt
 from fedmosaic import runner
 from fedmosaic.config import load_config
 
@@ -121,9 +121,7 @@ def main() -> None:
     if rounds != 30:
         command += f" --rounds {rounds}"
     section = table(results, seeds, rounds, command)
-    print(section)
-    if not args.smoke:
-        write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCHMARKS_MD, write_section
+from _common import BENCHMARKS_MD, publish
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import load_config
 from fedmosaic.core.algorithm import ServerData
@@ -151,10 +151,7 @@ def main() -> None:
         + ".",
     ]
     section = "\n".join(lines)
-    print(section)
-    if args.smoke:
-        return
-    write_section(args.output, SECTION, section)
+    publish(section, args.output, SECTION, args.smoke)
 
 
 if __name__ == "__main__":
