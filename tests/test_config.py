@@ -13,6 +13,7 @@ from fedmosaic.config import (
     default_config_path,
     load_config,
     parse_value,
+    with_overrides,
 )
 from fedmosaic.data.tasks import TaskSplitError, build_task
 
@@ -270,3 +271,11 @@ def test_server_sets_taking_every_sample_is_a_task_split_error() -> None:
     with pytest.raises(TaskSplitError, match="proxy_size") as info:
         build_task(cfg)
     assert "\n" not in str(info.value)
+
+
+def test_with_overrides_changes_a_copy_and_validates(tiny_cfg: RunConfig) -> None:
+    changed = with_overrides(tiny_cfg, ["rounds=7", "algorithm.name=local"])
+    assert (changed.rounds, changed.algorithm.name) == (7, "local")
+    assert tiny_cfg.rounds == 2  # the original is untouched
+    with pytest.raises(ConfigError, match=r"^rounds"):
+        with_overrides(tiny_cfg, ["rounds=0"])

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fedmosaic.config import RunConfig, apply_override, validate
+from fedmosaic.config import RunConfig, with_overrides
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.local import LocalEngine
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
-
-
-def override(cfg: RunConfig, *items: str) -> RunConfig:
-    tree = cfg.to_toml_dict()
-    for item in items:
-        apply_override(tree, item)
-    return validate(tree)
 
 
 class Recording:
@@ -36,7 +29,9 @@ class Recording:
 
 @pytest.fixture
 def cfg(tiny_cfg: RunConfig) -> RunConfig:
-    return override(tiny_cfg, "engine.dropout=0.4", "rounds=4", "clients.per_round=5", "output.plots=false")
+    return with_overrides(
+        tiny_cfg, ["engine.dropout=0.4", "rounds=4", "clients.per_round=5", "output.plots=false"]
+    )
 
 
 def test_dropped_replies_never_reach_the_server_and_the_run_continues(cfg: RunConfig, tmp_path: Path) -> None:
@@ -71,13 +66,13 @@ def test_same_seed_same_drops_and_a_resumed_run_is_identical(cfg: RunConfig, tmp
     LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path / "cut")).run()
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == full
 
-    other = override(cfg, "seed=1")
+    other = with_overrides(cfg, ["seed=1"])
     LocalEngine(other, build_task(other), RunFolder(tmp_path / "c")).run()
     drops = [r.get("dropped", []) for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")]
     assert drops != [r.get("dropped", []) for r in read_jsonl(tmp_path / "c" / "metrics.jsonl")]
 
 
 def test_no_dropout_drops_nobody(tiny_cfg: RunConfig, tmp_path: Path) -> None:
-    cfg = override(tiny_cfg, "rounds=1", "output.plots=false")
+    cfg = with_overrides(tiny_cfg, ["rounds=1", "output.plots=false"])
     LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path)).run()
     assert "dropped" not in read_jsonl(tmp_path / "metrics.jsonl")[0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedmosaic.algorithms import gvf
-from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.config import ConfigError, RunConfig, load_config, with_overrides
 from fedmosaic.core.algorithm import ServerData
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
@@ -28,14 +28,7 @@ def _cfg(tiny_cfg: RunConfig, *extra: str) -> RunConfig:
     tree["task"]["options"]["n_samples"] = 240  # ~16 training samples per client: enough for plumbing
     tree["task"]["proxy_size"] = tree["task"]["labelled_size"] = 24
     cfg = RunConfig.model_validate(tree)
-    if extra:
-        from fedmosaic.config import apply_override, validate
-
-        tree = cfg.to_toml_dict()
-        for item in extra:
-            apply_override(tree, item)
-        cfg = validate(tree)
-    return cfg
+    return with_overrides(cfg, list(extra)) if extra else cfg
 
 
 def _planted(k: int = 8, d: int = 16, per: int = 30, seed: int = 0):

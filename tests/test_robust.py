@@ -98,17 +98,14 @@ def _server_replies(server, specs, poison: float) -> dict[str, Message]:
 @pytest.mark.parametrize("algorithm", ["fedavg", "gvf"])
 def test_servers_aggregate_with_the_configured_median(tiny_cfg, algorithm: str) -> None:
     from fedmosaic.algorithms.registry import get_algorithm
-    from fedmosaic.config import apply_override, validate
+    from fedmosaic.config import with_overrides
     from fedmosaic.core.algorithm import ServerData
     from fedmosaic.core.seeding import SERVER, Rng
     from fedmosaic.data.tasks import build_task
     from fedmosaic.engines.local import settings_for
 
-    tree = tiny_cfg.to_toml_dict()
     extra = ["algorithm.dim=16", "algorithm.global_vectors=false"] if algorithm == "gvf" else []
-    for item in [f"algorithm.name={algorithm}", "robustness.aggregator=median", *extra]:
-        apply_override(tree, item)
-    cfg = validate(tree)
+    cfg = with_overrides(tiny_cfg, [f"algorithm.name={algorithm}", "robustness.aggregator=median", *extra])
     task = build_task(cfg)
     server = get_algorithm(algorithm).Server(
         settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)

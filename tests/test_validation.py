@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmosaic.config import RunConfig, apply_override, load_config, validate
+from fedmosaic.config import RunConfig, load_config, with_overrides
 from fedmosaic.core.message import Message
 from fedmosaic.core.validation import ArraySpec, ReplySpec, check_norms, check_reply
 from fedmosaic.data.tasks import build_task
@@ -37,13 +37,6 @@ EXPECTED = {  # kind -> a piece of the logged reason
     "nan_meta": "meta 'n_train': expected a finite number",
 }
 assert set(EXPECTED) == set(CORRUPTIONS)
-
-
-def override(cfg: RunConfig, *items: str) -> RunConfig:
-    tree = cfg.to_toml_dict()
-    for item in items:
-        apply_override(tree, item)
-    return validate(tree)
 
 
 class WithoutClient:
@@ -108,7 +101,9 @@ def test_without_validation_a_nan_reply_reaches_the_global_model(
     fedavg_cfg: RunConfig, tmp_path: Path
 ) -> None:
     # The control: what the check above prevents does happen when it is off.
-    rows, state = run(override(fedavg_cfg, "robustness.validate_replies=false", "rounds=1"), tmp_path, "nan")
+    rows, state = run(
+        with_overrides(fedavg_cfg, ["robustness.validate_replies=false", "rounds=1"]), tmp_path, "nan"
+    )
     assert "rejected" not in rows[0]
     assert any(np.isnan(a).any() for a in state.arrays.values() if a.dtype.kind == "f")
 
@@ -116,7 +111,7 @@ def test_without_validation_a_nan_reply_reaches_the_global_model(
 def test_below_min_clients_the_round_is_skipped_and_the_state_unchanged(
     fedavg_cfg: RunConfig, tmp_path: Path
 ) -> None:
-    cfg = override(fedavg_cfg, "robustness.min_clients=10", "rounds=1")
+    cfg = with_overrides(fedavg_cfg, ["robustness.min_clients=10", "rounds=1"])
     initial = LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path / "fresh")).server.state()
     rows, state = run(cfg, tmp_path / "run", "inf")
     assert rows[0]["skipped"] == "9 usable of 10 planned replies, min_clients is 10"
@@ -125,14 +120,14 @@ def test_below_min_clients_the_round_is_skipped_and_the_state_unchanged(
 
 
 def test_below_min_clients_the_run_fails_under_the_fail_policy(fedavg_cfg: RunConfig, tmp_path: Path) -> None:
-    cfg = override(fedavg_cfg, "robustness.min_clients=10", "robustness.below_min=fail", "rounds=1")
+    cfg = with_overrides(fedavg_cfg, ["robustness.min_clients=10", "robustness.below_min=fail", "rounds=1"])
     with pytest.raises(RoundFailed, match=r"robustness.min_clients: round 1: 9 usable of 10"):
         run(cfg, tmp_path, "nan")
     assert not (tmp_path / "metrics.jsonl").exists() or not read_jsonl(tmp_path / "metrics.jsonl")
 
 
 def test_min_clients_met_the_round_goes_on(fedavg_cfg: RunConfig, tmp_path: Path) -> None:
-    rows, _ = run(override(fedavg_cfg, "robustness.min_clients=9", "rounds=1"), tmp_path, "nan")
+    rows, _ = run(with_overrides(fedavg_cfg, ["robustness.min_clients=9", "rounds=1"]), tmp_path, "nan")
     assert "skipped" not in rows[0] and list(rows[0]["rejected"]) == [VICTIM]
 
 
@@ -141,13 +136,15 @@ def test_min_clients_met_the_round_goes_on(fedavg_cfg: RunConfig, tmp_path: Path
 
 @pytest.fixture(scope="module")
 def gvf_cfg(fedavg_cfg: RunConfig) -> RunConfig:
-    return override(
+    return with_overrides(
         fedavg_cfg,
-        "algorithm.name=gvf",
-        "algorithm.dim=16",
-        "task.options.n_samples=240",
-        "task.proxy_size=24",
-        "task.labelled_size=24",
+        [
+            "algorithm.name=gvf",
+            "algorithm.dim=16",
+            "task.options.n_samples=240",
+            "task.proxy_size=24",
+            "task.labelled_size=24",
+        ],
     )
 
 
@@ -253,7 +250,7 @@ def test_file_pipeline_rejects_a_tampered_outbox(fedavg_cfg: RunConfig, tmp_path
     from fedmosaic.core.checkpoint import load_message, save_message
     from fedmosaic.engines.files import FilePipeline
 
-    pipeline = FilePipeline.init(tmp_path / "root", override(fedavg_cfg, "rounds=1"))
+    pipeline = FilePipeline.init(tmp_path / "root", with_overrides(fedavg_cfg, ["rounds=1"]))
     pipeline.train_clients()
     outbox = tmp_path / "root" / VICTIM / "outbox.safetensors"
     save_message(outbox, CORRUPTIONS["norm_1e6"](load_message(outbox), ""))

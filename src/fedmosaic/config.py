@@ -386,6 +386,14 @@ def validate(tree: dict[str, Any]) -> RunConfig:
         raise ConfigError(_format_error(exc)) from None
 
 
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``cfg`` with ``key=value`` overrides applied, validated like ``--set`` on the command line."""
+    tree = cfg.to_toml_dict()
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return validate(tree)
+
+
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load ``path`` (default: the embedded default) and apply ``key=value`` overrides."""
     tree = read_toml(path or default_config_path())
