@@ -4,10 +4,11 @@ Two tasks (the synthetic image+text task and fsdd-digits, image+audio), each wit
 only modality A, 2 only modality B and 6 holding both. For every client group: accuracy and
 macro-F1 of local, fedavg and gvf (mean ± std over seeds), then the ablations of gvf (random
 pairing, alignment switched on, no gating, sample-count weights, no global vectors, no proxy anchor, a
-personal (not aggregated) classifier). Writes
+personal (not aggregated) classifier, no update step) and one diagnostic that breaks the design
+(encoders aggregated too). Writes
 the section between ``<!-- gvf:begin -->`` and ``<!-- gvf:end -->`` of BENCHMARKS.md.
 
-    python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2, ablations on seed 0
+    python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2 for every row
     python benchmarks/gvf.py --smoke          # tiny synthetic run, one seed, one ablation (CI, < 60 s)
     python benchmarks/gvf.py --workdir W --run-only --tasks fsdd-digits --seeds 1   # one part of a split run
     python benchmarks/gvf.py --workdir W --collect                                  # table of what finished
@@ -42,6 +43,10 @@ ABLATIONS = {
     "no global vectors": ["algorithm.global_vectors=false"],
     "no proxy anchor": ["algorithm.anchor_weight=0"],
     "personal classifier": ["algorithm.shared_classifier=false"],
+    "no update step (own fine-tuned shared part)": ["algorithm.update_clients=false"],
+    # Not an ablation: it breaks the design (encoders leave the clients) to measure what keeping them
+    # private costs.
+    "diagnostic: encoders shared too": ["algorithm.share_encoders=true"],
 }
 SMOKE = [
     "task.options.n_samples=300",
@@ -201,7 +206,7 @@ def table(name: str, results: dict[str, list[dict]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the main rows")
-    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=4, help="runs in parallel processes")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, one seed, one ablation")
@@ -238,7 +243,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--ablations: unknown {unknown[0]!r}; choose from {list(ABLATIONS)}")
     seeds = args.seeds[:1] if args.smoke else args.seeds
-    ablation_seeds = args.ablation_seeds
+    ablation_seeds = args.ablation_seeds[:1] if args.smoke else args.ablation_seeds
     rounds = 1 if args.smoke else args.rounds
     start = time.perf_counter()
     lines: list[str] = []
@@ -260,7 +265,7 @@ def main() -> None:
         if "gvf" in results[name]:  # (a --collect finds no finished run of a task: no table)
             lines += [*table(name, results[name]), ""]
     command = "python benchmarks/gvf.py" + (" --smoke" if args.smoke else "")
-    if not args.smoke and (seeds != [0, 1, 2] or rounds != 10 or ablation_seeds != [0]):
+    if not args.smoke and (seeds != [0, 1, 2] or rounds != 10 or ablation_seeds != [0, 1, 2]):
         command += f" --rounds {rounds} --seeds {' '.join(map(str, seeds))}"
         command += f" --ablation-seeds {' '.join(map(str, ablation_seeds))}"
     if args.ablations is not None:

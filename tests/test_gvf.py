@@ -135,6 +135,76 @@ def test_anchor_loss_pulls_a_clients_proxy_vectors_to_the_anchor(tiny_cfg: RunCo
     assert before < 0.2 and matched() > 0.75  # measured: 0.04 before, 0.92-1.0 after (4 torch seeds)
 
 
+def _server(cfg: RunConfig):
+    task = build_task(cfg)
+    return task, gvf.GVFServer(settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test))
+
+
+def _favour(arrays: dict[str, np.ndarray], label: int) -> dict[str, np.ndarray]:
+    """The shared part with its classifier's last layer rewritten to predict ``label`` for any input."""
+    out = dict(arrays)
+    out["classifier.net.3.weight"] = np.zeros_like(arrays["classifier.net.3.weight"])
+    bias = np.zeros_like(arrays["classifier.net.3.bias"])
+    bias[label] = 10.0
+    out["classifier.net.3.bias"] = bias
+    return out
+
+
+def test_update_step_evaluates_under_the_aggregated_shared_part(tiny_cfg: RunConfig) -> None:
+    cfg = _cfg(tiny_cfg)
+    task, server = _server(cfg)
+    spec = next(s for s in task.specs if s.modalities == {"image"})
+    sent = server.configure_evaluate(1, task.specs)[spec.id]
+    # the update carries exactly the shared part of the client's modalities (no other adapter)
+    assert {k.split(".")[0] for k in sent.arrays} == {"adapters", "fusion", "gate", "classifier"}
+    assert all(k.startswith(("adapters.image.", "fusion.", "gate.", "classifier.")) for k in sent.arrays)
+
+    client = gvf.GVFClient(settings_for(cfg, task))
+    data = task.clients[task.specs.index(spec)]
+    label = int(np.bincount(data.test.labels).argmax())
+    got = client.evaluate(Message(_favour(sent.arrays, label)), Message(), data).meta
+    share = float((data.test.labels == label).mean())
+    assert got["image/accuracy"] == pytest.approx(share)  # the received classifier decided
+    _, own = _server(_cfg(tiny_cfg, "algorithm.update_clients=false"))
+    assert own.configure_evaluate(1, task.specs)[spec.id].arrays == {}  # keeps its own shared part
+
+
+def test_share_encoders_diagnostic_averages_encoders_over_their_holders(tiny_cfg: RunConfig) -> None:
+    task, default = _server(_cfg(tiny_cfg))
+    plan = default.configure(1, task.specs, Rng(0, 1, SERVER))
+    assert not any(k.startswith(gvf.ENCODERS) for m in plan.values() for k in m.arrays)
+
+    task, server = _server(_cfg(tiny_cfg, "algorithm.share_encoders=true"))
+    plan = server.configure(1, task.specs, Rng(0, 1, SERVER))
+    for spec in task.specs:  # a client gets (and must return) the encoders of its modalities only
+        sent = {k.split(".")[1] for k in plan[spec.id].arrays if k.startswith(gvf.ENCODERS)}
+        assert sent == set(spec.modalities)
+        spec_arrays = server.reply_spec(1, spec.id, plan[spec.id]).arrays
+        assert {k for k in spec_arrays if k.startswith(gvf.ENCODERS)} == {
+            k for k in plan[spec.id].arrays if k.startswith(gvf.ENCODERS)
+        }
+    name = next(k for k in gvf.to_arrays(server.model) if k.startswith("encoders.text."))
+    base = gvf.to_arrays(server.model, (name,))[name]
+    meta = {"n_train": 10, "train_loss": 1.0, "delta": 0.0}
+    replies = {"a": Message({name: base + 1.0}, meta), "b": Message({name: base + 3.0}, meta)}
+    server.aggregate(1, replies, Rng(0, 1, SERVER))
+    assert np.allclose(gvf.to_arrays(server.model, (name,))[name], base + 2.0, atol=1e-6)
+
+
+def test_proxy_labels_come_from_each_teachers_own_shared_part(tiny_cfg: RunConfig) -> None:
+    cfg = _cfg(tiny_cfg, "algorithm.proxy_weight=1")
+    task, server = _server(cfg)
+    gvf.load_arrays(server.model, _favour(gvf.to_arrays(server.model, gvf.SHARED), 0))  # the aggregate
+    n = len(task.proxy)
+    rng = np.random.default_rng(0)
+    teacher = _favour(gvf.to_arrays(server.model, gvf.SHARED), 5)
+    vectors = {gvf.VEC + m: rng.normal(size=(n, 16)).astype(np.float32) for m in ("image", "text")}
+    meta = {"n_train": 10, "train_loss": 1.0, "delta": 0.0}
+    labels = server._pseudo_labels({"both": Message({**teacher, **vectors}, meta)})
+    # the teacher's own classifier (class 5), not the aggregate's (class 0), labelled every sample
+    assert np.array_equal(labels, np.full(n, 5))
+
+
 def test_fusion_modules() -> None:
     torch.manual_seed(0)
     gate = GatingMechanism(8)
