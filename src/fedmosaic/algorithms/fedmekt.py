@@ -79,6 +79,7 @@ from fedmosaic.algorithms.autoencoder_base import (
     train_reconstruction,
 )
 from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, sample_clients
@@ -320,7 +321,7 @@ class FedMEKTServer(LinearEvalServer):
         rows = data.proxy.indices[complete]
         self.proxy = {m: np.ascontiguousarray(data.proxy.store[m][rows], dtype=np.float32) for m in names}
         self.distiller = Distiller(settings, self.model)
-        self.delivered: set[str] = set()  # clients that already hold the proxy windows
+        self.delivery = ProxyDelivery()  # clients that hold the proxy windows
         self.batch = np.zeros(0, dtype=np.int64)
         self.proxy_bytes_sent = 0
 
@@ -342,20 +343,21 @@ class FedMEKTServer(LinearEvalServer):
         global_emb = self._global_embeddings(self.batch)
         plan: dict[str, Message] = {}
         self.proxy_bytes_sent = 0
+        self.delivery.planned(c.id for c in picked)
         for c in picked:
             arrays = {PROXY_IDX: self.batch.copy()}
             arrays.update(
                 {emb_key(m, layer): global_emb[m][layer] for m in sorted(c.modalities) for layer in LAYERS}
             )
-            if c.id not in self.delivered:  # the one-off delivery of the proxy windows this client holds
+            if self.delivery.needs(c.id):  # the one-off delivery of the proxy windows this client holds
                 for m in sorted(c.modalities):
                     arrays[proxy_key(m)] = self.proxy[m]
                     self.proxy_bytes_sent += self.proxy[m].nbytes
-                self.delivered.add(c.id)
             plan[c.id] = Message(arrays)
         return plan
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
+        self.delivery.replied(replies)
         for cid, reply in replies.items():
             if not np.array_equal(reply.arrays.get(PROXY_IDX), self.batch):
                 raise ValueError(
@@ -418,12 +420,11 @@ class FedMEKTServer(LinearEvalServer):
         return float(np.mean(recs)), float(np.mean(kds))
 
     def state(self) -> Message:
-        return Message(self.model_state(), {"proxy_delivered": ",".join(sorted(self.delivered))})
+        return Message(self.model_state(), self.delivery.to_meta("proxy_delivered"))
 
     def load_state(self, state: Message) -> None:
         super().load_state(state)
-        delivered = str(state.meta.get("proxy_delivered", ""))
-        self.delivered = set(filter(None, delivered.split(",")))
+        self.delivery.load_meta(state, "proxy_delivered")
 
 
 @register

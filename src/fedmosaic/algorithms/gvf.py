@@ -53,6 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
@@ -519,7 +520,7 @@ class GVFServer:
         self.proxy = data.proxy
         self.model = build_model(settings)
         self.bank: dict[str, np.ndarray] = {}
-        self.delivered: set[str] = set()  # clients that already hold the proxy inputs
+        self.delivery = ProxyDelivery()  # clients that hold the proxy inputs
         self.pseudo: np.ndarray | None = None  # the federation's label of every proxy sample (-1: unsure)
         self.anchor: np.ndarray | None = None  # the federation's mean vector of every proxy sample
         self._uploaded = (*SHARED, ENCODERS) if self.cfg.share_encoders else SHARED
@@ -533,20 +534,22 @@ class GVFServer:
 
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         plan = {}
-        for c in sample_clients(clients, self.settings.clients_per_round, rng):
+        picked = sample_clients(clients, self.settings.clients_per_round, rng)
+        self.delivery.planned(c.id for c in picked)
+        for c in picked:
             arrays = self._update(c)
             if self.pseudo is not None and self.cfg.proxy_weight > 0:
                 arrays.update({PSEUDO + m: self.pseudo[self._proxy_rows(m)] for m in sorted(c.modalities)})
             if self.anchor is not None and self.cfg.anchor_weight > 0:
                 arrays.update({ANCHOR + m: self.anchor[self._proxy_rows(m)] for m in sorted(c.modalities)})
-            if c.id not in self.delivered:
+            if self.delivery.needs(c.id):
                 arrays.update({PROXY + m: self._proxy_inputs(m) for m in sorted(c.modalities)})
-                self.delivered.add(c.id)
             plan[c.id] = Message(arrays, {"round": round})
         return plan
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         cfg = self.cfg
+        self.delivery.replied(replies)
         ids = sorted(replies)
         n = np.array([float(replies[c].meta["n_train"]) for c in ids])
         delta = np.array([float(replies[c].meta["delta"]) for c in ids])
@@ -694,14 +697,14 @@ class GVFServer:
             arrays["pseudo"] = self.pseudo
         if self.anchor is not None:
             arrays["anchor"] = self.anchor
-        return Message(arrays, {"delivered": ",".join(sorted(self.delivered))})
+        return Message(arrays, self.delivery.to_meta("delivered"))
 
     def load_state(self, state: Message) -> None:
         load_arrays(self.model, {k: v for k, v in state.arrays.items() if k.startswith(self._uploaded)})
         self.bank = {k[len(BANK) :]: v for k, v in state.arrays.items() if k.startswith(BANK)}
         self.pseudo = state.arrays.get("pseudo")
         self.anchor = state.arrays.get("anchor")
-        self.delivered = set(filter(None, str(state.meta.get("delivered", "")).split(",")))
+        self.delivery.load_meta(state, "delivered")
 
 
 @register

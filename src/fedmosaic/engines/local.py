@@ -126,8 +126,9 @@ class LocalEngine:
         replies, dropped = {}, []
         for cid, reply, state in self._fit(r, plan):
             self.states.put(cid, r, state)
-            # engine.dropout: the client got its message and trained, its reply never arrives (so a
-            # server that delivers data once, like fedmekt's proxy set, is still right about delivery)
+            # engine.dropout: the client got its message and trained, its reply never arrives (a server
+            # that ships its proxy set once, fedmekt or gvf, then ships it again: it cannot tell a lost
+            # reply from a lost client state, algorithms/proxy_delivery.py)
             if reply_lost(cfg.seed, r, cid, cfg.engine.dropout):
                 dropped.append(cid)
             else:
