@@ -43,3 +43,17 @@ def test_gvf_diagnose_smoke() -> None:
     assert "retrieval same" in out and "probe own" in out
     assert "own+fill" in out  # single-modality clients are probed with their filled slot
     assert out.count(" | ") >= 10 and "4. test accuracy with the bank | without" in out
+
+
+def test_gvf_curves_smoke(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    proc = run_benchmark("gvf_curves.py", "--smoke", "--workdir", str(work), timeout=300)
+    out = proc.stdout
+    assert (
+        "| image | gvf |" in out
+        and "| image+text | fedavg |" in out
+        and "+" in out.split("| image | local |")[1]
+    )
+    assert (work / "gvf_curves.png").stat().st_size > 10_000  # the figure was drawn (into the work folder)
+    metrics = (work / "synthetic-s0" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2 and all('"eval"' in line for line in metrics)  # every round evaluated
