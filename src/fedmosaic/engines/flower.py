@@ -52,7 +52,7 @@ from fedmosaic.config import ConfigError, RunConfig, load_config, parse_value, v
 from fedmosaic.core.algorithm import ServerData, Settings
 from fedmosaic.core.message import Message as FMessage
 from fedmosaic.core.modality import ClientSpec
-from fedmosaic.core.seeding import SERVER, Rng
+from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import Task
 from fedmosaic.engines.flower_records import (
     get_json,
@@ -62,9 +62,8 @@ from fedmosaic.engines.flower_records import (
     put_message,
     spec_from_json,
     spec_to_json,
-    total_nbytes,
 )
-from fedmosaic.engines.local import LocalEngine, configure_threads, settings_for
+from fedmosaic.engines.local import configure_threads, settings_for
 from fedmosaic.engines.node_data import (
     NODE_FILE,
     NodeData,
@@ -74,8 +73,8 @@ from fedmosaic.engines.node_data import (
     parse_modalities,
     site_node,
 )
+from fedmosaic.engines.round_loop import RoundLoop
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
-from fedmosaic.engines.screening import screened_aggregate
 from fedmosaic.engines.state_store import ClientStateStore
 from fedmosaic.privacy import private_client
 
@@ -203,12 +202,12 @@ class _ServerTask:
         return summary
 
 
-class FlowerEngine(LocalEngine):
-    """The local engine's round loop with clients on SuperNodes.
+class FlowerEngine(RoundLoop):
+    """The shared round loop with clients on SuperNodes.
 
-    Reuses :class:`LocalEngine` (``run``, checkpoints, ``metrics.jsonl``, ``timings.jsonl``,
-    ``summary.json``) so both engines write the same files with the same helpers; only a round's
-    client calls differ. Client states stay on the nodes, so there is no ``--resume`` on Flower.
+    The same ``run``, checkpoints, ``metrics.jsonl``, ``timings.jsonl`` and ``summary.json`` as the
+    local engine (:class:`~fedmosaic.engines.round_loop.RoundLoop`); only how a round's messages reach
+    the clients differs. Client states stay on the nodes, so there is no ``--resume`` on Flower.
     """
 
     def __init__(
@@ -223,15 +222,14 @@ class FlowerEngine(LocalEngine):
     ) -> None:
         configure_threads(cfg)
         algorithm = federated_algorithm(cfg)
-        self.cfg, self.folder, self.exchange = cfg, folder, exchange
-        self.specs, self.node_of = specs, node_of
+        settings = settings_for(cfg, task, len(specs))
+        server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
+        server_task = _ServerTask(task, sum(s.n_train for s in specs), client_val)
+        # Unused on the coordinator (states live on the nodes); RoundLoop._restore rolls it back.
+        states = ClientStateStore(folder.client_states, 0)
+        super().__init__(cfg, server_task, folder, server, states, specs)  # type: ignore[arg-type]
+        self.exchange, self.node_of = exchange, node_of
         self.lost: dict[int, str] = {}  # nodes lost in the current round -> why
-        self.task = _ServerTask(task, sum(s.n_train for s in self.specs), client_val)  # type: ignore[assignment]
-        settings = settings_for(cfg, task, len(self.specs))
-        self.server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
-        # Unused on the coordinator (states live on the nodes); LocalEngine._restore rolls it back.
-        self.states = ClientStateStore(folder.client_states, 0)
-        self.pool = None  # clients train on their nodes, never in this process's worker pool
         self.run_record = {
             "config": tomli_w.dumps(cfg.to_toml_dict()),
             "clients-per-round": settings.clients_per_round,
@@ -263,28 +261,16 @@ class FlowerEngine(LocalEngine):
         # the local engine's order: aggregation is order-exact
         return {cid: replies[cid] for cid in plan if cid in replies}, missing
 
-    def _round(self, r: int) -> dict[str, Any]:
-        cfg, specs = self.cfg, self.specs
-        plan = self.server.configure(r, specs, Rng(cfg.seed, r, SERVER))
+    def _train(self, r: int, plan: dict[str, FMessage]) -> tuple[dict[str, FMessage], list[str]]:
         self.lost = {}
-        replies, dropped = self._send(TRAIN, r, plan)
-        down, up = total_nbytes(plan.values()), total_nbytes(replies.values())
-        train, screened = screened_aggregate(
-            self.server, r, plan, replies, cfg.robustness, Rng(cfg.seed, r, SERVER), dropped
-        )
-        row: dict[str, Any] = {"round": r, "clients": sorted(plan), "train": train, **screened}
-        if r % cfg.engine.eval_every == 0 or r == cfg.rounds:
-            eval_plan = self.server.configure_evaluate(r, specs)
-            eval_replies, eval_dropped = self._send(EVALUATE, r, eval_plan) if eval_plan else ({}, [])
-            down += total_nbytes(eval_plan.values())
-            up += total_nbytes(eval_replies.values())
-            row["eval"] = self.server.evaluate(r, specs, eval_replies)
-            if eval_dropped:
-                row["eval_dropped"] = eval_dropped
+        return self._send(TRAIN, r, plan)
+
+    def _evaluate(self, r: int, plan: dict[str, FMessage]) -> tuple[dict[str, FMessage], list[str]]:
+        return self._send(EVALUATE, r, plan)
+
+    def _annotate(self, row: dict[str, Any]) -> None:
         if self.lost:
             row["lost_nodes"] = {str(node): reason for node, reason in sorted(self.lost.items())}
-        row["bytes_up"], row["bytes_down"] = up, down
-        return row
 
 
 def query_nodes(

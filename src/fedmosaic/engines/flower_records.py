@@ -14,7 +14,6 @@ round trip is bit-exact: metrics can equal the local engine's.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -91,8 +90,3 @@ def spec_to_json(spec: ClientSpec, order: int) -> dict[str, Any]:
 def spec_from_json(data: dict[str, Any]) -> ClientSpec:
     """The spec :func:`spec_to_json` described."""
     return ClientSpec(data["id"], frozenset(data["modalities"]), int(data["n_train"]), str(data["group"]))
-
-
-def total_nbytes(messages: Iterable[Message]) -> int:
-    """Bytes counted the local engine's way: the sum of the messages' array bytes."""
-    return sum(m.nbytes for m in messages)
