@@ -28,12 +28,15 @@ The method, part by part (see docs/gvf.md for the formulas and the measurements)
    contribution: ``w_k ∝ n_k · exp(Δ_k / τ)`` where ``Δ_k = L_val(θ_global, φ_k) − L_val(θ_k, φ_k)`` is
    how much client k's own update of the shared part θ lowered the cross-entropy on its own
    validation set (φ_k: its trained encoders, held fixed). ``weighting = "samples"`` gives ``w_k ∝ n_k``.
+6. **Update step**: before evaluation every client takes in the aggregated shared part and the new
+   global vectors, and is evaluated with its own encoders under them (``update_clients``).
 
 What crosses the wire, per round and sampled client:
   down: the shared part θ for its modalities, the global vectors (k × d per modality, after round
   1), the proxy anchor (``anchor/<m>``, n_proxy × d per held modality, after round 1), in its first
   round the proxy set's inputs of the modalities it holds, and with
   ``proxy_weight > 0`` (off by default) one label per proxy sample (``pseudo/<m>``, -1 = unsure);
+  before each evaluation (update step) the shared part and the global vectors again;
   up: the shared part θ, the proxy vectors ``vec/<m>`` (n_proxy × d per held modality), and scalars
   (``n_train``, ``train_loss``, ``delta`` and the two validation losses behind it).
 """
@@ -108,7 +111,7 @@ class GVFConfig(AlgorithmConfig):
         0.0,
         ge=0,
         description="weight of the cross-entropy on proxy samples labelled by the federation (0 = off: "
-        "on fsdd-digits the labels cost 16 accuracy points, see docs/gvf.md)",
+        "on fsdd-digits they cost image-holding clients 8 points, docs/gvf.md)",
     )
     pseudo_threshold: float = Field(
         0.8,
