@@ -18,6 +18,7 @@ Prints a report; writes nothing.
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import warnings
 from pathlib import Path
@@ -97,9 +98,11 @@ def report(engine: LocalEngine, task) -> None:
     client, proxy = engine.client, engine.server.proxy
     names = proxy.info.modality_names
     models, vectors = {}, {}
+    update = engine.server.configure_evaluate(engine.cfg.rounds, engine.specs)  # the run's update step
     for spec in engine.specs:
         state = engine.states.get(spec.id)
-        models[spec.id] = client._own_model(state)
+        # a copy: the client reuses one model object for every client it evaluates
+        models[spec.id] = copy.deepcopy(client.evaluated_model(update[spec.id], state))
         for m in spec.modalities:
             vectors[spec.id, m] = client._vectors(models[spec.id], m, state.arrays[gvf.PROXY + m])
     complete = [s.id for s in engine.specs if len(s.modalities) == len(names)]

@@ -264,7 +264,8 @@ def test_linear_probe_is_fresh_at_every_evaluation(two_rounds):
     first = server.evaluate(2, task.specs, {})
     second = server.evaluate(2, task.specs, {})
     assert first == second  # a persistent probe would have trained further between the two calls
-    assert set(server.state().arrays) == set(server.model.state_dict())  # no probe in the server state
+    # no probe in the server state: the model and the round's proxy batch only
+    assert set(server.state().arrays) == {*server.model.state_dict(), "proxy_batch"}
     assert not any(isinstance(v, torch.nn.Linear) for v in vars(server).values())
     assert {"test/acc", "test/gyro", "test/acc+gyro", "overall"} <= set(first)
 

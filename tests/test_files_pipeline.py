@@ -119,3 +119,22 @@ def test_a_step_killed_half_way_reruns_to_the_same_numbers(
     assert (tmp_path / "crashed" / "metrics.jsonl").read_text() == (
         tmp_path / "reference" / "metrics.jsonl"
     ).read_text()
+
+
+def test_fedmekt_through_the_pipeline_matches_the_local_engine(tmp_path: Path) -> None:
+    # fedmekt checks every reply against the round's proxy batch, which the server must keep across
+    # the pipeline's reloads (it once did not: aggregate-vectors failed on every reply)
+    from fedmosaic.config import load_config
+    from mhealth_files import mhealth_overrides, write_mhealth
+
+    overrides = [*mhealth_overrides(write_mhealth(tmp_path / "mh")), "algorithm.name=fedmekt"]
+    cfg = load_config(None, [*overrides, "algorithm.proxy_batch=12", "algorithm.probe_epochs=5"])
+    pipeline = FilePipeline.init(tmp_path / "root", cfg)
+    for _ in range(cfg.rounds):
+        pipeline.train_clients()
+        pipeline.aggregate_vectors()
+        pipeline.update_clients()
+    folder = RunFolder(tmp_path / "engine")
+    folder.write_config(cfg.to_toml_dict())
+    LocalEngine(cfg, build_task(cfg), folder).run()
+    assert read_jsonl(tmp_path / "root" / "metrics.jsonl") == read_jsonl(folder.metrics)

@@ -161,12 +161,23 @@ def test_update_step_evaluates_under_the_aggregated_shared_part(tiny_cfg: RunCon
 
     client = gvf.GVFClient(settings_for(cfg, task))
     data = task.clients[task.specs.index(spec)]
-    label = int(np.bincount(data.test.labels).argmax())
-    got = client.evaluate(Message(_favour(sent.arrays, label)), Message(), data).meta
-    share = float((data.test.labels == label).mean())
-    assert got["image/accuracy"] == pytest.approx(share)  # the received classifier decided
+    counts = np.bincount(data.test.labels)
+    for label in (int(counts.argmax()), int(np.flatnonzero(counts != counts.max())[0])):  # two shares
+        got = client.evaluate(Message(_favour(sent.arrays, label)), Message(), data).meta
+        # the received classifier decided every prediction (an ignored message could match one share,
+        # not both)
+        assert got["image/accuracy"] == pytest.approx(float((data.test.labels == label).mean()))
     _, own = _server(_cfg(tiny_cfg, "algorithm.update_clients=false"))
     assert own.configure_evaluate(1, task.specs)[spec.id].arrays == {}  # keeps its own shared part
+    _, personal = _server(_cfg(tiny_cfg, "algorithm.shared_classifier=false"))
+    update = personal.configure_evaluate(1, task.specs)[spec.id].arrays
+    assert update and not any(k.startswith("classifier.") for k in update)  # a personal head stays
+
+
+def test_proxy_labels_need_an_uploaded_classifier() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*GVF_TINY, "algorithm.proxy_weight=1", "algorithm.shared_classifier=false"])
+    assert str(err.value).startswith("algorithm.proxy_weight") and "\n" not in str(err.value)
 
 
 def test_share_encoders_diagnostic_averages_encoders_over_their_holders(tiny_cfg: RunConfig) -> None:
@@ -200,7 +211,7 @@ def test_proxy_labels_come_from_each_teachers_own_shared_part(tiny_cfg: RunConfi
     teacher = _favour(gvf.to_arrays(server.model, gvf.SHARED), 5)
     vectors = {gvf.VEC + m: rng.normal(size=(n, 16)).astype(np.float32) for m in ("image", "text")}
     meta = {"n_train": 10, "train_loss": 1.0, "delta": 0.0}
-    labels = server._pseudo_labels({"both": Message({**teacher, **vectors}, meta)})
+    labels = server._pseudo_labels({"both": Message({**teacher, **vectors}, meta)}, {})
     # the teacher's own classifier (class 5), not the aggregate's (class 0), labelled every sample
     assert np.array_equal(labels, np.full(n, 5))
 

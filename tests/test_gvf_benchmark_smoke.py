@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -46,14 +47,15 @@ def test_gvf_diagnose_smoke() -> None:
 
 
 def test_gvf_curves_smoke(tmp_path: Path) -> None:
-    work = tmp_path / "work"
-    proc = run_benchmark("gvf_curves.py", "--smoke", "--workdir", str(work), timeout=300)
-    out = proc.stdout
-    assert (
-        "| image | gvf |" in out
-        and "| image+text | fedavg |" in out
-        and "+" in out.split("| image | local |")[1]
+    work, target = tmp_path / "work", tmp_path / "BENCHMARKS.md"
+    proc = run_benchmark(
+        "gvf_curves.py", "--smoke", "--workdir", str(work), "--output", str(target), timeout=300
     )
+    out = proc.stdout
+    assert "| image | gvf |" in out and "| image+text | fedavg |" in out
+    row = r"^\| image \| local \| [\d.]+ ± [\d.]+ \| [\d.]+ \(\d+\) \| [+-]\d+\.\d \|$"
+    assert re.search(row, out, re.M)  # gvf's difference to local-only, signed
+    assert not target.exists()  # smoke mode never overwrites the published section
     assert (work / "gvf_curves.png").stat().st_size > 10_000  # the figure was drawn (into the work folder)
     metrics = (work / "synthetic-s0" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and all('"eval"' in line for line in metrics)  # every round evaluated

@@ -32,6 +32,12 @@ def test_delivery_once_and_again_after_a_missing_reply() -> None:
     assert restored.holders == {"a", "b"} and not restored.needs("b")
     assert ProxyDelivery().needs("x")  # a state without the keys: nobody holds it yet
 
+    skipped = ProxyDelivery()  # a round skipped below min_clients never reaches aggregate
+    skipped.planned(["a"])
+    assert skipped.needs("a")
+    skipped.planned(["a"])  # whether a replied is unknown: send again
+    assert skipped.needs("a")
+
 
 def test_a_gvf_client_that_lost_its_state_gets_the_proxy_again(
     tiny_cfg: RunConfig, tmp_path: Path, monkeypatch
@@ -73,12 +79,20 @@ def test_fedmekt_server_resends_the_proxy_windows_to_a_silent_client(tmp_path: P
         ],
     )
     task = build_task(cfg)
-    server = fedmekt.FedMEKTServer(settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test))
-    monkeypatch.setattr(server, "_distil", lambda averaged, rng: (0.0, 0.0))  # bookkeeping only
+
+    def fresh(state: Message | None = None) -> fedmekt.FedMEKTServer:
+        server = fedmekt.FedMEKTServer(
+            settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)
+        )
+        if state is not None:  # the file pipeline reloads the server between its steps
+            server.load_state(state)
+        monkeypatch.setattr(server, "_distil", lambda averaged, rng: (0.0, 0.0))  # bookkeeping only
+        return server
 
     def proxy_receivers(plan: dict[str, Message]) -> set[str]:
         return {c for c, m in plan.items() if any(k.startswith("proxy/") for k in m.arrays)}
 
+    server = fresh()
     plan = server.configure(1, task.specs, Rng(0, 1, SERVER))
     assert proxy_receivers(plan) == set(plan)
     silent = sorted(plan)[0]
@@ -88,9 +102,7 @@ def test_fedmekt_server_resends_the_proxy_windows_to_a_silent_client(tmp_path: P
         for c, m in plan.items()
         if c != silent
     }
+    server = fresh(server.state())  # saved after configure, reloaded to aggregate
     server.aggregate(1, replies, Rng(0, 1, SERVER))
-    restored = fedmekt.FedMEKTServer(
-        settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)
-    )
-    restored.load_state(server.state())  # the file pipeline reloads the server between steps
-    assert proxy_receivers(restored.configure(2, task.specs, Rng(0, 2, SERVER))) == {silent}
+    server = fresh(server.state())  # and again to plan round 2
+    assert proxy_receivers(server.configure(2, task.specs, Rng(0, 2, SERVER))) == {silent}

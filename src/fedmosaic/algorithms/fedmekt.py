@@ -420,11 +420,16 @@ class FedMEKTServer(LinearEvalServer):
         return float(np.mean(recs)), float(np.mean(kds))
 
     def state(self) -> Message:
-        return Message(self.model_state(), self.delivery.to_meta("proxy_delivered"))
+        # The round's proxy batch too: the file pipeline reloads the server between configure and
+        # aggregate, which checks every reply against the batch.
+        meta = {**self.delivery.to_meta("proxy_delivered"), "proxy_bytes_sent": self.proxy_bytes_sent}
+        return Message({**self.model_state(), "proxy_batch": self.batch}, meta)
 
     def load_state(self, state: Message) -> None:
         super().load_state(state)
         self.delivery.load_meta(state, "proxy_delivered")
+        self.batch = state.arrays.get("proxy_batch", np.zeros(0, dtype=np.int64))
+        self.proxy_bytes_sent = int(state.meta.get("proxy_bytes_sent", 0))
 
 
 @register

@@ -2,10 +2,10 @@
 
 Sending the proxy set once saves traffic, but a client can lose it: a restarted Flower SuperNode comes
 back with empty state. Such a client's next reply cannot carry what the proxy set is needed for, so it
-is rejected or missing. The rule: a client that was planned for a round and sent no valid reply is no
-longer counted as a holder, and it gets the proxy inputs again the next time it is sampled. A plain
-dropout therefore costs one extra delivery, and a restarted node recovers after one lost round
-instead of being dropped for good.
+is rejected or missing. The rule: a client that was planned for a round and sent no valid reply (or
+whose round was skipped without aggregation) no longer counts as a holder, and it gets the proxy
+inputs again the next time it is sampled. A plain dropout therefore costs one extra delivery, and a
+restarted node recovers after one lost round instead of being dropped for good.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ class ProxyDelivery:
         return True
 
     def planned(self, client_ids: Iterable[str]) -> None:
-        """Record the round's planned clients (call in ``configure``)."""
+        """Record the round's planned clients (call in ``configure``).
+
+        Clients still awaited belong to a round that was never aggregated (skipped below
+        ``robustness.min_clients``): whether they replied is unknown, so they count as not holding.
+        """
+        self.holders -= self.awaiting
         self.awaiting = set(client_ids)
 
     def replied(self, client_ids: Iterable[str]) -> None:

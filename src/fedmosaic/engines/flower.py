@@ -4,9 +4,10 @@
 ``client_app`` (a Flower ``ClientApp``) runs its client half on every SuperNode. Flower carries the
 messages (SuperLink, SuperNodes, ``flwr run``); fedmosaic writes no network code.
 
-Rounds follow the local engine exactly (:class:`FlowerEngine` reuses its loop, checkpoints and
-summary), with one difference: instead of calling ``client.fit`` in-process, the plan is grouped by
-the SuperNode that hosts each client and sent as one Flower message per node
+Rounds follow the local engine exactly (both run :class:`~fedmosaic.engines.round_loop.RoundLoop`:
+the same loop, checkpoints and summary), with one difference: instead of calling ``client.fit``
+in-process, the plan is grouped by the SuperNode that hosts each client and sent as one Flower
+message per node
 (:mod:`fedmosaic.engines.flower_records` does the Message <-> RecordDict mapping). A client's
 persistent state lives in Flower's ``Context.state`` on its node and survives between rounds.
 
@@ -73,7 +74,7 @@ from fedmosaic.engines.node_data import (
     parse_modalities,
     site_node,
 )
-from fedmosaic.engines.round_loop import RoundLoop
+from fedmosaic.engines.round_loop import Exchanged, RoundLoop
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 from fedmosaic.engines.state_store import ClientStateStore
 from fedmosaic.privacy import private_client
@@ -261,11 +262,11 @@ class FlowerEngine(RoundLoop):
         # the local engine's order: aggregation is order-exact
         return {cid: replies[cid] for cid in plan if cid in replies}, missing
 
-    def _train(self, r: int, plan: dict[str, FMessage]) -> tuple[dict[str, FMessage], list[str]]:
+    def _train(self, r: int, plan: dict[str, FMessage]) -> Exchanged:
         self.lost = {}
         return self._send(TRAIN, r, plan)
 
-    def _evaluate(self, r: int, plan: dict[str, FMessage]) -> tuple[dict[str, FMessage], list[str]]:
+    def _evaluate(self, r: int, plan: dict[str, FMessage]) -> Exchanged:
         return self._send(EVALUATE, r, plan)
 
     def _annotate(self, row: dict[str, Any]) -> None:
