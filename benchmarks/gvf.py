@@ -44,6 +44,8 @@ ABLATIONS = {
     "personal classifier": ["algorithm.shared_classifier=false"],
     "no update step (own fine-tuned shared part)": ["algorithm.update_clients=false"],
     "with proxy labels (extension)": ["algorithm.proxy_weight=1"],
+    # The like-for-like local-only control: gvf's own model, trained on each client's data alone.
+    "no federation (gvf's model, local only)": ["algorithm.federate=false"],
     # Not an ablation: it breaks the design (encoders leave the clients) to measure what keeping them
     # private costs.
     "diagnostic: encoders shared too": ["algorithm.share_encoders=true"],

@@ -293,6 +293,15 @@ def test_only_proxy_vectors_and_shared_weights_leave_a_client(
     assert again["final"] == final
 
 
+def test_local_only_control_exchanges_nothing(tiny_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+    record: list = []
+    summary = _run(_cfg(tiny_cfg, "algorithm.federate=false"), tmp_path / "run", record, monkeypatch)
+    assert record and all(not m.arrays and not r.arrays for _, m, r in record)  # nothing down, nothing up
+    assert summary["bytes_up"] == 0 and summary["bytes_down"] == 0
+    federated = _run(_cfg(tiny_cfg), tmp_path / "federated")
+    assert federated["final"] != summary["final"]  # the exchange changes the clients' models
+
+
 def test_private_vectors_leave_only_when_allowed(tiny_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
     cfg = _cfg(tiny_cfg, "rounds=1", "algorithm.allow_private_vectors=true")
     record: list = []

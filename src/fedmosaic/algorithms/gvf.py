@@ -140,6 +140,11 @@ class GVFConfig(AlgorithmConfig):
         description="the design's update step: before evaluation a client takes in the aggregated shared "
         "part and the new global vectors (false: it keeps the shared part as it fine-tuned it)",
     )
+    federate: bool = Field(
+        True,
+        description="false: the like-for-like local-only control; every client trains gvf's model on its "
+        "own data and nothing is exchanged (no shared part, vectors, global vectors or anchor)",
+    )
     share_encoders: bool = Field(
         False,
         description="DIAGNOSTIC, breaks the design: aggregate the encoders too (over their holders), to "
@@ -350,7 +355,7 @@ class GVFClient:
         load_arrays(model, trained)
         delta = val_global - val_local if math.isfinite(val_global + val_local) else 0.0
 
-        arrays = dict(trained)
+        arrays = dict(trained) if cfg.federate else {}
         for key, x in proxy.items():
             arrays[VEC + key[len(PROXY) :]] = self._vectors(model, key[len(PROXY) :], x)
         if cfg.allow_private_vectors:
@@ -548,6 +553,8 @@ class GVFServer:
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         plan = {}
         picked = sample_clients(clients, self.settings.clients_per_round, rng)
+        if not self.cfg.federate:  # the local-only control: nothing goes down
+            return {c.id: Message({}, {"round": round}) for c in picked}
         self.delivery.planned(c.id for c in picked)
         for c in picked:
             arrays = self._update(c)
@@ -606,7 +613,7 @@ class GVFServer:
                 )
                 stats["k"] = float(len(next(iter(self.bank.values()))))
                 stats["pair_similarity"] = similarity
-        if cfg.anchor_weight > 0:
+        if cfg.anchor_weight > 0 and cfg.federate:
             self.anchor = self._anchor_vectors(replies)
         if cfg.proxy_weight > 0:
             self.pseudo = self._pseudo_labels(replies, trained_with)
@@ -618,7 +625,8 @@ class GVFServer:
         held = sorted({k.split(".")[1] for k in sent.arrays if k.startswith("adapters.")})
         f32, dim = np.dtype(np.float32), self.cfg.dim
         arrays = {k: ArraySpec.like(v) for k, v in sent.arrays.items() if k.startswith(self._uploaded)}
-        arrays.update({VEC + m: ArraySpec((len(self._proxy_rows(m)), dim), f32) for m in held})
+        if self.cfg.federate:
+            arrays.update({VEC + m: ArraySpec((len(self._proxy_rows(m)), dim), f32) for m in held})
         if self.cfg.allow_private_vectors:
             arrays.update({PRIV + m: ArraySpec((None, dim), f32, required=False) for m in held})
         meta = ("n_train", "train_loss", "delta", "val_loss_local", "val_loss_global")
@@ -697,7 +705,7 @@ class GVFServer:
         # The design's update-clients step: a client evaluates its own encoders under the aggregated
         # shared part and the new global vectors (docs/gvf.md measured this better than its own
         # fine-tuned shared part). update_clients=false: the personal model in its state, no arrays.
-        if not self.cfg.update_clients:
+        if not (self.cfg.update_clients and self.cfg.federate):
             return {c.id: Message() for c in clients}
         return {c.id: Message(self._update(c)) for c in clients}
 
