@@ -44,6 +44,7 @@ What crosses the wire, per round and sampled client:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -311,6 +312,21 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def _known_anchor(target: np.ndarray) -> np.ndarray:
+    return np.isfinite(target).all(1)
+
+
+def _is_labelled(target: np.ndarray) -> np.ndarray:
+    return target >= 0
+
+
+def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 class GVFClient:
     """Train encoders + shared part locally, measure the update's contribution, upload proxy vectors."""
 
@@ -415,9 +431,7 @@ class GVFClient:
                                 for m in names
                             ]
                             loss = loss + cfg.fill_training * torch.stack(dropped).mean()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    _descend(optimizer, loss)
                     losses.append(float(loss.detach()))
                 if anchor and cfg.anchor_weight > 0:
                     self._anchor_epoch(model, optimizer, proxy, anchor, rng.numpy(f"anchor-{epoch}"))
@@ -444,24 +458,13 @@ class GVFClient:
         fusion and the global vectors mean the same thing to every client, and it carries what the
         other clients' encoders learnt into this one's.
         """
-        cfg, bs = self.cfg, self.settings.training.batch_size
-        for key in sorted(proxy):
-            m = key[len(PROXY) :]
-            if m not in anchor:
-                continue
-            x, target = proxy[key], anchor[m]
-            known = order.permutation(np.flatnonzero(np.isfinite(target).all(1)))
-            for start in range(0, len(known), bs):
-                rows = np.sort(known[start : start + bs])
-                if len(rows) < 2:  # batch norm cannot train on one sample
-                    continue
-                h = model.project({m: to_tensor(np.asarray(x[rows]))})[m]
-                a = torch.from_numpy(target[rows]).float()
-                logits = F.normalize(h, dim=1) @ F.normalize(a, dim=1).T / cfg.align_temperature
-                loss = cfg.anchor_weight * F.cross_entropy(logits, torch.arange(len(rows)))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        cfg = self.cfg
+        known = _known_anchor  # a proxy sample no client sent a vector of is NaN
+        for m, x, target in self._proxy_batches(proxy, anchor, known, order):
+            h = model.project({m: x})[m]
+            a = torch.from_numpy(target).float()
+            logits = F.normalize(h, dim=1) @ F.normalize(a, dim=1).T / cfg.align_temperature
+            _descend(optimizer, cfg.anchor_weight * F.cross_entropy(logits, torch.arange(len(a))))
 
     def _proxy_epoch(
         self,
@@ -477,22 +480,32 @@ class GVFClient:
         This is how an encoder that never leaves its client still learns from the others: the
         common set carries the federation's knowledge, sample by sample.
         """
-        cfg, bs = self.cfg, self.settings.training.batch_size
+        labelled = _is_labelled  # -1: the federation was unsure
+        for m, x, target in self._proxy_batches(proxy, pseudo, labelled, order):
+            loss = self.cfg.proxy_weight * F.cross_entropy(model({m: x}), torch.from_numpy(target))
+            _descend(optimizer, loss)
+
+    def _proxy_batches(
+        self,
+        proxy: dict[str, np.ndarray],
+        targets: dict[str, np.ndarray],
+        usable: Callable[[np.ndarray], np.ndarray],
+        order: np.random.Generator,
+    ) -> Iterator[tuple[str, torch.Tensor, np.ndarray]]:
+        """Shuffled ``(modality, inputs, targets)`` batches of the proxy samples, per held modality with
+        targets, keeping the samples whose target is ``usable`` (a boolean mask of the target rows)."""
+        bs = self.settings.training.batch_size
         for key in sorted(proxy):
             m = key[len(PROXY) :]
-            if m not in pseudo:
+            if m not in targets:
                 continue
-            x, target = proxy[key], pseudo[m]
-            labelled = order.permutation(np.flatnonzero(target >= 0))
-            for start in range(0, len(labelled), bs):
-                rows = np.sort(labelled[start : start + bs])
+            x, target = proxy[key], targets[m]
+            kept = order.permutation(np.flatnonzero(usable(target)))
+            for start in range(0, len(kept), bs):
+                rows = np.sort(kept[start : start + bs])
                 if len(rows) < 2:  # batch norm cannot train on one sample
                     continue
-                logits = model({m: to_tensor(np.asarray(x[rows]))})
-                loss = cfg.proxy_weight * F.cross_entropy(logits, torch.from_numpy(target[rows]))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                yield m, to_tensor(np.asarray(x[rows])), target[rows]
 
     @torch.no_grad()
     def _val_loss(self, model: GVFModel, view: View) -> float:
