@@ -14,7 +14,6 @@ task and group (mean over seeds, band = ± std) and writes the final and best ro
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ from _common import BENCHMARKS_MD, ROOT, SHARED, publish
 from _common import mean_std as _ms
 from fedmosaic import runner
 from fedmosaic.config import load_config
+from fedmosaic.engines.run_folder import read_jsonl
 from gvf import SMOKE, datasets
 
 SECTION = "gvf-curves"
@@ -58,8 +58,7 @@ def run_unit(base: list[str], seed: int, rounds: int, every: int, smoke: bool, f
 def curves(folder: Path, method: str) -> dict[str, dict[int, float]]:
     """Group -> round -> accuracy, from a run's ``metrics.jsonl`` (evaluated rounds only)."""
     out: dict[str, dict[int, float]] = {}
-    for line in _metrics(folder, method).read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(_metrics(folder, method)):
         for key, value in row.get("eval", {}).items():
             if key.startswith("group/"):
                 out.setdefault(key.removeprefix("group/"), {})[row["round"]] = value["accuracy"]
