@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -22,15 +21,11 @@ from pydantic import (
 )
 
 from fedmosaic.core.algorithm import AlgorithmConfig
+from fedmosaic.core.errors import ConfigError
+from fedmosaic.core.settings import ModelConfig, RobustnessConfig, Strict, TrainingConfig
 from fedmosaic.privacy.dp import PrivacyConfig
 
-
-class ConfigError(ValueError):
-    """A configuration problem, as one line: ``key: what was expected``."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Strict = Strict
 
 
 def parse_mix(value: Any) -> Any:
@@ -107,47 +102,6 @@ class ClientsConfig(_Strict):
         return self.count or 10
 
 
-class TrainingConfig(_Strict):
-    """Local training: optimiser, learning rate, batch size, epochs per round."""
-
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=1)
-    local_epochs: int = Field(1, ge=1)
-
-
-class ModelConfig(_Strict):
-    """Encoders and fusion. The image encoder is a small CNN or torchvision's MobileNetV3-small."""
-
-    embed_dim: int = Field(64, ge=2)
-    image_encoder: Literal["cnn", "mobilenet_v3_small", "mobilenet_v3_large"] = "cnn"
-    text_encoder: str = Field(
-        "tiny",
-        description="'tiny' = a small random BERT (text_hidden/layers/heads); otherwise a Hugging Face "
-        "hub id or a local model folder, loaded with AutoModel/AutoTokenizer",
-    )
-    text_hidden: int = Field(64, ge=8)
-    text_layers: int = Field(2, ge=1)
-    text_heads: int = Field(2, ge=1)
-    timeseries_encoder: Literal["cnn1d", "lstm"] = "cnn1d"
-    pretrained: bool = Field(False, description="ImageNet weights for MobileNetV3 (a download)")
-    freeze_encoders: bool = Field(
-        False,
-        description="pretrained encoders stay frozen: each sample's embedding is computed once and cached",
-    )
-    cache_dir: Path | None = Field(None, description="embedding cache; default ~/.cache/fedmosaic")
-
-    @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> ModelConfig:
-        if self.text_hidden % self.text_heads:
-            raise ValueError(
-                f"model.text_heads: {self.text_heads} must divide model.text_hidden ({self.text_hidden})"
-            )
-        return self
-
-
 class EngineConfig(_Strict):
     """Which engine runs the federation and how often it evaluates."""
 
@@ -174,33 +128,6 @@ class EngineConfig(_Strict):
         lt=1,
         description="local engine: each planned client's reply is lost with this probability per round "
         "(drawn from the run's seed, round and client, so a resumed run drops the same ones)",
-    )
-
-
-class RobustnessConfig(_Strict):
-    """Reply validation, the min_clients policy and the aggregation rule (see docs/robustness.md)."""
-
-    validate_replies: bool = Field(
-        True,
-        description="check each reply's names, shapes, dtypes, finite values and norm before aggregating",
-    )
-    norm_factor: float = Field(
-        100.0,
-        gt=1,
-        description="an array's RMS may be at most this times its reference (sent / peers' median)",
-    )
-    norm_floor: float = Field(1.0, gt=0, description="smallest reference RMS (when sent and peers are ~0)")
-    min_clients: int = Field(1, ge=1, description="fewest usable replies a round aggregates")
-    below_min: Literal["skip", "fail"] = Field(
-        "skip", description="below min_clients: skip the round (global state unchanged) or stop the run"
-    )
-    aggregator: Literal["mean", "median", "trimmed_mean"] = Field(
-        "mean",
-        description="for weights and uploaded embeddings/vectors: weighted mean, coordinate-wise median "
-        "or trimmed mean",
-    )
-    trim_fraction: float = Field(
-        0.2, ge=0, lt=0.5, description="trimmed_mean: share of values dropped at each end, per coordinate"
     )
 
 

@@ -37,7 +37,7 @@ class FedAvgClient:
     def fit(self, message: Message, state: Message, data: ClientData, rng: Rng) -> tuple[Message, Message]:
         model = self.slot.model
         load_arrays(model, message.arrays)
-        mu = float(getattr(self.settings.algorithm, "mu", 0.0))  # FedProx's config adds mu
+        mu = float(message.meta.get("mu", 0.0))  # FedProx's server sends its mu with the weights
         proximal = None
         if mu > 0:
             params = dict(model.named_parameters())
@@ -61,9 +61,15 @@ class FedAvgServer(GlobalModelServer):
 
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         picked = sample_clients(clients, self.settings.clients_per_round, rng)
+        meta = self.client_meta()
         return {
-            c.id: Message(to_arrays(self.model, shared_prefixes(self.model, c.modalities))) for c in picked
+            c.id: Message(to_arrays(self.model, shared_prefixes(self.model, c.modalities)), dict(meta))
+            for c in picked
         }
+
+    def client_meta(self) -> dict[str, float]:
+        """What the client needs besides the weights (FedAvg: nothing; FedProx adds ``mu``)."""
+        return {}
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         load_arrays(self.model, weighted_average(replies, rule=aggregation_of(self.settings)))

@@ -157,7 +157,7 @@ def mean_true_class_probs(model: CMIClassifier, view: View, num_classes: int) ->
         return {m: np.where(counts > 0, sums[m] / counts, np.nan) for m in model.names}
 
 
-def initial_cmi_model(settings: Settings) -> CMIClassifier:
+def initial_cmi_model(settings: Settings[FedCMIConfig]) -> CMIClassifier:
     """The run's initial FedCMI model, the same for every party: seeded from ``(seed, 0, server, init)``."""
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
         return build_cmi_classifier(settings.info, settings.model, settings.algorithm.infiltration)
@@ -170,9 +170,9 @@ def initial_cmi_model(settings: Settings) -> CMIClassifier:
 class FedCMIClient:
     """Load the global parts for my modalities, train with the FedCMI loss, send the same parts back."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings[FedCMIConfig]) -> None:
         self.settings = settings
-        self.cfg: FedCMIConfig = settings.algorithm  # type: ignore[assignment]
+        self.cfg = settings.algorithm
         self._model: CMIClassifier | None = None
         self._teacher: CMIClassifier | None = None
 

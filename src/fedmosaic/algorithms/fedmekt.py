@@ -143,8 +143,8 @@ def _steps(embedding: torch.Tensor, cfg: FedMEKTConfig) -> torch.Tensor:
 class Distiller:
     """The KD term of either side: per modality (S, or a unimodal party) or through the joint layer (C)."""
 
-    def __init__(self, settings: Settings, model: SplitAutoencoder) -> None:
-        self.cfg: FedMEKTConfig = settings.algorithm  # type: ignore[assignment]
+    def __init__(self, settings: Settings[FedMEKTConfig], model: SplitAutoencoder) -> None:
+        self.cfg = settings.algorithm
         self.names = settings.info.modality_names
         widths = {"top": model.rep_size, "first": model.hidden}
         self.joint = {
@@ -228,9 +228,9 @@ def _encode(
 class FedMEKTClient:
     """Trains the client's own autoencoder with KD toward the global proxy embeddings; uploads its own."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings[FedMEKTConfig]) -> None:
         self.settings = settings
-        self.cfg: FedMEKTConfig = settings.algorithm  # type: ignore[assignment]
+        self.cfg = settings.algorithm
         self._model: SplitAutoencoder | None = None
         self._initial: dict[str, np.ndarray] = {}
         self._distiller: Distiller | None = None
@@ -307,9 +307,9 @@ class FedMEKTClient:
 class FedMEKTServer(LinearEvalServer):
     """Plans the round's proxy batch, averages uploaded embeddings, distils them into the global model."""
 
-    def __init__(self, settings: Settings, data: ServerData) -> None:
+    def __init__(self, settings: Settings[FedMEKTConfig], data: ServerData) -> None:
         super().__init__(settings, data)
-        self.cfg: FedMEKTConfig = settings.algorithm  # type: ignore[assignment]
+        self.cfg = settings.algorithm
         names = settings.info.modality_names
         # Only proxy samples holding every modality: the server reconstructs each from each.
         complete = data.proxy.mask.all(axis=1)

@@ -1,6 +1,7 @@
 """FedProx (Li et al., MLSys 2020): FedAvg's protocol with a proximal term mu in the local loss.
 
-The client half reads ``mu`` from this config; everything else is FedAvg's.
+The server sends ``mu`` in each round's message (the client half needs nothing from the run's config);
+everything else is FedAvg's.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pydantic import Field
 
 from fedmosaic.algorithms.fedavg import FedAvgClient, FedAvgServer
 from fedmosaic.algorithms.registry import register
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig
+from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, Settings
 
 
 class FedProxConfig(AlgorithmConfig):
@@ -19,10 +20,19 @@ class FedProxConfig(AlgorithmConfig):
     mu: float = Field(0.01, ge=0)
 
 
+class FedProxServer(FedAvgServer):
+    """FedAvg's server half; each message also carries ``mu``."""
+
+    settings: Settings[FedProxConfig]
+
+    def client_meta(self) -> dict[str, float]:
+        return {"mu": float(self.settings.algorithm.mu)}
+
+
 @register
 class FedProx(Algorithm):
     name = "fedprox"
     Config = FedProxConfig
-    Server = FedAvgServer
+    Server = FedProxServer
     Client = FedAvgClient
     summary = "FedAvg with a proximal term mu/2 ||w - w_global||^2"

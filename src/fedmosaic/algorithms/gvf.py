@@ -171,9 +171,9 @@ class GVFConfig(AlgorithmConfig):
 # ----------------------------------------------------------------------------- the model
 
 
-def build_model(settings: Settings) -> GVFModel:
+def build_model(settings: Settings[GVFConfig]) -> GVFModel:
     """The run's initial gvf model: the same weights for every party, from ``(seed, 0, server, init)``."""
-    cfg: GVFConfig = settings.algorithm  # type: ignore[assignment]
+    cfg = settings.algorithm
     info = settings.info
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
         encoders = {m.name: build_encoder(m, settings.model) for m in info.modalities}
@@ -330,9 +330,9 @@ def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 class GVFClient:
     """Train encoders + shared part locally, measure the update's contribution, upload proxy vectors."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings[GVFConfig]) -> None:
         self.settings = settings
-        self.cfg: GVFConfig = settings.algorithm  # type: ignore[assignment]
+        self.cfg = settings.algorithm
         self._model: GVFModel | None = None
         self._initial: dict[str, np.ndarray] = {}
 
@@ -545,9 +545,9 @@ class GVFClient:
 class GVFServer:
     """Distributes the proxy set, aggregates the shared part by contribution, builds the global vectors."""
 
-    def __init__(self, settings: Settings, data: ServerData) -> None:
+    def __init__(self, settings: Settings[GVFConfig], data: ServerData) -> None:
         self.settings = settings
-        self.cfg: GVFConfig = settings.algorithm  # type: ignore[assignment]
+        self.cfg = settings.algorithm
         self.proxy = data.proxy
         self.model = build_model(settings)
         self.bank: dict[str, np.ndarray] = {}

@@ -52,7 +52,7 @@ class MMFedProxConfig(MMFedAvgConfig):
 class MMFedAvgClient:
     """Load the global parts of my modalities, train reconstruction, send the same parts back."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings[MMFedAvgConfig]) -> None:
         self.settings = settings
         self._model: SplitAutoencoder | None = None
 
@@ -61,8 +61,8 @@ class MMFedAvgClient:
             self._model = build_autoencoder(self.settings)
         model, held = self._model, data.spec.modalities
         load_arrays(model, message.arrays)
-        reverse = bool(self.settings.algorithm.reverse_target)  # type: ignore[attr-defined]
-        mu = float(getattr(self.settings.algorithm, "mu", 0.0))  # mmFedProx's config adds mu
+        reverse = bool(self.settings.algorithm.reverse_target)
+        mu = float(message.meta.get("mu", 0.0))  # mmFedProx's server sends its mu with the weights
         params = dict(model.named_parameters())
         reference = {n: torch.from_numpy(a.copy()) for n, a in message.arrays.items() if n in params}
 
@@ -86,15 +86,22 @@ class MMFedAvgClient:
 class MMFedAvgServer(LinearEvalServer):
     """Per-modality weight averaging over holders, multimodal clients weighted ``mm_weight``."""
 
-    def __init__(self, settings: Settings, data: ServerData) -> None:
+    settings: Settings[MMFedAvgConfig]
+
+    def __init__(self, settings: Settings[MMFedAvgConfig], data: ServerData) -> None:
         super().__init__(settings, data)
 
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         picked = sample_clients(clients, self.settings.clients_per_round, rng)
-        return {c.id: Message(to_arrays(self.model, prefixes(c.modalities))) for c in picked}
+        meta = self.client_meta()
+        return {c.id: Message(to_arrays(self.model, prefixes(c.modalities)), dict(meta)) for c in picked}
+
+    def client_meta(self) -> dict[str, float]:
+        """What the client needs besides the weights (mmFedAvg: nothing; mmFedProx adds ``mu``)."""
+        return {}
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
-        mm_weight = float(self.settings.algorithm.mm_weight)  # type: ignore[attr-defined]
+        mm_weight = float(self.settings.algorithm.mm_weight)
         weights = weighted_average(
             replies, lambda r: mm_weight if r.meta.get("multimodal") else 1.0, aggregation_of(self.settings)
         )
@@ -115,10 +122,19 @@ class MMFedAvg(Algorithm):
     summary = "mmFedAvg: split LSTM autoencoder weights averaged per modality, linear evaluation"
 
 
+class MMFedProxServer(MMFedAvgServer):
+    """mmFedAvg's server half; each message also carries ``mu``."""
+
+    settings: Settings[MMFedProxConfig]
+
+    def client_meta(self) -> dict[str, float]:
+        return {"mu": float(self.settings.algorithm.mu)}
+
+
 @register
 class MMFedProx(Algorithm):
     name = "mmfedprox"
     Config = MMFedProxConfig
-    Server = MMFedAvgServer
+    Server = MMFedProxServer
     Client = MMFedAvgClient
     summary = "mmFedProx: mmFedAvg with a proximal term toward the global weights"

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.stats import trim_mean
+
+if TYPE_CHECKING:
+    from fedmosaic.core.algorithm import Settings
 
 Rule = Literal["mean", "median", "trimmed_mean"]
 RULES: tuple[str, ...] = ("mean", "median", "trimmed_mean")
@@ -84,9 +87,9 @@ class Aggregation:
         return self.combine(values).astype(np.result_type(*values))
 
 
-def aggregation_of(settings: Any) -> Aggregation:
+def aggregation_of(settings: Settings) -> Aggregation:
     """The run's rule from ``settings.robustness`` (the weighted mean when there is no such block)."""
-    robustness = getattr(settings, "robustness", None)
+    robustness = settings.robustness
     if robustness is None:
         return Aggregation()
     return Aggregation(robustness.aggregator, robustness.trim_fraction)

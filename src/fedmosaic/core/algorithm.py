@@ -7,7 +7,7 @@ An algorithm never imports an engine; an engine never imports a specific algorit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
+from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
 from fedmosaic.core.task import ClientData, TaskInfo, View
 from fedmosaic.core.validation import ReplySpec
 
@@ -26,22 +27,27 @@ class AlgorithmConfig(BaseModel):
     name: str
 
 
+C = TypeVar("C", bound=AlgorithmConfig)
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(Generic[C]):
     """Everything either half may know besides data: the task's description and the run's settings.
 
-    ``robustness`` is the run's ``[robustness]`` block (the aggregation rule lives there); ``None``
-    (a hand-built Settings) means the weighted mean.
+    Typed throughout: an algorithm's halves take ``Settings[TheirConfig]`` and read their own
+    hyperparameters as fields, never through ``getattr`` with a default. ``robustness`` is the run's
+    ``[robustness]`` block (the aggregation rule lives there); ``None`` (a hand-built Settings)
+    means the weighted mean.
     """
 
     info: TaskInfo
-    algorithm: AlgorithmConfig
-    training: Any
-    model: Any
+    algorithm: C
+    training: TrainingConfig
+    model: ModelConfig
     seed: int
     rounds: int
     clients_per_round: int
-    robustness: Any = None
+    robustness: RobustnessConfig | None = None
 
 
 @dataclass

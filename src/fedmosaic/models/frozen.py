@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fedmosaic.config import ConfigError
+from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.modality import Modality
 from fedmosaic.core.task import to_tensor  # the exact conversion training batches get (uint8 -> [0, 1])
 from fedmosaic.data.text import resolve_source

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedmosaic.config import ConfigError
+from fedmosaic.core.errors import ConfigError
 
 
 class SmallCNN(nn.Module):

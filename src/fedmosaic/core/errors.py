@@ -1,0 +1,7 @@
+"""The exceptions every layer may raise: a leaf module, so raising one imports nothing else."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line: ``key: what was expected``."""
