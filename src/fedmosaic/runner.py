@@ -16,7 +16,8 @@ from typing import Any
 from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine, configure_threads
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.run_folder import RunFolder
 from fedmosaic.reporting.report import compare_runs, write_run_report
 
@@ -58,7 +59,7 @@ def start(
         )
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
-    configure_threads(cfg)
+    configure_threads(cfg.engine.threads)
     task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
     RunFolder(folder).write_config(cfg.to_toml_dict())
     return _execute(cfg, folder, progress, task)
@@ -70,7 +71,7 @@ def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentR
     if not run.exists():
         raise ConfigError(f"--resume: {folder} holds no run (no config.toml)")
     cfg = load_config(run.config)
-    configure_threads(cfg)
+    configure_threads(cfg.engine.threads)
     return _execute(cfg, Path(folder), progress, build_task(cfg))
 
 
@@ -84,8 +85,12 @@ def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, tas
         run = RunFolder(run_dir)
         if not run.exists():
             run.write_config(run_cfg.to_toml_dict())
-        callback = progress(name, run_cfg.rounds) if progress else None
-        result.summaries[name] = LocalEngine(run_cfg, task, run).run(callback)
+        callbacks = []
+        if progress:
+            on_round = progress(name, run_cfg.rounds)
+            callbacks.append(lambda res, on_round=on_round: on_round(res.round, res.row))
+        federation = Federation.from_config(run_cfg, task, folder=run_dir, callbacks=callbacks)
+        result.summaries[name] = federation.run()
         result.folders[name] = run_dir
     if len(runs) > 1:
         result.comparison = compare_runs([d for _, _, d in runs], folder, [n for n, _, _ in runs])

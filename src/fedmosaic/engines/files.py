@@ -38,13 +38,22 @@ from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.algorithm import ServerData
 from fedmosaic.core.checkpoint import atomic_write_bytes, atomic_write_json, load_message, save_message
 from fedmosaic.core.message import Message
-from fedmosaic.core.seeding import SERVER, Rng
+from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import configure_threads, settings_for
+from fedmosaic.engines.local import configure_threads
+from fedmosaic.engines.protocol import (
+    aggregate_round,
+    build_client,
+    build_server,
+    eval_due,
+    evaluate_round,
+    nbytes,
+    plan_round,
+    settings_from_config,
+)
 from fedmosaic.engines.run_folder import read_jsonl
-from fedmosaic.engines.screening import screened_aggregate
-from fedmosaic.privacy import privacy_summary, private_client
+from fedmosaic.privacy import privacy_summary
 
 STEPS = ("train-clients", "aggregate-vectors", "update-clients")
 
@@ -69,7 +78,7 @@ class FilePipeline:
                 f"--root: {self.root} holds no pipeline; run: fedmosaic init-root --root {root}"
             )
         self.cfg: RunConfig = load_config(self.root / "config.toml")
-        configure_threads(self.cfg)
+        configure_threads(self.cfg.engine.threads)
         self._task: Task | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -113,14 +122,14 @@ class FilePipeline:
 
     def _algorithm(self) -> tuple[Any, Any]:
         algorithm = get_algorithm(self.cfg.algorithm.name)
-        settings = settings_for(self.cfg, self.task)
         task = self.task
+        settings = settings_from_config(self.cfg, task.info, len(task.specs))
         pooled = task.pooled_train() if algorithm.needs_pooled_data else None
-        server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test, pooled))
+        server = build_server(algorithm, settings, ServerData(task.proxy, task.labelled, task.test, pooled))
         state = self.root / "server" / "state.safetensors"
         if state.is_file():
             server.load_state(load_message(state))
-        return server, private_client(algorithm.Client(settings), self.cfg.privacy)
+        return server, build_client(algorithm, settings, self.cfg.privacy)
 
     def _save_server(self, server: Any) -> None:
         save_message(self.root / "server" / "state.safetensors", server.state())
@@ -128,7 +137,7 @@ class FilePipeline:
     def _plan(self, r: int) -> None:
         """Server: write round ``r``'s messages into the chosen clients' inboxes."""
         server, _ = self._algorithm()
-        plan = server.configure(r, self.task.specs, Rng(self.cfg.seed, r, SERVER))
+        plan = plan_round(server, r, self.task.specs, self.cfg.seed)
         for cid, message in plan.items():
             save_message(self._dir(cid) / "inbox.safetensors", message)
             (self._dir(cid) / "outbox.safetensors").unlink(missing_ok=True)
@@ -137,7 +146,7 @@ class FilePipeline:
             round=r,
             due="train-clients",
             planned=sorted(plan),
-            bytes_down=sum(m.nbytes for m in plan.values()),
+            bytes_down=nbytes(plan),
         )
 
     # ------------------------------------------------------------------ steps
@@ -207,10 +216,10 @@ class FilePipeline:
         server, _ = self._algorithm()
         replies = {c: load_message(self._dir(c) / "outbox.safetensors") for c in progress["planned"]}
         plan = {c: load_message(self._dir(c) / "inbox.safetensors") for c in progress["planned"]}
-        train, screened = screened_aggregate(
-            server, r, plan, replies, self.cfg.robustness, Rng(self.cfg.seed, r, SERVER)
-        )
-        evaluating = r % self.cfg.engine.eval_every == 0 or r == self.cfg.rounds
+        row = aggregate_round(server, r, plan, replies, self.cfg.robustness, self.cfg.seed)
+        train = row.pop("train")
+        screened = {k: v for k, v in row.items() if k not in ("round", "clients")}
+        evaluating = eval_due(r, self.cfg.engine.eval_every, self.cfg.rounds)
         eval_plan = server.configure_evaluate(r, self.task.specs) if evaluating else {}
         for cid, message in eval_plan.items():
             save_message(self._dir(cid) / "eval_inbox.safetensors", message)
@@ -222,8 +231,8 @@ class FilePipeline:
             screened=screened,
             evaluating=evaluating,
             eval_planned=sorted(eval_plan),
-            bytes_up=sum(m.nbytes for m in replies.values()),
-            bytes_down=progress["bytes_down"] + sum(m.nbytes for m in eval_plan.values()),
+            bytes_up=nbytes(replies),
+            bytes_down=progress["bytes_down"] + nbytes(eval_plan),
         )
         return train
 
@@ -257,8 +266,8 @@ class FilePipeline:
         row: dict[str, Any] = {"round": r, "clients": progress["planned"], "train": progress["train"]}
         row.update(progress.get("screened", {}))  # rejected replies / skipped round (engines/screening.py)
         if progress["evaluating"]:
-            row["eval"] = server.evaluate(r, self.task.specs, replies)
-        row["bytes_up"] = progress["bytes_up"] + sum(m.nbytes for m in replies.values())
+            row.update(evaluate_round(server, r, self.task.specs, replies))
+        row["bytes_up"] = progress["bytes_up"] + nbytes(replies)
         row["bytes_down"] = progress["bytes_down"]
         # Rewritten, not appended: a rerun after a crash before the next plan replaces this round's row.
         rows = [old for old in read_jsonl(self.root / "metrics.jsonl") if old["round"] < r] + [row]

@@ -4,8 +4,8 @@
 ``client_app`` (a Flower ``ClientApp``) runs its client half on every SuperNode. Flower carries the
 messages (SuperLink, SuperNodes, ``flwr run``); fedmosaic writes no network code.
 
-Rounds follow the local engine exactly (both run :class:`~fedmosaic.engines.round_loop.RoundLoop`:
-the same loop, checkpoints and summary), with one difference: instead of calling ``client.fit``
+Rounds follow the local engine exactly (both are a :class:`fedmosaic.Federation`: the same
+round protocol, checkpoints and summary), with one difference: instead of calling ``client.fit``
 in-process, the plan is grouped by the SuperNode that hosts each client and sent as one Flower
 message per node
 (:mod:`fedmosaic.engines.flower_records` does the Message <-> RecordDict mapping). A client's
@@ -50,11 +50,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import ConfigError, RunConfig, load_config, parse_value, validate
-from fedmosaic.core.algorithm import ServerData, Settings
+from fedmosaic.core.algorithm import Settings
 from fedmosaic.core.message import Message as FMessage
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import Task
+from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower_records import (
     get_json,
     get_message,
@@ -64,7 +65,7 @@ from fedmosaic.engines.flower_records import (
     spec_from_json,
     spec_to_json,
 )
-from fedmosaic.engines.local import configure_threads, settings_for
+from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.node_data import (
     NODE_FILE,
     NodeData,
@@ -74,10 +75,8 @@ from fedmosaic.engines.node_data import (
     parse_modalities,
     site_node,
 )
-from fedmosaic.engines.round_loop import Exchanged, RoundLoop
+from fedmosaic.engines.protocol import Exchanged, build_client, settings_from_config
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
-from fedmosaic.engines.state_store import ClientStateStore
-from fedmosaic.privacy import private_client
 
 # Flower message types: the ClientApp answers "query" (which clients do you host?), "train", "evaluate".
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
@@ -195,6 +194,7 @@ class _ServerTask:
 
     def __init__(self, task: Task, client_train: int, client_val: int) -> None:
         self.info, self._task = task.info, task
+        self.proxy, self.labelled, self.test = task.proxy, task.labelled, task.test
         self._client = {"client_train": client_train, "client_val": client_val}
 
     def data_summary(self) -> dict[str, object]:
@@ -203,37 +203,23 @@ class _ServerTask:
         return summary
 
 
-class FlowerEngine(RoundLoop):
-    """The shared round loop with clients on SuperNodes.
+class FlowerTransport:
+    """Carries a round's messages to the clients on SuperNodes: one Flower message per node.
 
-    The same ``run``, checkpoints, ``metrics.jsonl``, ``timings.jsonl`` and ``summary.json`` as the
-    local engine (:class:`~fedmosaic.engines.round_loop.RoundLoop`); only how a round's messages reach
-    the clients differs. Client states stay on the nodes, so there is no ``--resume`` on Flower.
+    Rounds, checkpoints, ``metrics.jsonl``, ``timings.jsonl`` and ``summary.json`` are
+    :class:`fedmosaic.Federation`'s, as on the local engine; only the delivery differs. Client
+    states stay on the nodes, so there is no ``--resume`` on Flower.
     """
 
     def __init__(
-        self,
-        cfg: RunConfig,
-        task: Task,
-        folder: RunFolder,
-        exchange: Exchange,
-        specs: list[ClientSpec],
-        node_of: dict[str, int],
-        client_val: int,
+        self, cfg: RunConfig, exchange: Exchange, node_of: dict[str, int], clients_per_round: int
     ) -> None:
-        configure_threads(cfg)
-        algorithm = federated_algorithm(cfg)
-        settings = settings_for(cfg, task, len(specs))
-        server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
-        server_task = _ServerTask(task, sum(s.n_train for s in specs), client_val)
-        # Unused on the coordinator (states live on the nodes); RoundLoop._restore rolls it back.
-        states = ClientStateStore(folder.client_states, 0)
-        super().__init__(cfg, server_task, folder, server, states, specs)  # type: ignore[arg-type]
         self.exchange, self.node_of = exchange, node_of
         self.lost: dict[int, str] = {}  # nodes lost in the current round -> why
+        # What a node needs to build its client half travels with every message (Flower's rule).
         self.run_record = {
             "config": tomli_w.dumps(cfg.to_toml_dict()),
-            "clients-per-round": settings.clients_per_round,
+            "clients-per-round": clients_per_round,
         }
 
     def _send(self, kind: str, r: int, plan: dict[str, FMessage]) -> tuple[dict[str, FMessage], list[str]]:
@@ -262,16 +248,41 @@ class FlowerEngine(RoundLoop):
         # the local engine's order: aggregation is order-exact
         return {cid: replies[cid] for cid in plan if cid in replies}, missing
 
-    def _train(self, r: int, plan: dict[str, FMessage]) -> Exchanged:
+    def fit(self, round: int, plan: dict[str, FMessage]) -> Exchanged:
+        """The round's fit messages to the nodes hosting the planned clients."""
         self.lost = {}
-        return self._send(TRAIN, r, plan)
+        return self._send(TRAIN, round, plan)
 
-    def _evaluate(self, r: int, plan: dict[str, FMessage]) -> Exchanged:
-        return self._send(EVALUATE, r, plan)
+    def evaluate(self, round: int, plan: dict[str, FMessage]) -> Exchanged:
+        """The evaluation messages, likewise."""
+        return self._send(EVALUATE, round, plan)
 
-    def _annotate(self, row: dict[str, Any]) -> None:
+    def annotate(self, row: dict[str, Any]) -> None:
+        """The nodes lost this round, and why."""
         if self.lost:
             row["lost_nodes"] = {str(node): reason for node, reason in sorted(self.lost.items())}
+
+    def close(self) -> None:
+        """Nothing to release: the grid belongs to the ServerApp."""
+
+
+def flower_federation(
+    cfg: RunConfig,
+    task: Task,
+    folder: RunFolder,
+    exchange: Exchange,
+    specs: list[ClientSpec],
+    node_of: dict[str, int],
+    client_val: int,
+) -> Federation:
+    """The coordinator's :class:`fedmosaic.Federation`: the server half here, clients on the nodes."""
+    federated_algorithm(cfg)
+    per_round = cfg.clients.per_round or len(specs)
+    transport = FlowerTransport(cfg, exchange, node_of, per_round)
+    server_task = _ServerTask(task, sum(s.n_train for s in specs), client_val)
+    return Federation.from_config(
+        cfg, server_task, folder=folder.path, transport=transport, specs=specs  # type: ignore[arg-type]
+    )
 
 
 def query_nodes(
@@ -320,7 +331,7 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     rc = {**DEFAULT_RUN_CONFIG, **run_config}
     path = Path(str(rc["config"])) if rc["config"] else None
     cfg = load_config(path, parse_overrides(str(rc["set"])))
-    configure_threads(cfg)
+    configure_threads(cfg.engine.threads)
     federated_algorithm(cfg)  # fail before waiting for nodes
     folder = RunFolder(Path(str(rc["out"])) if rc["out"] else default_folder(cfg))
     if folder.exists():
@@ -333,7 +344,7 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]), tolerate=drop)
     nodes = wait_for_nodes(grid, int(rc["min-nodes"]), float(rc["node-wait-s"]))
     specs, node_of, client_val = query_nodes(exchange, nodes, cfg, task)
-    summary = FlowerEngine(cfg, task, folder, exchange, specs, node_of, client_val).run()
+    summary = flower_federation(cfg, task, folder, exchange, specs, node_of, client_val).run()
     summary["engine"] = {"name": "flower", "nodes": len(set(node_of.values()))}
     if lost := {n for row in read_jsonl(folder.metrics) for n in row.get("lost_nodes", {})}:
         summary["engine"]["lost_nodes"] = sorted(lost, key=int)  # nodes that failed in some round
@@ -383,18 +394,10 @@ def _node_data(context: Context, cfg: RunConfig) -> NodeData:
 def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Settings, int, NodeData]:
     run = get_json(content, RUN)
     cfg = validate(tomllib.loads(run["config"]))
-    configure_threads(cfg)
+    configure_threads(cfg.engine.threads)
     node = _node_data(context, cfg)
-    settings = Settings(
-        info=node.info,
-        algorithm=cfg.algorithm,
-        training=cfg.training,
-        model=cfg.model,
-        seed=cfg.seed,
-        rounds=cfg.rounds,
-        clients_per_round=int(run.get("clients-per-round", len(node.clients))),
-        robustness=cfg.robustness,  # as settings_for gives the coordinator
-    )
+    # The coordinator's settings: its clients per round travel in the message.
+    settings = settings_from_config(cfg, node.info, int(run.get("clients-per-round", len(node.clients))))
     return cfg, settings, int(run["round"]), node
 
 
@@ -415,7 +418,7 @@ def handle_query(message: Message, context: Context) -> Message:
 def handle_train(message: Message, context: Context) -> Message:
     """Fit every planned client hosted here; their new states go to ``Context.state``."""
     cfg, settings, r, node = _run_settings(message.content, context)
-    client = private_client(get_algorithm(cfg.algorithm.name).Client(settings), cfg.privacy)
+    client = build_client(get_algorithm(cfg.algorithm.name), settings, cfg.privacy)
     reply = RecordDict()
     for cid, msg in get_messages(message.content, TRAIN).items():
         state = get_message(context.state, STATE, cid)
@@ -428,7 +431,7 @@ def handle_train(message: Message, context: Context) -> Message:
 def handle_evaluate(message: Message, context: Context) -> Message:
     """Evaluate every planned client hosted here with its current state."""
     cfg, settings, _, node = _run_settings(message.content, context)
-    client = get_algorithm(cfg.algorithm.name).Client(settings)
+    client = build_client(get_algorithm(cfg.algorithm.name), settings, cfg.privacy)
     reply = RecordDict()
     for cid, msg in get_messages(message.content, EVALUATE).items():
         answer = client.evaluate(msg, get_message(context.state, STATE, cid), node.client(cid))

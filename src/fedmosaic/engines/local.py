@@ -1,97 +1,92 @@
-"""The local engine: the whole federation simulated in one process (the default engine).
+"""The in-process transport: the whole federation simulated in one process (the default).
 
-Per round: the server plans, each planned client fits on its own data with its own state, the
-server aggregates, and (every ``eval_every`` rounds and at the end) evaluates. After each round the
-engine commits a checkpoint, so ``--resume`` continues from the last finished round and, because
-every random draw is derived from (seed, round, client, purpose), ends with the same metrics as an
-uninterrupted run.
+Each planned client fits on its own data with its own state (kept in a state store: in memory, or
+versioned on disk beside a run folder's checkpoints), optionally in ``workers`` forked processes;
+its reply may be lost under ``engine.dropout``. Rounds, screening, evaluation cadence and
+checkpoints are :class:`fedmosaic.Federation`'s (:mod:`fedmosaic.engines.protocol`); this module
+only carries messages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fedmosaic.algorithms.registry import get_algorithm
-from fedmosaic.core.algorithm import ServerData, Settings
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import Rng
-from fedmosaic.core.task import Task
 from fedmosaic.engines.client_pool import ClientPool
-from fedmosaic.engines.round_loop import Exchanged, RoundLoop
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.protocol import Exchanged
 from fedmosaic.engines.screening import reply_lost
-from fedmosaic.engines.state_store import ClientStateStore
-from fedmosaic.privacy import private_client
 
 if TYPE_CHECKING:
-    from fedmosaic.config import RunConfig
+    from fedmosaic.core.task import Task
 
 
-def settings_for(cfg: RunConfig, task: Task, n_clients: int | None = None) -> Settings:
-    """The settings both halves of the configured algorithm are built with.
-
-    ``n_clients`` (default: the task's clients) is the federation's size when the task object does
-    not hold the clients itself (the Flower coordinator's); it is the default clients per round.
-    """
-    return Settings(
-        info=task.info,
-        algorithm=cfg.algorithm,
-        training=cfg.training,
-        model=cfg.model,
-        seed=cfg.seed,
-        rounds=cfg.rounds,
-        clients_per_round=cfg.clients.per_round or (len(task.clients) if n_clients is None else n_clients),
-        robustness=cfg.robustness,
-    )
-
-
-def configure_threads(cfg: RunConfig) -> None:
+def configure_threads(threads: int) -> None:
     """Apply ``engine.threads`` to torch (process-wide; 0 keeps torch's own default)."""
-    if cfg.engine.threads:
-        torch.set_num_threads(cfg.engine.threads)
+    if threads:
+        torch.set_num_threads(threads)
 
 
-class LocalEngine(RoundLoop):
-    """Runs one configured algorithm on one task, writing into ``folder``: every client in this process
-    (or in ``engine.workers`` forked workers)."""
+class MemoryStateStore:
+    """Client states in a dict: the store of a federation without a run folder.
 
-    def __init__(self, cfg: RunConfig, task: Task, folder: RunFolder) -> None:
-        configure_threads(cfg)
-        algorithm = get_algorithm(cfg.algorithm.name)
-        settings = settings_for(cfg, task)
-        pooled = task.pooled_train() if algorithm.needs_pooled_data else None
-        server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test, pooled))
-        states = ClientStateStore(folder.client_states, cfg.engine.state_cache)
-        super().__init__(cfg, task, folder, server, states, task.specs)
-        self.client = private_client(algorithm.Client(settings), cfg.privacy)
-        workers = cfg.engine.workers
-        self.pool = ClientPool(self.client, task, cfg.seed, workers) if workers > 1 else None
+    The same ``get``/``put``/``rollback`` as :class:`~fedmosaic.engines.state_store.ClientStateStore`;
+    nothing is versioned, because without a folder there is no checkpoint to roll back to.
+    """
 
-    def _train(self, r: int, plan: dict[str, Message]) -> Exchanged:
-        cfg = self.cfg
+    def __init__(self) -> None:
+        self._states: dict[str, Message] = {}
+
+    def get(self, client: str) -> Message:
+        """The client's newest state (empty Message if it has none yet)."""
+        return self._states.get(client, Message())
+
+    def put(self, client: str, round: int, state: Message) -> None:
+        """Keep the state the client ended round ``round`` with."""
+        self._states[client] = state
+
+    def rollback(self, committed_round: int) -> None:
+        """Nothing to roll back in memory (a federation without a folder cannot resume)."""
+
+
+class InProcessTransport:
+    """Delivers a round's messages to client halves in this process (or ``workers`` forked ones)."""
+
+    def __init__(self, client: Any, task: Task, states: Any, seed: int, dropout: float, workers: int) -> None:
+        self.client, self.task, self.states = client, task, states
+        self.seed, self.dropout = seed, dropout
+        self.pool = ClientPool(client, task, seed, workers) if workers > 1 else None
+
+    def fit(self, round: int, plan: dict[str, Message]) -> Exchanged:
+        """Each planned client fits; its new state is stored, its reply may be lost (``dropout``)."""
         replies, dropped = {}, []
-        for cid, reply, state in self._fit(r, plan):
-            self.states.put(cid, r, state)
+        for cid, reply, state in self._fit(round, plan):
+            self.states.put(cid, round, state)
             # engine.dropout: the client got its message and trained, its reply never arrives (a server
             # that ships its proxy set once, fedmekt or gvf, then ships it again: it cannot tell a lost
             # reply from a lost client state, algorithms/proxy_delivery.py)
-            if reply_lost(cfg.seed, r, cid, cfg.engine.dropout):
+            if reply_lost(self.seed, round, cid, self.dropout):
                 dropped.append(cid)
             else:
                 replies[cid] = reply
         return replies, dropped
 
-    def _evaluate(self, r: int, plan: dict[str, Message]) -> Exchanged:
+    def evaluate(self, round: int, plan: dict[str, Message]) -> Exchanged:
+        """Each asked client evaluates its current state."""
         replies = {
             cid: self.client.evaluate(msg, self.states.get(cid), self.task.client(cid))
             for cid, msg in plan.items()
         }
         return replies, []
 
-    def _close(self) -> None:
+    def annotate(self, row: dict[str, Any]) -> None:
+        """Nothing to add: every in-process delivery succeeds."""
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
         if self.pool is not None:
             self.pool.close()
 
@@ -100,7 +95,7 @@ class LocalEngine(RoundLoop):
         if self.pool is None:
             for cid, message in plan.items():
                 data = self.task.client(cid)
-                yield cid, *self.client.fit(message, self.states.get(cid), data, Rng(self.cfg.seed, r, cid))
+                yield cid, *self.client.fit(message, self.states.get(cid), data, Rng(self.seed, r, cid))
             return
         jobs = [(cid, r, message, self.states.get(cid)) for cid, message in plan.items()]
         for (cid, *_), (reply, state) in zip(jobs, self.pool.fit(jobs), strict=True):

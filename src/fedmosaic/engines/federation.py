@@ -1,0 +1,344 @@
+"""``fedmosaic.Federation``: one federation built from objects, stepped round by round.
+
+The only round loop in fedmosaic. It builds the algorithm's halves (once, through
+:mod:`fedmosaic.engines.protocol`), keeps the client states, runs
+:func:`~fedmosaic.engines.protocol.run_round` over a transport (in-process by default; Flower's
+coordinator passes its own), and records each round: in memory always, and in a run folder
+(``metrics.jsonl``, ``timings.jsonl``, checkpoints, ``summary.json``) when one is given, from which a
+new Federation over the same folder resumes bit-exactly after the last committed round.
+
+    from fedmosaic import Federation
+    fed = Federation(task, "fedavg", rounds=5, seed=0)
+    for result in fed.rounds(5):
+        print(result.round, result.eval.get("overall"))
+
+Messages are intercepted only by wrappers: ``client_wrappers`` and ``server_wrappers`` are callables
+``half -> half`` applied in order (each wraps the one before; client-level DP is applied first when
+``privacy`` is enabled). ``callbacks`` get each :class:`RoundResult` after the round is committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedmosaic.algorithms.registry import get_algorithm
+from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.message import Message
+from fedmosaic.core.modality import ClientSpec
+from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
+from fedmosaic.engines.local import InProcessTransport, MemoryStateStore, configure_threads
+from fedmosaic.engines.protocol import (
+    ClientWrapper,
+    RoundResult,
+    ServerWrapper,
+    Transport,
+    build_client,
+    build_server,
+    make_settings,
+    run_round,
+)
+from fedmosaic.engines.run_folder import RunFolder, peak_rss_mb, read_jsonl
+from fedmosaic.engines.state_store import ClientStateStore
+from fedmosaic.privacy import privacy_summary
+from fedmosaic.privacy.dp import PrivacyConfig
+
+if TYPE_CHECKING:
+    from fedmosaic.config import RunConfig
+    from fedmosaic.core.task import Task
+
+Callback = Callable[[RoundResult], None]
+StateStore = ClientStateStore | MemoryStateStore
+
+
+class Federation:
+    """One algorithm on one task: its server half, its client half, the clients' states and the rounds.
+
+    ``algorithm`` is an :class:`~fedmosaic.core.algorithm.Algorithm` class or a registered name;
+    ``config`` its config object (or a dict of its fields; default: the algorithm's defaults).
+    ``training``/``model``/``robustness``/``privacy`` default to their blocks' defaults
+    (``robustness=None`` would mean no reply screening and the plain mean: pass it explicitly).
+
+    ``folder=None`` keeps everything in memory. With a folder, every round is committed there (the
+    run folder of ``fedmosaic run``) and a Federation built again over the same folder continues
+    after the last committed round with the same numbers as an uninterrupted run.
+
+    ``transport`` and ``specs`` are for engines that deliver messages elsewhere (Flower's
+    coordinator); by default clients run in this process (``workers > 1``: in forked workers).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        algorithm: type[Algorithm] | str,
+        config: AlgorithmConfig | dict[str, Any] | None = None,
+        *,
+        training: TrainingConfig | None = None,
+        model: ModelConfig | None = None,
+        robustness: RobustnessConfig | None = None,
+        privacy: PrivacyConfig | None = None,
+        seed: int = 0,
+        rounds: int = 10,
+        clients_per_round: int | None = None,
+        eval_every: int = 1,
+        dropout: float = 0.0,
+        workers: int = 1,
+        state_cache: int = 64,
+        client_wrappers: Sequence[ClientWrapper] = (),
+        server_wrappers: Sequence[ServerWrapper] = (),
+        callbacks: Sequence[Callback] = (),
+        folder: Path | str | None = None,
+        transport: Transport | None = None,
+        specs: list[ClientSpec] | None = None,
+        dataset: str | None = None,
+    ) -> None:
+        self.algorithm = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
+        self.config = _algorithm_config(self.algorithm, config)
+        self.task = task
+        self.specs = list(task.specs if specs is None else specs)
+        self.seed, self.total_rounds, self.eval_every = int(seed), int(rounds), int(eval_every)
+        if self.total_rounds < 1:
+            raise ValueError(f"rounds: expected at least 1, got {rounds}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every: expected at least 1, got {eval_every}")
+        self.robustness = robustness
+        self.privacy = privacy or PrivacyConfig()
+        self.dataset = dataset or task.info.name
+        self.callbacks: list[Callback] = list(callbacks)
+        self.settings: Settings = make_settings(
+            task.info,
+            self.config,
+            training=training or TrainingConfig(),
+            model=model or ModelConfig(),
+            seed=self.seed,
+            rounds=self.total_rounds,
+            clients_per_round=clients_per_round or len(self.specs),
+            robustness=robustness,
+        )
+        pooled = task.pooled_train() if self.algorithm.needs_pooled_data else None
+        data = ServerData(task.proxy, task.labelled, task.test, pooled)
+        self.server = build_server(self.algorithm, self.settings, data, server_wrappers)
+        self.client = build_client(self.algorithm, self.settings, self.privacy, client_wrappers)
+        self.folder = RunFolder(Path(folder)) if folder is not None else None
+        self.states: StateStore = (
+            ClientStateStore(self.folder.client_states, state_cache)
+            if self.folder is not None
+            else MemoryStateStore()
+        )
+        self.transport: Transport = transport or InProcessTransport(
+            self.client, task, self.states, self.seed, dropout, workers
+        )
+        self.history: list[RoundResult] = []
+        self._totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "wall_s": 0.0}
+        self._timings: list[dict[str, Any]] = []
+        self.round = self._restore()
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: RunConfig,
+        task: Task | None = None,
+        *,
+        folder: Path | str | None = None,
+        client_wrappers: Sequence[ClientWrapper] = (),
+        server_wrappers: Sequence[ServerWrapper] = (),
+        callbacks: Sequence[Callback] = (),
+        transport: Transport | None = None,
+        specs: list[ClientSpec] | None = None,
+    ) -> Federation:
+        """The federation a ``RunConfig`` describes (``task`` default: built from ``cfg.task``).
+
+        ``folder`` receives the run's outputs; its ``config.toml`` is written when absent.
+        """
+        configure_threads(cfg.engine.threads)
+        if task is None:
+            from fedmosaic.data.tasks import build_task
+
+            task = build_task(cfg)
+        if folder is not None and not RunFolder(Path(folder)).exists():
+            RunFolder(Path(folder)).write_config(cfg.to_toml_dict())
+        n_clients = len(task.specs if specs is None else specs)
+        return cls(
+            task,
+            cfg.algorithm.name,
+            cfg.algorithm,
+            training=cfg.training,
+            model=cfg.model,
+            robustness=cfg.robustness,
+            privacy=cfg.privacy,
+            seed=cfg.seed,
+            rounds=cfg.rounds,
+            clients_per_round=cfg.clients.per_round or n_clients,
+            eval_every=cfg.engine.eval_every,
+            dropout=cfg.engine.dropout,
+            workers=cfg.engine.workers,
+            state_cache=cfg.engine.state_cache,
+            client_wrappers=client_wrappers,
+            server_wrappers=server_wrappers,
+            callbacks=callbacks,
+            folder=folder,
+            transport=transport,
+            specs=specs,
+            dataset=cfg.task.dataset,
+        )
+
+    # ------------------------------------------------------------------ stepping
+
+    @property
+    def finished(self) -> bool:
+        """Whether all configured rounds have run."""
+        return self.round >= self.total_rounds
+
+    def step(self) -> RoundResult:
+        """Run the next round, record it (and commit it to the folder, if any); its result."""
+        if self.finished:
+            raise ValueError(
+                f"rounds: all {self.total_rounds} rounds have run; build the federation with more rounds"
+            )
+        r = self.round + 1
+        t0 = time.perf_counter()
+        row = run_round(
+            self.server,
+            self.transport,
+            r,
+            self.specs,
+            seed=self.seed,
+            rounds=self.total_rounds,
+            eval_every=self.eval_every,
+            robustness=self.robustness,
+        )
+        seconds = time.perf_counter() - t0
+        self._record(r, row, seconds)
+        result = RoundResult.from_row(row, seconds)
+        self.history.append(result)
+        for callback in self.callbacks:
+            callback(result)
+        return result
+
+    def rounds(self, n: int | None = None) -> Iterator[RoundResult]:
+        """The next ``n`` rounds (default: all that remain), one result at a time."""
+        remaining = self.total_rounds - self.round
+        if n is not None and not 0 <= n <= remaining:
+            raise ValueError(f"n: expected 0 to the {remaining} remaining rounds, got {n}")
+        for _ in range(remaining if n is None else n):
+            yield self.step()
+
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) to the last round; the summary (also written to the folder, if any)."""
+        try:
+            for _ in self.rounds():
+                pass
+        finally:
+            self.close()
+        return self.summary()
+
+    def close(self) -> None:
+        """Release what the transport holds (worker processes); idempotent."""
+        self.transport.close()
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ looking inside
+
+    def client_state(self, client_id: str) -> Message:
+        """The newest persistent state of ``client_id`` (an empty Message before it trained)."""
+        if client_id not in {s.id for s in self.specs}:
+            raise KeyError(f"client_id: no client {client_id!r} in this federation")
+        return self.states.get(client_id)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every round's metrics row so far (from the folder when there is one, so resumed rounds count)."""
+        if self.folder is not None:
+            return read_jsonl(self.folder.metrics)
+        return [result.row for result in self.history]
+
+    def summary(self) -> dict[str, Any]:
+        """Final metrics, bytes, time and memory of the rounds so far (written to ``summary.json``)."""
+        rows = self.rows()
+        evaluated = [row for row in rows if "eval" in row]
+        timings = read_jsonl(self.folder.timings) if self.folder is not None else self._timings
+        totals = self._totals
+        summary: dict[str, Any] = {
+            "algorithm": self.algorithm.name,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "rounds": len(rows),
+            "clients": len(self.specs),
+            "groups": {
+                g: sum(1 for s in self.specs if s.group == g) for g in sorted({s.group for s in self.specs})
+            },
+            "data": self.task.data_summary(),
+            "final": evaluated[-1]["eval"] if evaluated else {},
+            "bytes_up": totals["bytes_up"],
+            "bytes_down": totals["bytes_down"],
+            "wall_s": totals["wall_s"],
+            "seconds_per_round": totals["wall_s"] / max(len(rows), 1),
+            "peak_rss_mb": max((t["peak_rss_mb"] for t in timings), default=peak_rss_mb()),
+        }
+        if self.privacy.enabled:
+            n = len(self.specs)
+            per_round = self.settings.clients_per_round
+            pooled = self.algorithm.needs_pooled_data
+            summary["privacy"] = privacy_summary(self.privacy, rows, n, per_round, pooled=pooled)
+        if self.folder is not None:
+            self.folder.write_summary(summary)
+        return summary
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _record(self, r: int, row: dict[str, Any], seconds: float) -> None:
+        self.round = r
+        self._totals["bytes_up"] += row["bytes_up"]
+        self._totals["bytes_down"] += row["bytes_down"]
+        self._totals["wall_s"] += seconds
+        timing = {"round": r, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        self._timings.append(timing)
+        if self.folder is None:
+            return
+        self.folder.append(self.folder.metrics, row)
+        self.folder.append(self.folder.timings, timing)
+        self.folder.commit(r, self.server.state(), self._totals)
+
+    def _restore(self) -> int:
+        """Continue after the folder's last committed round (0 in memory or in a new folder)."""
+        if self.folder is None:
+            return 0
+        checkpoint = self.folder.last_checkpoint()
+        committed = 0
+        if checkpoint is not None:
+            marker, server_state = checkpoint
+            committed = int(marker["round"])
+            self.server.load_state(server_state)
+            self._totals = {k: marker[k] for k in self._totals}
+        # Anything written after the last commit belongs to an interrupted round: drop it.
+        self.folder.discard_partial_writes()
+        self.states.rollback(committed)
+        for path in (self.folder.metrics, self.folder.timings):
+            if path.exists():
+                self.folder.truncate(path, committed)
+        return committed
+
+
+def _algorithm_config(algorithm: type[Algorithm], config: AlgorithmConfig | dict[str, Any] | None) -> Any:
+    """``config`` validated as the algorithm's own config class (one line naming the field if not)."""
+    from pydantic import ValidationError
+
+    from fedmosaic.config import ConfigError, _format_error
+
+    if isinstance(config, algorithm.Config):
+        return config
+    fields = {"name": algorithm.name}
+    if isinstance(config, AlgorithmConfig):
+        fields.update(config.model_dump())
+    elif config is not None:
+        fields.update(config)
+    try:
+        return algorithm.Config.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, prefix="algorithm")) from None
