@@ -58,8 +58,8 @@ class Federation:
 
     ``algorithm`` is an :class:`~fedmosaic.core.algorithm.Algorithm` class or a registered name;
     ``config`` its config object (or a dict of its fields; default: the algorithm's defaults).
-    ``training``/``model``/``robustness``/``privacy`` default to their blocks' defaults
-    (``robustness=None`` would mean no reply screening and the plain mean: pass it explicitly).
+    ``training``/``model``/``robustness``/``privacy`` default to their blocks' defaults (as in
+    ``fedmosaic run``: replies screened, the weighted mean, no DP).
 
     ``folder=None`` keeps everything in memory. With a folder, every round is committed there (the
     run folder of ``fedmosaic run``) and a Federation built again over the same folder continues
@@ -103,7 +103,7 @@ class Federation:
             raise ValueError(f"rounds: expected at least 1, got {rounds}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every: expected at least 1, got {eval_every}")
-        self.robustness = robustness
+        self.robustness = robustness or RobustnessConfig()
         self.privacy = privacy or PrivacyConfig()
         self.dataset = dataset or task.info.name
         self.callbacks: list[Callback] = list(callbacks)
@@ -115,7 +115,7 @@ class Federation:
             seed=self.seed,
             rounds=self.total_rounds,
             clients_per_round=clients_per_round or len(self.specs),
-            robustness=robustness,
+            robustness=self.robustness,
         )
         pooled = task.pooled_train() if self.algorithm.needs_pooled_data else None
         data = ServerData(task.proxy, task.labelled, task.test, pooled)
