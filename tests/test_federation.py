@@ -105,9 +105,9 @@ def test_stepping_past_the_last_round_is_an_error(cfg: RunConfig, task: Task) ->
     fed = from_objects(cfg, task, rounds=1)
     fed.run()
     assert fed.finished
-    with pytest.raises(ValueError, match="^rounds: all 1 rounds have run"):
+    with pytest.raises(ValueError, match=r"^rounds: all 1 rounds have run"):
         fed.step()
-    with pytest.raises(ValueError, match="^n: expected 0 to the 0 remaining rounds, got 2"):
+    with pytest.raises(ValueError, match=r"^n: expected 0 to the 0 remaining rounds, got 2"):
         list(fed.rounds(2))
 
 
@@ -177,7 +177,7 @@ def test_bad_algorithm_config_is_one_line_naming_the_field(cfg: RunConfig, task:
     with pytest.raises(ConfigError) as err:
         from_objects(cfg, task, "fedprox", config={"mu": -1})
     assert str(err.value).startswith("algorithm.mu: ") and "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="^algorithm.bogus: unknown key"):
+    with pytest.raises(ConfigError, match=r"^algorithm.bogus: unknown key"):
         from_objects(cfg, task, "fedavg", config={"bogus": 1})
-    with pytest.raises(ValueError, match="^rounds: expected at least 1, got 0"):
+    with pytest.raises(ValueError, match=r"^rounds: expected at least 1, got 0"):
         from_objects(cfg, task, rounds=0)

@@ -52,11 +52,11 @@ def channels_of(settings: Settings) -> dict[str, int]:
     return out
 
 
-def build_autoencoder(settings: Settings) -> SplitAutoencoder:
+def build_autoencoder(settings: Settings[AutoencoderConfig]) -> SplitAutoencoder:
     """The run's initial autoencoder: the same weights at every party, from ``(seed, 0, server, init)``."""
     cfg = settings.algorithm
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
-        return SplitAutoencoder(channels_of(settings), cfg.rep_size)  # type: ignore[attr-defined]
+        return SplitAutoencoder(channels_of(settings), cfg.rep_size)
 
 
 def prefixes(modalities: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -78,7 +78,7 @@ def train_reconstruction(
     model: SplitAutoencoder,
     view: View,
     held: frozenset[str],
-    settings: Settings,
+    settings: Settings[AutoencoderConfig],
     rng: Rng,
     loss_fn: LossFn | None = None,
 ) -> float:
@@ -92,7 +92,7 @@ def train_reconstruction(
     """
     cfg = settings.algorithm
     # fused: one kernel per step for all parameters instead of a Python loop over ~20 small tensors
-    optimizer = torch.optim.Adam(trainable(model, held), lr=cfg.lr_local, fused=True)  # type: ignore[attr-defined]
+    optimizer = torch.optim.Adam(trainable(model, held), lr=cfg.lr_local, fused=True)
     model.train()
     losses: list[float] = []
     step = 0
@@ -100,7 +100,7 @@ def train_reconstruction(
         order = rng.numpy(f"batches-{epoch}")
         for inputs, _ in view.batches(settings.training.batch_size, order):
             if loss_fn is None:
-                loss = model.reconstruction_loss(inputs, cfg.reverse_target)  # type: ignore[attr-defined]
+                loss = model.reconstruction_loss(inputs, cfg.reverse_target)
             else:
                 loss = loss_fn(inputs, step)
             optimizer.zero_grad(set_to_none=True)
@@ -114,7 +114,7 @@ def train_reconstruction(
 class LinearEvalServer:
     """Server half holding a global autoencoder, scored by linear evaluation of its frozen encoders."""
 
-    def __init__(self, settings: Settings, data: ServerData) -> None:
+    def __init__(self, settings: Settings[AutoencoderConfig], data: ServerData) -> None:
         self.settings = settings
         self.data = data
         self.model = build_autoencoder(settings)
@@ -137,8 +137,8 @@ class LinearEvalServer:
             self.data.test,
             self.settings.info,
             Rng(self.settings.seed, round, SERVER),
-            lr=cfg.lr_probe,  # type: ignore[attr-defined]
-            epochs=cfg.probe_epochs,  # type: ignore[attr-defined]
+            lr=cfg.lr_probe,
+            epochs=cfg.probe_epochs,
         )
         subsets = {f"test/{k}": v for k, v in results.items()}
         return {**subsets, **global_model_groups(subsets, clients)}
