@@ -27,3 +27,14 @@ def test_python_api_snippet_runs(capsys: pytest.CaptureFixture[str]) -> None:
         assert 0.0 <= float(accuracy) <= 1.0 and int(up) > 0
     assert printed[3] == "True"
     assert namespace["summary"]["rounds"] == 3  # type: ignore[index]
+
+
+def test_api_doc_blocks_run_in_order() -> None:
+    doc = README.parent / "docs" / "api.md"
+    namespace: dict[str, object] = {"__name__": "api_doc"}
+    for block in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S):
+        exec(compile(block, str(doc), "exec"), namespace)
+    fed = namespace["fed"]
+    rows = fed.rows()  # type: ignore[attr-defined]
+    assert len(rows) == 3 and all("client_0" in row["rejected"] for row in rows)
+    assert all("NaN" in row["rejected"]["client_0"] for row in rows)
