@@ -17,6 +17,7 @@ from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.run_folder import RunFolder
 from fedmosaic.reporting.report import compare_runs, write_run_report
@@ -51,18 +52,20 @@ def baseline_config(cfg: RunConfig, name: str) -> RunConfig:
 def start(
     cfg: RunConfig, out: Path | None = None, progress: ProgressFactory | None = None
 ) -> ExperimentResult:
-    """Run a fresh experiment into ``out`` (default: a new timestamped folder)."""
+    """Run a fresh experiment into ``out`` (default: a new timestamped folder), holding its lock."""
     folder = Path(out) if out is not None else default_folder(cfg)
-    if RunFolder(folder).exists():
-        raise ConfigError(
-            f"--out: {folder} already holds a run; continue it with --resume {folder} or pick another folder"
-        )
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
-    configure_threads(cfg.engine.threads)
-    task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
-    RunFolder(folder).write_config(cfg.to_toml_dict())
-    return _execute(cfg, folder, progress, task)
+    with FolderLock(folder, "--out"):
+        if RunFolder(folder).exists():
+            raise ConfigError(
+                f"--out: {folder} already holds a run; continue it with --resume {folder} "
+                "or pick another folder"
+            )
+        if any(p.name != LOCK_NAME for p in folder.iterdir()):
+            raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
+        configure_threads(cfg.engine.threads)
+        task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
+        RunFolder(folder).write_config(cfg.to_toml_dict())
+        return _execute(cfg, folder, progress, task)
 
 
 def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentResult:
@@ -70,9 +73,10 @@ def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentR
     run = RunFolder(folder)
     if not run.exists():
         raise ConfigError(f"--resume: {folder} holds no run (no config.toml)")
-    cfg = load_config(run.config)
-    configure_threads(cfg.engine.threads)
-    return _execute(cfg, Path(folder), progress, build_task(cfg))
+    with FolderLock(folder, "--resume"):
+        cfg = load_config(run.config)
+        configure_threads(cfg.engine.threads)
+        return _execute(cfg, Path(folder), progress, build_task(cfg))
 
 
 def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, task: Task) -> ExperimentResult:

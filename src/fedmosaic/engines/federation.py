@@ -29,6 +29,7 @@ from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Set
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
+from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import InProcessTransport, MemoryStateStore, configure_threads
 from fedmosaic.engines.protocol import (
     ClientWrapper,
@@ -122,6 +123,8 @@ class Federation:
         self.server = build_server(self.algorithm, self.settings, data, server_wrappers)
         self.client = build_client(self.algorithm, self.settings, self.privacy, client_wrappers)
         self.folder = RunFolder(Path(folder)) if folder is not None else None
+        # Held until close(): no other process writes this folder while the federation lives.
+        self._lock = FolderLock(folder, "folder").acquire() if folder is not None else None
         self.states: StateStore = (
             ClientStateStore(self.folder.client_states, state_cache)
             if self.folder is not None
@@ -157,32 +160,38 @@ class Federation:
             from fedmosaic.data.tasks import build_task
 
             task = build_task(cfg)
-        if folder is not None and not RunFolder(Path(folder)).exists():
-            RunFolder(Path(folder)).write_config(cfg.to_toml_dict())
         n_clients = len(task.specs if specs is None else specs)
-        return cls(
-            task,
-            cfg.algorithm.name,
-            cfg.algorithm,
-            training=cfg.training,
-            model=cfg.model,
-            robustness=cfg.robustness,
-            privacy=cfg.privacy,
-            seed=cfg.seed,
-            rounds=cfg.rounds,
-            clients_per_round=cfg.clients.per_round or n_clients,
-            eval_every=cfg.engine.eval_every,
-            dropout=cfg.engine.dropout,
-            workers=cfg.engine.workers,
-            state_cache=cfg.engine.state_cache,
-            client_wrappers=client_wrappers,
-            server_wrappers=server_wrappers,
-            callbacks=callbacks,
-            folder=folder,
-            transport=transport,
-            specs=specs,
-            dataset=cfg.task.dataset,
-        )
+        # Locked before config.toml is written: a refused federation writes nothing.
+        lock = FolderLock(folder, "folder").acquire() if folder is not None else None
+        try:
+            if folder is not None and not RunFolder(Path(folder)).exists():
+                RunFolder(Path(folder)).write_config(cfg.to_toml_dict())
+            return cls(
+                task,
+                cfg.algorithm.name,
+                cfg.algorithm,
+                training=cfg.training,
+                model=cfg.model,
+                robustness=cfg.robustness,
+                privacy=cfg.privacy,
+                seed=cfg.seed,
+                rounds=cfg.rounds,
+                clients_per_round=cfg.clients.per_round or n_clients,
+                eval_every=cfg.engine.eval_every,
+                dropout=cfg.engine.dropout,
+                workers=cfg.engine.workers,
+                state_cache=cfg.engine.state_cache,
+                client_wrappers=client_wrappers,
+                server_wrappers=server_wrappers,
+                callbacks=callbacks,
+                folder=folder,
+                transport=transport,
+                specs=specs,
+                dataset=cfg.task.dataset,
+            )
+        finally:
+            if lock is not None:
+                lock.release()  # the federation holds its own (re-entrant) lock from here on
 
     # ------------------------------------------------------------------ stepping
 
@@ -230,13 +239,15 @@ class Federation:
         try:
             for _ in self.rounds():
                 pass
+            return self.summary()
         finally:
             self.close()
-        return self.summary()
 
     def close(self) -> None:
-        """Release what the transport holds (worker processes); idempotent."""
+        """Release what the transport holds (worker processes) and the folder's lock; idempotent."""
         self.transport.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> Federation:
         return self

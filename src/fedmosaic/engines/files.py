@@ -27,9 +27,11 @@ this one never imports a specific algorithm.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,6 +43,7 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.protocol import (
     aggregate_round,
@@ -55,11 +58,23 @@ from fedmosaic.engines.protocol import (
 from fedmosaic.engines.run_folder import read_jsonl
 from fedmosaic.privacy import privacy_summary
 
+T = TypeVar("T")
 STEPS = ("train-clients", "aggregate-vectors", "update-clients")
 
 
 class PipelineError(ConfigError):
     """A step that cannot run now (wrong order, missing files); one line naming what is due."""
+
+
+def _locked(step: Callable[..., T]) -> Callable[..., T]:
+    """Run a pipeline step holding the root's lock: two sites stepping one root never interleave."""
+
+    @functools.wraps(step)
+    def locked(self: FilePipeline, *args: Any, **kwargs: Any) -> T:
+        with FolderLock(self.root, "--root"):
+            return step(self, *args, **kwargs)
+
+    return locked
 
 
 def _write_toml(path: Path, tree: dict[str, Any]) -> None:
@@ -87,22 +102,22 @@ class FilePipeline:
     def init(cls, root: Path, cfg: RunConfig) -> FilePipeline:
         """Build the tree from a data set and modality mix, and plan round 1 (``init-root``)."""
         root = Path(root)
-        if (root / "progress.json").exists():
-            raise PipelineError(
-                f"--root: {root} already holds a pipeline (progress.json); pick another folder"
-            )
-        task = build_task(cfg)  # before anything is written: bad data leaves no half-made tree
-        root.mkdir(parents=True, exist_ok=True)
-        _write_toml(root / "config.toml", cfg.to_toml_dict())
-        for c in task.clients:
-            for part, view in (("train", c.train), ("val", c.val)):
-                (root / c.spec.id / part).mkdir(parents=True, exist_ok=True)
-                np.save(root / c.spec.id / part / "indices.npy", view.indices)
-        atomic_write_json(root / "progress.json", {"round": 1, "due": "plan"})
-        pipeline = cls(root)
-        pipeline._task = task
-        pipeline._plan(1)
-        return pipeline
+        with FolderLock(root, "--root"):
+            if (root / "progress.json").exists():
+                raise PipelineError(
+                    f"--root: {root} already holds a pipeline (progress.json); pick another folder"
+                )
+            task = build_task(cfg)  # before anything is written: bad data leaves no half-made tree
+            _write_toml(root / "config.toml", cfg.to_toml_dict())
+            for c in task.clients:
+                for part, view in (("train", c.train), ("val", c.val)):
+                    (root / c.spec.id / part).mkdir(parents=True, exist_ok=True)
+                    np.save(root / c.spec.id / part / "indices.npy", view.indices)
+            atomic_write_json(root / "progress.json", {"round": 1, "due": "plan"})
+            pipeline = cls(root)
+            pipeline._task = task
+            pipeline._plan(1)
+            return pipeline
 
     @property
     def task(self) -> Task:
@@ -187,6 +202,7 @@ class FilePipeline:
         if pending.is_file() and (self._dir(cid) / "outbox.safetensors").is_file():
             pending.replace(self._dir(cid) / "model.safetensors")
 
+    @_locked
     def train_clients(self, client: str | None = None) -> list[str]:
         """Each planned client (or only ``client``) trains on its data and writes its reply."""
         progress = self._require("train-clients")
@@ -209,6 +225,7 @@ class FilePipeline:
             self._set_progress(due="aggregate-vectors")
         return done
 
+    @_locked
     def aggregate_vectors(self) -> dict[str, float]:
         """Server: aggregate the replies and send each client its evaluation request."""
         progress = self._require("aggregate-vectors")
@@ -236,6 +253,7 @@ class FilePipeline:
         )
         return train
 
+    @_locked
     def update_clients(self, client: str | None = None) -> dict[str, Any] | None:
         """Clients take in the round's result and evaluate; the last one closes the round.
 

@@ -65,6 +65,7 @@ from fedmosaic.engines.flower_records import (
     spec_from_json,
     spec_to_json,
 )
+from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.node_data import (
     NODE_FILE,
@@ -323,8 +324,6 @@ def query_nodes(
 
 def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     """The ServerApp's work: wait for nodes, learn their clients, run every round, write the outputs."""
-    from fedmosaic.data.tasks import build_task
-    from fedmosaic.reporting.report import write_run_report
     from fedmosaic.runner import default_folder
 
     rc = {**DEFAULT_RUN_CONFIG, **run_config}
@@ -333,12 +332,21 @@ def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     configure_threads(cfg.engine.threads)
     federated_algorithm(cfg)  # fail before waiting for nodes
     folder = RunFolder(Path(str(rc["out"])) if rc["out"] else default_folder(cfg))
+    with FolderLock(folder.path, "out"):
+        return _serve(grid, rc, cfg, folder)
+
+
+def _serve(grid: Grid, rc: dict[str, Any], cfg: RunConfig, folder: RunFolder) -> dict[str, Any]:
+    """:func:`run_server` once the results folder is locked."""
+    from fedmosaic.data.tasks import build_task
+    from fedmosaic.reporting.report import write_run_report
+
     if folder.exists():
         raise ConfigError(f"out: {folder.path} already holds a run; pick a new results folder")
+    if rc["on-node-failure"] not in NODE_FAILURE:  # before anything is written
+        raise ConfigError(f"on-node-failure: {rc['on-node-failure']!r} is not one of {NODE_FAILURE}")
     task = build_task(cfg)  # the coordinator's proxy, labelled and test sets (and the task description)
     folder.write_config(cfg.to_toml_dict())
-    if rc["on-node-failure"] not in NODE_FAILURE:
-        raise ConfigError(f"on-node-failure: {rc['on-node-failure']!r} is not one of {NODE_FAILURE}")
     drop = rc["on-node-failure"] == "drop"
     exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]), tolerate=drop)
     nodes = wait_for_nodes(grid, int(rc["min-nodes"]), float(rc["node-wait-s"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmosaic.core.metrics import METRIC_NAMES
+from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 from fedmosaic.privacy.accounting import privacy_markdown
 from fedmosaic.reporting.plots import eval_keys, plot_bytes, plot_comparison, plot_run_metrics
@@ -43,6 +44,11 @@ def metrics_table(final: dict[str, dict[str, float]]) -> str:
 
 def write_run_report(path: Path, plots: bool = True, comparison: Path | None = None) -> Path:
     """Write ``report.md`` (and ``plots/*.png``) for the run in ``path``; link ``comparison`` if given."""
+    with FolderLock(path, "report"):
+        return _write_run_report(path, plots, comparison)
+
+
+def _write_run_report(path: Path, plots: bool, comparison: Path | None) -> Path:
     summary, rows = load_run(path)
     title = f"{summary['algorithm']} on {summary['dataset']} (seed {summary['seed']})"
     parts = [
@@ -126,7 +132,12 @@ def comparison_rows(runs: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], 
 
 
 def compare_runs(paths: list[Path], out: Path, labels: list[str] | None = None) -> Path:
-    """Write ``comparison.md`` and overlaid curves for several runs into ``out``."""
+    """Write ``comparison.md`` and overlaid curves for several runs into ``out`` (holding its lock)."""
+    with FolderLock(out, "--out"):
+        return _compare_runs(paths, out, labels)
+
+
+def _compare_runs(paths: list[Path], out: Path, labels: list[str] | None) -> Path:
     loaded = [load_run(p) for p in paths]
     labels = labels or _unique_labels(paths, [s for s, _ in loaded])
     header, rows = comparison_rows([(label, s) for label, (s, _) in zip(labels, loaded, strict=True)])
