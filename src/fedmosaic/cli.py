@@ -100,6 +100,12 @@ def run(
         Path | None, typer.Option("--out", "-o", help="results folder (default: runs/<name>-<time>)")
     ] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this folder")] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", help="with --resume: extend the run (and its baselines) to this many rounds"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run an experiment (the embedded default when no option is given), or --resume one."""
@@ -113,8 +119,10 @@ def run(
             if config is not None or set_ or out_dir is not None:
                 _fail("--resume uses the run's own config.toml: drop --config/--set/--out")
             with _progress(not quiet) as progress:
-                result = runner.resume(resume, progress)
+                result = runner.resume(resume, progress, rounds)
         else:
+            if rounds is not None:
+                _fail("--rounds extends a run being resumed; for a new run use --set rounds=N")
             cfg = load_config(config, set_ or [])
             with _progress(not quiet and cfg.engine.progress) as progress:
                 result = runner.start(cfg, out_dir, progress)

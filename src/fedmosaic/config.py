@@ -22,7 +22,7 @@ from pydantic import (
 
 from fedmosaic.core.algorithm import AlgorithmConfig
 from fedmosaic.core.errors import ConfigError
-from fedmosaic.core.settings import ModelConfig, RobustnessConfig, Strict, TrainingConfig
+from fedmosaic.core.settings import ModelConfig, RobustnessConfig, Strict, TrainingConfig, resolve_path
 from fedmosaic.privacy.dp import PrivacyConfig
 
 _Strict = Strict
@@ -64,6 +64,11 @@ class TaskConfig(_Strict):
     on_bad_sample: Literal["error", "skip"] = Field(
         "error", description="a bad sample stops the run with a one-line error, or is skipped and counted"
     )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _resolve_data_dir(cls, value: Path | None) -> Path | None:
+        return resolve_path(value)  # stored absolute (core/settings.py says why)
 
 
 class ClientsConfig(_Strict):
@@ -136,6 +141,11 @@ class OutputConfig(_Strict):
 
     dir: Path = Path("runs")
     plots: bool = True
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve_dir(cls, value: Path) -> Path:
+        return Path(str(resolve_path(value)))
 
 
 class RunConfig(_Strict):

@@ -68,12 +68,21 @@ def start(
         return _execute(cfg, folder, progress, task)
 
 
-def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentResult:
-    """Continue the experiment in ``folder`` from its last committed round (its own config.toml)."""
+def resume(
+    folder: Path, progress: ProgressFactory | None = None, rounds: int | None = None
+) -> ExperimentResult:
+    """Continue the experiment in ``folder`` from its last committed round, under the config it
+    started with (an edited ``config.toml`` is refused, naming the keys). ``rounds`` extends the run
+    and its baselines to that many rounds, recorded in each folder's fingerprint."""
     run = RunFolder(folder)
     if not run.exists():
         raise ConfigError(f"--resume: {folder} holds no run (no config.toml)")
     with FolderLock(folder, "--resume"):
+        if rounds is not None:
+            baselines = [p for p in (Path(folder) / "baselines").glob("*") if RunFolder(p).exists()]
+            for path in [Path(folder), *baselines]:
+                RunFolder(path).check_config(load_config(RunFolder(path).config).to_toml_dict())
+                RunFolder(path).extend_rounds(rounds)
         cfg = load_config(run.config)
         configure_threads(cfg.engine.threads)
         return _execute(cfg, Path(folder), progress, build_task(cfg))
@@ -89,6 +98,8 @@ def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, tas
         run = RunFolder(run_dir)
         if not run.exists():
             run.write_config(run_cfg.to_toml_dict())
+        else:  # a resume: every run of the experiment continues under the config it started with
+            run.check_config(run_cfg.to_toml_dict())
         callbacks = []
         if progress:
             on_round = progress(name, run_cfg.rounds)

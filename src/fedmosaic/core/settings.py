@@ -10,7 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def resolve_path(value: Path | None) -> Path | None:
+    """A configured path made absolute against the working directory when the config is read.
+
+    Stored resolved in ``config.toml``, so a resume or report's "Reproduce" line works from any
+    directory (``task.data_dir=../shared/datasets/fsdd`` used to be stored as written).
+    """
+    return None if value is None else Path(value).expanduser().resolve()
 
 
 class Strict(BaseModel):
@@ -50,6 +59,18 @@ class ModelConfig(Strict):
         description="pretrained encoders stay frozen: each sample's embedding is computed once and cached",
     )
     cache_dir: Path | None = Field(None, description="embedding cache; default ~/.cache/fedmosaic")
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _resolve_cache_dir(cls, value: Path | None) -> Path | None:
+        return resolve_path(value)
+
+    @field_validator("text_encoder")
+    @classmethod
+    def _resolve_local_model(cls, value: str) -> str:
+        # A local model folder is stored absolute; a hub id (no such folder here) stays as written.
+        path = Path(value).expanduser()
+        return str(path.resolve()) if value != "tiny" and path.is_dir() else value
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:

@@ -166,6 +166,8 @@ class Federation:
         try:
             if folder is not None and not RunFolder(Path(folder)).exists():
                 RunFolder(Path(folder)).write_config(cfg.to_toml_dict())
+            elif folder is not None:  # continuing a run: only under the config it started with
+                RunFolder(Path(folder)).check_config(cfg.to_toml_dict(), key="folder")
             return cls(
                 task,
                 cfg.algorithm.name,

@@ -6,14 +6,17 @@ Layout::
     metrics.jsonl      one JSON line per round (deterministic: same seed, same bytes)
     timings.jsonl      seconds per round and peak memory (kept apart: they differ run to run)
     summary.json       final metrics, bytes up/down, wall time
-    checkpoints/       checkpoint.json (the commit marker), server_rNNNNN.safetensors, clients/
+    checkpoints/       checkpoint.json (the commit marker), server_rNNNNN.safetensors, clients/,
+                       config.json (the config the run started with: what a resume must match)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,44 @@ from fedmosaic.core.checkpoint import (
     load_message,
     save_message,
 )
+from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.message import Message
+
+# Keys that change how a run is carried out but none of its numbers: a resume may change them.
+OPERATIONAL_KEYS = frozenset(
+    {
+        "engine.progress",
+        "engine.workers",
+        "engine.threads",
+        "engine.state_cache",
+        "output.plots",
+        "output.dir",
+    }
+)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_sha256(tree: dict[str, Any]) -> str:
+    """A config's fingerprint: SHA-256 of its JSON in the config's own key order.
+
+    Not sorted: order can matter (the order of ``clients.mix`` decides which clients hold what).
+    """
+    return hashlib.sha256(json.dumps(tree, default=str).encode()).hexdigest()
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two config trees (sorted)."""
+    fa, fb = _flatten(a), _flatten(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
 def peak_rss_mb() -> float:
@@ -58,6 +98,7 @@ class RunFolder:
         self.summary = self.path / "summary.json"
         self.checkpoints = self.path / "checkpoints"
         self.marker = self.checkpoints / "checkpoint.json"
+        self.fingerprint = self.checkpoints / "config.json"
         self.client_states = self.checkpoints / "clients"
 
     def exists(self) -> bool:
@@ -65,7 +106,63 @@ class RunFolder:
         return self.config.exists()
 
     def write_config(self, tree: dict[str, Any]) -> None:
+        """Write ``config.toml`` and record it as the run's fingerprint (see :meth:`check_config`)."""
         atomic_write_bytes(self.config, tomli_w.dumps(tree).encode())
+        self._write_fingerprint(tree, [])
+
+    def _write_fingerprint(self, tree: dict[str, Any], extended: list[dict[str, int]]) -> None:
+        record = {"sha256": config_sha256(tree), "config": tree, "extended": extended}
+        atomic_write_bytes(self.fingerprint, (json.dumps(record, indent=2) + "\n").encode())  # order kept
+
+    def check_config(self, tree: dict[str, Any], key: str = "--resume") -> None:
+        """Refuse to continue the run under a config other than the one it started with.
+
+        One line naming every key that differs (operational keys that cannot change a number, such
+        as the progress bar or worker count, may differ). A folder from before fingerprints were
+        recorded is accepted as it is.
+        """
+        if not self.fingerprint.exists():
+            return
+        recorded = json.loads(self.fingerprint.read_text())
+        if recorded["sha256"] == config_sha256(tree):
+            return
+        changed = [k for k in config_diff(recorded["config"], tree) if k not in OPERATIONAL_KEYS]
+        if not changed and config_diff(recorded["config"], tree) == []:
+            raise ConfigError(
+                f"{key}: {self.path} was run with the same settings in another order (the order of "
+                "clients.mix decides which clients hold which modalities); restore config.toml's order"
+            )
+        if changed:
+            old, new = _flatten(recorded["config"]), _flatten(tree)
+            what = "; ".join(f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed)
+            hint = (
+                " (to run more rounds: fedmosaic run --resume DIR --rounds N)" if "rounds" in changed else ""
+            )
+            raise ConfigError(
+                f"{key}: {self.path} was run with another config; changed since it started: {what}. "
+                f"Undo the change or start a new run{hint}"
+            )
+
+    def extend_rounds(self, rounds: int) -> dict[str, Any]:
+        """Raise the run's ``rounds`` to ``rounds`` (config.toml and the fingerprint), recording when.
+
+        Only upwards and only from the last committed round on: the rounds already run stay as they
+        were, and ``extended`` in the fingerprint says which round the extension started after.
+        """
+        recorded = json.loads(self.fingerprint.read_text()) if self.fingerprint.exists() else {}
+        # The recorded tree keeps the config's own key order (check_config the folder first).
+        tree = dict(recorded["config"]) if recorded else tomllib.loads(self.config.read_text())
+        old = int(tree["rounds"])
+        if rounds <= old:
+            raise ConfigError(
+                f"--rounds: {rounds} must exceed the run's {old} rounds (only extending is allowed)"
+            )
+        marker = json.loads(self.marker.read_text()) if self.marker.exists() else {"round": 0}
+        tree["rounds"] = rounds
+        extension = {"from": old, "to": rounds, "after_round": int(marker["round"])}
+        atomic_write_bytes(self.config, tomli_w.dumps(tree).encode())
+        self._write_fingerprint(tree, [*recorded.get("extended", []), extension])
+        return tree
 
     def append(self, path: Path, row: dict[str, Any]) -> None:
         """Append one JSON line, durably: it is on disk before the round's commit marker is written.

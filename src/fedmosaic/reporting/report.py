@@ -86,7 +86,11 @@ def _write_run_report(path: Path, plots: bool, comparison: Path | None) -> Path:
         ]
     if comparison is not None:
         parts += [f"Side by side with the baselines: [{comparison.name}]({_relative(comparison, path)})", ""]
-    parts += ["Reproduce: `fedmosaic run --config config.toml` (the resolved config in this folder).", ""]
+    parts += [
+        "Reproduce: `fedmosaic run --config config.toml` (the resolved config in this folder; its paths "
+        "are stored absolute, so this works from any directory).",
+        "",
+    ]
     out = path / "report.md"
     out.write_text("\n".join(parts))
     return out
