@@ -2,13 +2,15 @@
 
 ``DIR`` is the main run's folder; baselines named in ``compare`` run on the same task (same seed,
 same split) into ``DIR/baselines/<name>/``, each a complete run folder of its own, and
-``DIR/comparison.md`` puts them side by side.
+``DIR/comparison.md`` puts them side by side. With ``output.tensorboard``, each run folder also gets a
+TensorBoard log in ``tensorboard/``; a resumed run appends to it from its next round.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,11 @@ from typing import Any
 from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.run_folder import RunFolder
 from fedmosaic.reporting.report import compare_runs, write_run_report
+from fedmosaic.reporting.tracking import TensorBoardLogger, require_tensorboard
 
 ProgressFactory = Callable[[str, int], Callable[[int, dict[str, Any]], None]]
 
@@ -59,6 +62,7 @@ def start(
         )
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
+    check_extras(cfg)
     configure_threads(cfg.engine.threads)
     task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
     RunFolder(folder).write_config(cfg.to_toml_dict())
@@ -71,8 +75,18 @@ def resume(folder: Path, progress: ProgressFactory | None = None) -> ExperimentR
     if not run.exists():
         raise ConfigError(f"--resume: {folder} holds no run (no config.toml)")
     cfg = load_config(run.config)
+    check_extras(cfg)
     configure_threads(cfg.engine.threads)
     return _execute(cfg, Path(folder), progress, build_task(cfg))
+
+
+def check_extras(cfg: RunConfig) -> None:
+    """Fail (one line naming the key) when ``cfg`` switches on a feature whose extra is not installed.
+
+    Called before the task is built or anything is written, not when the first round ends.
+    """
+    if cfg.output.tensorboard:
+        require_tensorboard()
 
 
 def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, task: Task) -> ExperimentResult:
@@ -85,12 +99,17 @@ def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, tas
         run = RunFolder(run_dir)
         if not run.exists():
             run.write_config(run_cfg.to_toml_dict())
-        callbacks = []
-        if progress:
-            on_round = progress(name, run_cfg.rounds)
-            callbacks.append(lambda res, on_round=on_round: on_round(res.round, res.row))
-        federation = Federation.from_config(run_cfg, task, folder=run_dir, callbacks=callbacks)
-        result.summaries[name] = federation.run()
+        with ExitStack() as stack:
+            callbacks: list[Callback] = []
+            if progress:
+                on_round = progress(name, run_cfg.rounds)
+                callbacks.append(lambda res, on_round=on_round: on_round(res.round, res.row))
+            if run_cfg.output.tensorboard:
+                # A resumed Federation calls back only for rounds after its last commit, and the
+                # logger opens its writer at the first of those: no round is logged twice.
+                callbacks.append(stack.enter_context(TensorBoardLogger(run.tensorboard)))
+            federation = Federation.from_config(run_cfg, task, folder=run_dir, callbacks=callbacks)
+            result.summaries[name] = federation.run()
         result.folders[name] = run_dir
     if len(runs) > 1:
         result.comparison = compare_runs([d for _, _, d in runs], folder, [n for n, _, _ in runs])

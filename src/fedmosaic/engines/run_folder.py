@@ -7,6 +7,7 @@ Layout::
     timings.jsonl      seconds per round and peak memory (kept apart: they differ run to run)
     summary.json       final metrics, bytes up/down, wall time
     checkpoints/       checkpoint.json (the commit marker), server_rNNNNN.safetensors, clients/
+    tensorboard/       TensorBoard event files, with ``output.tensorboard = true``
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class RunFolder:
         self.checkpoints = self.path / "checkpoints"
         self.marker = self.checkpoints / "checkpoint.json"
         self.client_states = self.checkpoints / "clients"
+        self.tensorboard = self.path / "tensorboard"
 
     def exists(self) -> bool:
         """True when the folder already holds a run (its config)."""
