@@ -137,10 +137,13 @@ class EngineConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    """Where run folders go."""
+    """Where run folders go, and what is written beside the files every run has."""
 
     dir: Path = Path("runs")
     plots: bool = True
+    tensorboard: bool = Field(
+        False, description="TensorBoard event log in <run folder>/tensorboard/ (needs the tracking extra)"
+    )
 
     @field_validator("dir")
     @classmethod

@@ -2,13 +2,15 @@
 
 ``DIR`` is the main run's folder; baselines named in ``compare`` run on the same task (same seed,
 same split) into ``DIR/baselines/<name>/``, each a complete run folder of its own, and
-``DIR/comparison.md`` puts them side by side.
+``DIR/comparison.md`` puts them side by side. With ``output.tensorboard``, each run folder also gets a
+TensorBoard log in ``tensorboard/``; a resumed run appends to it from its next round.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ from typing import Any
 from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.run_folder import RunFolder
 from fedmosaic.reporting.report import compare_runs, write_run_report
+from fedmosaic.reporting.tracking import TensorBoardLogger, require_tensorboard
 
 ProgressFactory = Callable[[str, int], Callable[[int, dict[str, Any]], None]]
 
@@ -62,6 +65,7 @@ def start(
             )
         if any(p.name != LOCK_NAME for p in folder.iterdir()):
             raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
+        check_extras(cfg)
         configure_threads(cfg.engine.threads)
         task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
         RunFolder(folder).write_config(cfg.to_toml_dict())
@@ -84,8 +88,18 @@ def resume(
                 RunFolder(path).check_config(load_config(RunFolder(path).config).to_toml_dict())
                 RunFolder(path).extend_rounds(rounds)
         cfg = load_config(run.config)
+        check_extras(cfg)
         configure_threads(cfg.engine.threads)
         return _execute(cfg, Path(folder), progress, build_task(cfg))
+
+
+def check_extras(cfg: RunConfig) -> None:
+    """Fail (one line naming the key) when ``cfg`` switches on a feature whose extra is not installed.
+
+    Called before the task is built or anything is written, not when the first round ends.
+    """
+    if cfg.output.tensorboard:
+        require_tensorboard()
 
 
 def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, task: Task) -> ExperimentResult:
@@ -100,12 +114,17 @@ def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, tas
             run.write_config(run_cfg.to_toml_dict())
         else:  # a resume: every run of the experiment continues under the config it started with
             run.check_config(run_cfg.to_toml_dict())
-        callbacks = []
-        if progress:
-            on_round = progress(name, run_cfg.rounds)
-            callbacks.append(lambda res, on_round=on_round: on_round(res.round, res.row))
-        federation = Federation.from_config(run_cfg, task, folder=run_dir, callbacks=callbacks)
-        result.summaries[name] = federation.run()
+        with ExitStack() as stack:
+            callbacks: list[Callback] = []
+            if progress:
+                on_round = progress(name, run_cfg.rounds)
+                callbacks.append(lambda res, on_round=on_round: on_round(res.round, res.row))
+            if run_cfg.output.tensorboard:
+                # A resumed Federation calls back only for rounds after its last commit, and the
+                # logger opens its writer at the first of those: no round is logged twice.
+                callbacks.append(stack.enter_context(TensorBoardLogger(run.tensorboard)))
+            federation = Federation.from_config(run_cfg, task, folder=run_dir, callbacks=callbacks)
+            result.summaries[name] = federation.run()
         result.folders[name] = run_dir
     if len(runs) > 1:
         result.comparison = compare_runs([d for _, _, d in runs], folder, [n for n, _, _ in runs])

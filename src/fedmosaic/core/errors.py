@@ -5,3 +5,11 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A configuration problem, as one line: ``key: what was expected``."""
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional feature whose package is not installed, as one line naming the extra to install.
+
+    A :class:`ConfigError` so the CLI reports it like any other bad setting (one line, nothing
+    written), and an :class:`ImportError` so Python callers can catch it as the missing import it is.
+    """

@@ -8,6 +8,7 @@ Layout::
     summary.json       final metrics, bytes up/down, wall time
     checkpoints/       checkpoint.json (the commit marker), server_rNNNNN.safetensors, clients/,
                        config.json (the config the run started with: what a resume must match)
+    tensorboard/       TensorBoard event files, with ``output.tensorboard = true``
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class RunFolder:
         self.marker = self.checkpoints / "checkpoint.json"
         self.fingerprint = self.checkpoints / "config.json"
         self.client_states = self.checkpoints / "clients"
+        self.tensorboard = self.path / "tensorboard"
 
     def exists(self) -> bool:
         """True when the folder already holds a run (its config)."""
