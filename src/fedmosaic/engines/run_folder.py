@@ -42,6 +42,7 @@ OPERATIONAL_KEYS = frozenset(
         "engine.state_cache",
         "output.plots",
         "output.dir",
+        "output.tensorboard",
     }
 )
 
