@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A configuration problem, as one line: ``key: what was expected``."""
+
+
+class PluginError(ConfigError):
+    """A plug-in that cannot be loaded or that clashes with another, as one line naming it."""
