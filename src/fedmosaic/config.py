@@ -188,6 +188,20 @@ class RunConfig(_Strict):
                 raise ValueError(f"compare: {exc.args[0]}") from None
         return value
 
+    @field_validator("model")
+    @classmethod
+    def _known_encoders(cls, value: ModelConfig) -> ModelConfig:
+        from fedmosaic.models.encoders import ENCODER_FIELDS, get_encoder
+
+        for kind, key in ENCODER_FIELDS.items():
+            if kind == "text":
+                continue  # a name that is not registered is a hub id or a model folder
+            try:
+                get_encoder(kind, getattr(value, key))
+            except KeyError as exc:
+                raise ValueError(f"model.{key}: {exc.args[0]}") from None
+        return value
+
     @model_validator(mode="after")
     def _fits_dataset(self) -> RunConfig:
         from fedmosaic.data.partition import parse_mix as check_mix
