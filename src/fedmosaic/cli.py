@@ -1,4 +1,4 @@
-"""The ``fedmosaic`` command: run, resume, report."""
+"""The ``fedmosaic`` command: run, resume, report, list what is available, the file pipeline's steps."""
 
 from __future__ import annotations
 
@@ -90,6 +90,26 @@ def _headline(result: Any) -> None:
     )
 
 
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--plugin",
+        "-p",
+        help="import this module first: a plug-in registering algorithms, data sets or encoders (repeatable)",
+    ),
+]
+
+
+def _load_plugins(plugins: list[str] | None) -> None:
+    """For the listing commands: load the registries and ``plugins``, or fail with one line."""
+    from fedmosaic.config import ConfigError, load_plugins
+
+    try:
+        load_plugins(plugins or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def run(
     config: Annotated[
@@ -109,6 +129,7 @@ def run(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    plugin: PluginOption = None,
 ) -> None:
     """Run an experiment (the embedded default when no option is given), or --resume one."""
     from fedmosaic import runner
@@ -118,14 +139,17 @@ def run(
 
     try:
         if resume is not None:
-            if config is not None or set_ or out_dir is not None:
-                _fail("--resume uses the run's own config.toml: drop --config/--set/--out")
+            if config is not None or set_ or out_dir is not None or plugin:
+                _fail(
+                    "--resume uses the run's own config.toml (its plugins too): "
+                    "drop --config/--set/--out/--plugin"
+                )
             with _progress(not quiet) as progress:
                 result = runner.resume(resume, progress, rounds)
         else:
             if rounds is not None:
                 _fail("--rounds extends a run being resumed; for a new run use --set rounds=N")
-            cfg = load_config(config, set_ or [])
+            cfg = load_config(config, set_ or [], plugin)
             with _progress(not quiet and cfg.engine.progress) as progress:
                 result = runner.start(cfg, out_dir, progress)
     except (ConfigError, TaskSplitError, DataError) as exc:
@@ -174,12 +198,39 @@ def report(
 
 
 @app.command("algorithms")
-def list_algorithms() -> None:
-    """List the available algorithms."""
+def list_algorithms(plugin: PluginOption = None) -> None:
+    """List the available algorithms (fedmosaic's and the plug-ins')."""
     from fedmosaic.algorithms.registry import algorithm_names, get_algorithm
 
+    _load_plugins(plugin)
     for name in algorithm_names():
-        out.print(f"{name:12s} {get_algorithm(name).summary}", highlight=False)
+        # soft_wrap: one line per algorithm whatever the width, so `| grep` finds the whole line
+        out.print(f"{name:12s} {get_algorithm(name).summary}", highlight=False, soft_wrap=True)
+
+
+@app.command("datasets")
+def list_datasets(plugin: PluginOption = None) -> None:
+    """List the available data sets (fedmosaic's and the plug-ins') and their options."""
+    from fedmosaic.data.registry import dataset_names, get_dataset
+
+    _load_plugins(plugin)
+    for name in dataset_names():
+        entry = get_dataset(name)
+        options = ", ".join(entry.options.model_fields) or "-"
+        folder = " (needs task.data_dir)" if entry.needs_data_dir else ""
+        out.print(f"{name:12s} options: {options}{folder}", highlight=False, soft_wrap=True)
+
+
+@app.command("encoders")
+def list_encoders(plugin: PluginOption = None) -> None:
+    """List the available encoders per modality kind (the ``model.<kind>_encoder`` values)."""
+    from fedmosaic.models.encoders import ENCODER_FIELDS, encoder_names
+
+    _load_plugins(plugin)
+    for kind, key in ENCODER_FIELDS.items():
+        names = ", ".join(encoder_names(kind))
+        tail = ", or a Hugging Face hub id / model folder" if kind == "text" else ""
+        out.print(f"model.{key:20s} {names}{tail}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- the step-by-step file pipeline
@@ -216,12 +267,16 @@ def init_root(
     root: RootOption,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override KEY=VALUE")] = None,
+    plugin: PluginOption = None,
 ) -> None:
-    """Build a pipeline tree (client_k/ folders, server/) from a data set and modality mix; plan round 1."""
+    """Build a pipeline tree (client_k/ folders, server/) from a data set and modality mix; plan round 1.
+
+    The tree's config.toml lists the ``--plugin`` modules: every later step loads them too.
+    """
     from fedmosaic.config import load_config
     from fedmosaic.engines.files import FilePipeline
 
-    _pipeline_step(lambda: FilePipeline.init(root, load_config(config, set_ or [])))
+    _pipeline_step(lambda: FilePipeline.init(root, load_config(config, set_ or [], plugin)))
     out.print(f"built {root}", highlight=False, soft_wrap=True)
     _due(root)
 

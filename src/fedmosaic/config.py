@@ -151,9 +151,31 @@ class OutputConfig(_Strict):
         return Path(str(resolve_path(value)))
 
 
+def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Load every registry (built-ins and installed entry points), then import the plug-in ``modules``.
+
+    The registries come first so that a plug-in reusing a built-in's name is reported as the second
+    registration, naming the plug-in. One-line :class:`~fedmosaic.core.errors.PluginError` on failure.
+    """
+    from fedmosaic.algorithms.registry import ensure_loaded as algorithms_loaded
+    from fedmosaic.core.plugins import import_plugins
+    from fedmosaic.data.registry import ensure_loaded as datasets_loaded
+    from fedmosaic.models.encoders import ensure_loaded as encoders_loaded
+
+    algorithms_loaded()
+    datasets_loaded()
+    encoders_loaded()
+    import_plugins(modules)
+
+
 class RunConfig(_Strict):
     """A whole run."""
 
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported before the rest is validated; each registers algorithms, data sets "
+        "or encoders (DEVELOPERS.md, 'Writing a plug-in')",
+    )
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
     compare: list[str] = Field(
@@ -170,6 +192,18 @@ class RunConfig(_Strict):
     privacy: PrivacyConfig = Field(
         default_factory=PrivacyConfig, description="client-level DP on uploads (docs/privacy.md)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_plugins(cls, data: Any) -> Any:
+        # Before any field: the algorithm, data set and encoder names below may be a plug-in's.
+        # Every process that validates a run's config (run folders, file pipeline steps, Flower
+        # nodes) so loads the same plug-ins. A malformed list is left to the field's own check.
+        if isinstance(data, dict):
+            modules = data.get("plugins", [])
+            if isinstance(modules, list) and all(isinstance(m, str) for m in modules):
+                load_plugins(modules)
+        return data
 
     @field_validator("algorithm", mode="before")
     @classmethod
@@ -199,6 +233,20 @@ class RunConfig(_Strict):
                 get_algorithm(name)
             except KeyError as exc:
                 raise ValueError(f"compare: {exc.args[0]}") from None
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_encoders(cls, value: ModelConfig) -> ModelConfig:
+        from fedmosaic.models.encoders import ENCODER_FIELDS, get_encoder
+
+        for kind, key in ENCODER_FIELDS.items():
+            if kind == "text":
+                continue  # a name that is not registered is a hub id or a model folder
+            try:
+                get_encoder(kind, getattr(value, key))
+            except KeyError as exc:
+                raise ValueError(f"model.{key}: {exc.args[0]}") from None
         return value
 
     @model_validator(mode="after")
@@ -334,9 +382,19 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return validate(tree)
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load ``path`` (default: the embedded default) and apply ``key=value`` overrides."""
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, plugins: list[str] | None = None
+) -> RunConfig:
+    """Load ``path`` (default: the embedded default) and apply ``key=value`` overrides.
+
+    ``plugins`` (``--plugin``) are added to the config's own ``plugins`` list, so they are saved
+    with the run and every later step of it loads them too.
+    """
     tree = read_toml(path or default_config_path())
     for assignment in overrides or []:
         apply_override(tree, assignment)
+    if plugins:
+        listed = tree.get("plugins", [])
+        if isinstance(listed, list):  # anything else fails validation with its own message
+            tree["plugins"] = list(dict.fromkeys([*listed, *plugins]))
     return validate(tree)

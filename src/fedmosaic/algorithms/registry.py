@@ -1,30 +1,12 @@
-"""Algorithms by name. Built-ins register on first lookup; plug-ins call :func:`register`."""
+"""Algorithms by name. Built-ins and entry points (``fedmosaic.algorithms``) load on first lookup.
+
+A plug-in registers with :func:`register` when its module is imported (see :mod:`fedmosaic.core.plugins`).
+"""
 
 from __future__ import annotations
 
 from fedmosaic.core.algorithm import Algorithm
-
-_ALGORITHMS: dict[str, type[Algorithm]] = {}
-
-
-def register(cls: type[Algorithm]) -> type[Algorithm]:
-    """Class decorator: make an Algorithm available under ``cls.name``."""
-    _ALGORITHMS[cls.name] = cls
-    return cls
-
-
-def get_algorithm(name: str) -> type[Algorithm]:
-    """The algorithm called ``name``; ``KeyError`` lists the known ones."""
-    _load_builtins()
-    if name not in _ALGORITHMS:
-        raise KeyError(f"unknown algorithm {name!r}; known: {', '.join(sorted(_ALGORITHMS))}")
-    return _ALGORITHMS[name]
-
-
-def algorithm_names() -> list[str]:
-    """Every registered algorithm's name."""
-    _load_builtins()
-    return sorted(_ALGORITHMS)
+from fedmosaic.core.plugins import Registry
 
 
 def _load_builtins() -> None:
@@ -39,3 +21,32 @@ def _load_builtins() -> None:
         local,
         mmfedavg,
     )
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", "fedmosaic.algorithms", _load_builtins)
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make an Algorithm available under ``cls.name``.
+
+    Another class under a taken name is a one-line :class:`~fedmosaic.core.errors.PluginError`.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise TypeError(f"@register takes an Algorithm subclass, got {cls!r}")
+    ALGORITHMS.add(cls.name, cls, by=cls)
+    return cls
+
+
+def get_algorithm(name: str) -> type[Algorithm]:
+    """The algorithm called ``name``; ``KeyError`` lists the known ones."""
+    return ALGORITHMS.get(name)
+
+
+def algorithm_names() -> list[str]:
+    """Every registered algorithm's name."""
+    return ALGORITHMS.names()
+
+
+def ensure_loaded() -> None:
+    """Load the built-ins and the ``fedmosaic.algorithms`` entry points now (normally on first lookup)."""
+    ALGORITHMS.ensure_loaded()

@@ -13,3 +13,7 @@ class MissingExtraError(ConfigError, ImportError):
     A :class:`ConfigError` so the CLI reports it like any other bad setting (one line, nothing
     written), and an :class:`ImportError` so Python callers can catch it as the missing import it is.
     """
+
+
+class PluginError(ConfigError):
+    """A plug-in that cannot be loaded or that clashes with another, as one line naming it."""

@@ -40,19 +40,32 @@ class TrainingConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """Encoders and fusion. The image encoder is a small CNN or torchvision's MobileNetV3-small."""
+    """Encoders and fusion: one encoder per modality kind, each a name in the encoder registry.
+
+    The ``*_encoder`` names are checked against the registry (built-ins and plug-ins,
+    ``fedmosaic.models.encoders``) by ``fedmosaic.config.RunConfig``: core does not import models.
+    """
 
     embed_dim: int = Field(64, ge=2)
-    image_encoder: Literal["cnn", "mobilenet_v3_small", "mobilenet_v3_large"] = "cnn"
+    image_encoder: str = Field(
+        "cnn", description="cnn, mobilenet_v3_small, mobilenet_v3_large or a plug-in's image encoder"
+    )
     text_encoder: str = Field(
         "tiny",
-        description="'tiny' = a small random BERT (text_hidden/layers/heads); otherwise a Hugging Face "
-        "hub id or a local model folder, loaded with AutoModel/AutoTokenizer",
+        description="'tiny' = a small random BERT (text_hidden/layers/heads), or a plug-in's text encoder; "
+        "any other name is a Hugging Face hub id or a local model folder (AutoModel/AutoTokenizer)",
     )
     text_hidden: int = Field(64, ge=8)
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(2, ge=1)
-    timeseries_encoder: Literal["cnn1d", "lstm"] = "cnn1d"
+    timeseries_encoder: str = Field("cnn1d", description="cnn1d, lstm or a plug-in's timeseries encoder")
+    audio_encoder: str = Field(
+        "melcnn", description="melcnn (a CNN over log-mel) or a plug-in's audio encoder"
+    )
+    embedding_encoder: str = Field(
+        "projection",
+        description="projection (LayerNorm + Linear over precomputed features) or a plug-in's encoder",
+    )
     pretrained: bool = Field(False, description="ImageNet weights for MobileNetV3 (a download)")
     freeze_encoders: bool = Field(
         False,

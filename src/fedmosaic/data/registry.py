@@ -1,5 +1,7 @@
 """Data sets by name: each has an options model, its modality names and a loader.
 
+Built-ins and the ``fedmosaic.datasets`` entry points load on first lookup (:mod:`fedmosaic.core.plugins`).
+
 A loader reads one source format and returns a :class:`LoadedData`: one array per modality (raw
 values; the task builder normalises sensor channels from training data only), one label per
 sample, and the structure the splitter must respect (natural owners, blocks that must not be cut,
@@ -18,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from fedmosaic.core.modality import Modality
+from fedmosaic.core.plugins import Registry
 
 # What a sample's role in the split is, when the data itself fixes it (``LoadedData.role``).
 ROLE_FREE, ROLE_TEST, ROLE_PROXY, ROLE_LABELLED, ROLE_VAL = 0, 1, 2, 3, 4
@@ -133,31 +136,39 @@ class DatasetEntry:
     natural_unit: str = ""  # what one natural client is ("user", "speaker", ...); "" = no natural split
 
 
-_DATASETS: dict[str, DatasetEntry] = {}
-
 # Modules under fedmosaic.data that register a built-in data set when imported.
 _BUILTIN_MODULES = ("synthetic_task", "uci_hapt", "uci_har", "mhealth", "fsdd_digits", "coco", "folder")
-
-
-def register_dataset(entry: DatasetEntry) -> None:
-    """Add a data set to the registry (a plug-in may call this too)."""
-    _DATASETS[entry.name] = entry
-
-
-def get_dataset(name: str) -> DatasetEntry:
-    """The registered data set ``name``; ``KeyError`` lists the known ones."""
-    _load_builtins()
-    if name not in _DATASETS:
-        raise KeyError(f"unknown data set {name!r}; known: {', '.join(sorted(_DATASETS))}")
-    return _DATASETS[name]
-
-
-def dataset_names() -> list[str]:
-    """Names of every registered data set."""
-    _load_builtins()
-    return sorted(_DATASETS)
 
 
 def _load_builtins() -> None:
     for module in _BUILTIN_MODULES:
         importlib.import_module(f"fedmosaic.data.{module}")
+
+
+DATASETS: Registry[DatasetEntry] = Registry("data set", "fedmosaic.datasets", _load_builtins)
+
+
+def register_dataset(entry: DatasetEntry) -> None:
+    """Add a data set to the registry (a plug-in's module calls this when imported).
+
+    Another entry (a loader from another module) under a taken name is a one-line
+    :class:`~fedmosaic.core.errors.PluginError`.
+    """
+    if not isinstance(entry, DatasetEntry):
+        raise TypeError(f"register_dataset takes a DatasetEntry, got {entry!r}")
+    DATASETS.add(entry.name, entry, by=entry.load)
+
+
+def get_dataset(name: str) -> DatasetEntry:
+    """The registered data set ``name``; ``KeyError`` lists the known ones."""
+    return DATASETS.get(name)
+
+
+def dataset_names() -> list[str]:
+    """Names of every registered data set."""
+    return DATASETS.names()
+
+
+def ensure_loaded() -> None:
+    """Load the built-ins and the ``fedmosaic.datasets`` entry points now (normally on first lookup)."""
+    DATASETS.ensure_loaded()

@@ -245,9 +245,11 @@ def _tokenise(
     cfg: RunConfig, texts: list[str], client_idx: np.ndarray, max_tokens: int
 ) -> tuple[np.ndarray, int]:
     from fedmosaic.data.text import load_tokenizer, tokenize_texts, train_wordpiece
+    from fedmosaic.models.encoders import has_encoder
 
-    if cfg.model.text_encoder == "tiny":
-        # The vocabulary is learnt from client texts only: test captions must not shape it.
+    if has_encoder("text", cfg.model.text_encoder):
+        # tiny or a plug-in's encoder: no tokenizer of its own, so the task learns a vocabulary,
+        # from client texts only: test captions must not shape it.
         tokenizer = train_wordpiece([texts[i] for i in client_idx])
     else:
         tokenizer = load_tokenizer(cfg.model.text_encoder)

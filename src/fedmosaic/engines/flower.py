@@ -28,6 +28,11 @@ out of that round, its clients recorded as ``dropped`` and the node in ``lost_no
 goes on with the replies that arrived and the node is asked again next round if the SuperLink
 still lists it. ``"fail"``: the run stops), ``poll-s``.
 
+Plug-ins: the run config travels in every message and a node validates it like any process
+(:func:`fedmosaic.config.validate`), so it imports the config's ``plugins`` modules and its own
+installed entry points first. Each must be importable on every node: installed there, or on its
+``PYTHONPATH`` (``set = "plugins=['my_module']"`` names one for the whole run).
+
 ``python -m fedmosaic.engines.flower app DIR`` writes the Flower app folder ``flwr run`` takes;
 ``python -m fedmosaic.engines.flower prepare-nodes`` writes node folders from a run config.
 """
@@ -517,6 +522,9 @@ def main(argv: list[str] | None = None) -> None:
     prep = sub.add_parser("prepare-nodes", help="write node folders (one per SuperNode) from a run config")
     prep.add_argument("--config", "-c", type=Path, default=None, help="fedmosaic TOML (default: embedded)")
     prep.add_argument("--set", "-s", action="append", default=[], dest="overrides", help="KEY=VALUE")
+    prep.add_argument(
+        "--plugin", "-p", action="append", default=[], dest="plugins", help="plug-in module (repeatable)"
+    )
     prep.add_argument("--nodes", type=int, required=True, help="how many node folders")
     prep.add_argument("--out", "-o", type=Path, required=True, help="where node_0, node_1, ... go")
     args = parser.parse_args(argv)
@@ -524,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         print(write_app(args.folder))
         return
     try:
-        folders = prepare_nodes(load_config(args.config, args.overrides), args.out, args.nodes)
+        folders = prepare_nodes(load_config(args.config, args.overrides, args.plugins), args.out, args.nodes)
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
     for folder in folders:

@@ -43,6 +43,7 @@ from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.modality import Modality
 from fedmosaic.core.task import to_tensor  # the exact conversion training batches get (uint8 -> [0, 1])
 from fedmosaic.data.text import resolve_source
+from fedmosaic.models.encoders import has_encoder
 from fedmosaic.models.image import MobileNetEncoder, mobilenet_weights
 from fedmosaic.models.text import PretrainedTextEncoder
 
@@ -53,6 +54,10 @@ NO_ENCODER_MESSAGE = (
     "model.freeze_encoders: no pretrained encoder to freeze "
     "(set model.text_encoder to a model or model.pretrained = true)"
 )
+
+
+# The image encoders with ImageNet weights: only these can be frozen and cached.
+MOBILENETS = ("mobilenet_v3_small", "mobilenet_v3_large")
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,9 @@ def cache_root(cfg: Any) -> Path:
 def freezable(modality: Modality, cfg: Any) -> bool:
     """Whether ``modality``'s encoder under ``cfg`` is pretrained (and so can be frozen and cached)."""
     if modality.kind == "text":
-        return cfg.text_encoder != "tiny"
+        return not has_encoder("text", cfg.text_encoder)  # a hub id or model folder, not tiny or a plug-in's
     if modality.kind == "image":
-        return bool(cfg.pretrained) and cfg.image_encoder != "cnn"
+        return bool(cfg.pretrained) and cfg.image_encoder in MOBILENETS
     return False
 
 
