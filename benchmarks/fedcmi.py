@@ -30,8 +30,7 @@ import numpy as np
 from _common import BENCHMARKS_MD, SHARED, mean_std, publish
 from fedmosaic.config import RunConfig, load_config, validate
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.federation import Federation
 
 SECTION = "fedcmi"
 ROUNDS = 15
@@ -86,7 +85,7 @@ def run_task(overrides: list[str], seeds: list[int], rounds: int, workdir: Path)
             cfg = variant_config(base, algorithm)
             folder = workdir / f"seed{seed}" / name.replace(" ", "_").replace(",", "")
             t0 = time.process_time()
-            summary = LocalEngine(cfg, task, RunFolder(folder)).run()
+            summary = Federation.from_config(cfg, task, folder=folder).run()
             summary["cpu_s"] = time.process_time() - t0
             out[name].append(summary)
             print(f"  seed {seed} {name}: {summary['cpu_s']:.0f} s CPU", flush=True)

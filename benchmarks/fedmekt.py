@@ -40,8 +40,7 @@ from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import RunConfig, load_config
 from fedmosaic.core.metrics import classification_metrics
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.federation import Federation
 
 SECTION = "fedmekt"
 SPEED_SECTION = "fedmekt-speed"
@@ -88,14 +87,13 @@ def _children_cpu() -> float:
 
 def run_one(cfg: RunConfig, task, folder: Path) -> dict:
     """Run one configured algorithm on a prepared task; per-round rows plus wall and CPU time."""
-    run = RunFolder(folder)
-    run.write_config(cfg.to_toml_dict())
+    fed = Federation.from_config(cfg, task, folder=folder)
     # CPU of this process plus its finished children (engine.workers > 1 trains clients in forked
-    # workers, which the engine joins before it returns)
+    # workers, which the federation joins before run() returns)
     cpu = time.process_time() + _children_cpu()
-    summary = LocalEngine(cfg, task, run).run()
+    summary = fed.run()
     cpu = time.process_time() + _children_cpu() - cpu
-    rows = read_jsonl(run.metrics)
+    rows = fed.rows()
     return {"summary": summary, "rows": rows, "cpu_per_round": cpu / len(rows)}
 
 

@@ -27,10 +27,10 @@ import numpy as np
 from _common import BENCHMARKS_MD, publish
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower import prepare_nodes, write_app
 from fedmosaic.engines.flower_local import local_federation
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.run_folder import read_jsonl
 
 SECTION = "flower"
 SMOKE = [
@@ -64,7 +64,7 @@ def measure(overrides: list[str], nodes: int, workdir: Path, timeout_s: float) -
     """Run ``overrides`` locally and on Flower; timings, setup costs and whether metrics match."""
     cfg = load_config(None, overrides)
     local = workdir / "local"
-    LocalEngine(cfg, build_task(cfg), RunFolder(local)).run()
+    Federation.from_config(cfg, build_task(cfg), folder=local).run()
     folders = prepare_nodes(cfg, workdir / "nodes", nodes)
     app = write_app(workdir / "app")
     flower = workdir / "flower"

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,8 +29,7 @@ from sklearn.model_selection import cross_val_score
 from fedmosaic.algorithms import gvf
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.federation import Federation
 from fedmosaic.models.fusion import fill_from_bank
 from fedmosaic.models.train import evaluate_subsets
 
@@ -78,37 +75,31 @@ def main() -> None:
     ]
     cfg = load_config(None, overrides)
     task = build_task(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = RunFolder(Path(tmp))
-        folder.write_config(cfg.to_toml_dict())
-        engine = LocalEngine(cfg, task, folder)
+    with Federation.from_config(cfg, task) as fed:  # in memory: the client states stay in this process
         print("1. learning curve (round: group accuracy | server statistics)")
-        for r in range(1, cfg.rounds + 1):
-            row = engine._round(r)
-            acc = {
-                k[6:]: round(v["accuracy"], 3) for k, v in row.get("eval", {}).items() if k[:6] == "group/"
-            }
-            stats = {k: round(v, 3) for k, v in row["train"].items()}
-            print(f"  {r}: {acc or ''} | {stats}", flush=True)
-        report(engine, task)
+        for result in fed.rounds():
+            acc = {k[6:]: round(v["accuracy"], 3) for k, v in result.eval.items() if k[:6] == "group/"}
+            stats = {k: round(v, 3) for k, v in result.train.items()}
+            print(f"  {result.round}: {acc or ''} | {stats}", flush=True)
+        report(fed, task)
 
 
-def report(engine: LocalEngine, task) -> None:
+def report(fed: Federation, task) -> None:
     """Sections 2-4 of the module docstring, from the clients' states after the run."""
-    client, proxy = engine.client, engine.server.proxy
+    client, proxy = fed.client, fed.server.proxy
     names = proxy.info.modality_names
     models, vectors = {}, {}
-    update = engine.server.configure_evaluate(engine.cfg.rounds, engine.specs)  # the run's update step
-    for spec in engine.specs:
-        state = engine.states.get(spec.id)
+    update = fed.server.configure_evaluate(fed.total_rounds, fed.specs)  # the run's update step
+    for spec in fed.specs:
+        state = fed.client_state(spec.id)
         # a copy: the client reuses one model object for every client it evaluates
         models[spec.id] = copy.deepcopy(client.evaluated_model(update[spec.id], state))
         for m in spec.modalities:
             vectors[spec.id, m] = client._vectors(models[spec.id], m, state.arrays[gvf.PROXY + m])
-    complete = [s.id for s in engine.specs if len(s.modalities) == len(names)]
+    complete = [s.id for s in fed.specs if len(s.modalities) == len(names)]
     labels = proxy.labels
     print(f"2./3. one space? (retrieval, chance {1 / len(labels):.3f}) and class information (probe)")
-    for spec in engine.specs:
+    for spec in fed.specs:
         for m in sorted(spec.modalities):
             other = next(n for n in names if n != m)
             v = vectors[spec.id, m]
@@ -125,7 +116,7 @@ def report(engine: LocalEngine, task) -> None:
                 line += f" own+fill {probe(np.hstack([v, fill]), labels):.3f} fill {probe(fill, labels):.3f}"
             print(line)
     print("4. test accuracy with the bank | without")
-    for spec in engine.specs:
+    for spec in fed.specs:
         model, test = models[spec.id], task.client(spec.id).test
         with torch.no_grad():
             full = evaluate_subsets(model, test, task.info, spec.modalities)

@@ -1,7 +1,7 @@
 """Benchmark matrix: algorithm x task x modality mix x seed, with the accuracy-vs-communication plot.
 
 Every run goes through the public API (``build_task`` once per task and seed, then one
-``LocalEngine`` per algorithm on that task, so all algorithms of a seed see the same split), is
+``Federation`` per algorithm on that task, so all algorithms of a seed see the same split), is
 stored as ``benchmarks/results/matrix/<task>/<algorithm>-seed<k>.json`` (gitignored), and the
 aggregated rows (mean and std over seeds) go to the committed ``benchmarks/matrix_rows.csv``, from
 which the ``matrix`` section of BENCHMARKS.md and its figures under ``benchmarks/figures/`` are
@@ -204,8 +204,7 @@ def run_task(
     """
     from fedmosaic.config import load_config, validate
     from fedmosaic.data.tasks import build_task
-    from fedmosaic.engines.local import LocalEngine
-    from fedmosaic.engines.run_folder import RunFolder
+    from fedmosaic.engines.federation import Federation
 
     hapt_dir = unpack_hapt(shared, work) if spec.needs == "hapt" else None
     for seed in seeds:
@@ -221,7 +220,8 @@ def run_task(
             cfg = validate(tree)
             exact_peak = reset_peak_rss()
             cpu0 = time.process_time()
-            summary = LocalEngine(cfg, task, RunFolder(work / f"{spec.name}-{name}-{seed}")).run()
+            folder = work / f"{spec.name}-{name}-{seed}"
+            summary = Federation.from_config(cfg, task, folder=folder).run()
             record = {
                 "task": spec.name,
                 "algorithm": name,

@@ -33,8 +33,8 @@ from _common import mean_std as _ms
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.faults import Attack, CorruptingClient, PoisonedClient
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.run_folder import read_jsonl
 
 SECTION = "robustness"
 FRACTIONS = (0.1, 0.2, 0.3)
@@ -85,15 +85,15 @@ def one_run(overrides: list[str], attack: str, fraction: float, seed: int, folde
     """One run; final overall accuracy and the rejected replies (total, and how many were poisoned)."""
     cfg = load_config(None, [*overrides, f"seed={seed}"])
     task = build_task(cfg)
-    engine = LocalEngine(cfg, task, RunFolder(folder))
     bad = poisoned_clients([s.id for s in task.specs], fraction, seed)
+    wrappers = []
     if bad:
-        engine.client = (
-            PoisonedClient(engine.client, bad, ATTACK)
+        wrappers.append(
+            (lambda inner: PoisonedClient(inner, bad, ATTACK))
             if attack == "signflip"
-            else CorruptingClient(engine.client, bad, "norm_1e6")
+            else (lambda inner: CorruptingClient(inner, bad, "norm_1e6"))
         )
-    summary = engine.run()
+    summary = Federation.from_config(cfg, task, folder=folder, client_wrappers=wrappers).run()
     rows = read_jsonl(folder / "metrics.jsonl")
     rejected = [cid for row in rows for cid in row.get("rejected", {})]
     return {

@@ -27,7 +27,8 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.faults import CORRUPTIONS, default_target
-from fedmosaic.engines.local import configure_threads, settings_for
+from fedmosaic.engines.local import configure_threads
+from fedmosaic.engines.protocol import build_client, build_server, settings_from_config
 from fedmosaic.engines.screening import screen
 
 SECTION = "validation"
@@ -81,12 +82,12 @@ def algorithms(smoke: bool, sensor: list[str]) -> dict[str, list[str]]:
 def one_round(overrides: list[str]) -> tuple[object, object, dict[str, Message], dict[str, Message]]:
     """The server half, the config, and round 1's plan and replies (trained for real)."""
     cfg = load_config(None, overrides)
-    configure_threads(cfg)
+    configure_threads(cfg.engine.threads)
     task = build_task(cfg)
     algorithm = get_algorithm(cfg.algorithm.name)
-    settings = settings_for(cfg, task)
-    server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
-    client = algorithm.Client(settings)
+    settings = settings_from_config(cfg, task.info, len(task.specs))
+    server = build_server(algorithm, settings, ServerData(task.proxy, task.labelled, task.test))
+    client = build_client(algorithm, settings)
     plan = server.configure(1, task.specs, Rng(cfg.seed, 1, SERVER))
     replies = {
         cid: client.fit(message, Message(), task.client(cid), Rng(cfg.seed, 1, cid))[0]

@@ -1,4 +1,5 @@
-"""The local engine: determinism, resume, byte accounting, modality masks, outputs."""
+"""The local engine (a Federation over the in-process transport): determinism, resume, byte accounting,
+modality masks, outputs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 
 from fedmosaic.config import RunConfig, validate
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.run_folder import read_jsonl
 from fedmosaic.models.multimodal import MultimodalClassifier
 
 
@@ -27,8 +28,12 @@ def with_overrides(cfg: RunConfig, **changes: object) -> RunConfig:
     return validate(tree)
 
 
-def run_engine(cfg: RunConfig, folder: Path, on_round=None) -> dict:
-    return LocalEngine(cfg, build_task(cfg), RunFolder(folder)).run(on_round)
+def run_engine(cfg: RunConfig, folder: Path, on_round=None, client_wrappers=()) -> dict:
+    callbacks = [lambda res: on_round(res.round, res.row)] if on_round is not None else []
+    fed = Federation.from_config(
+        cfg, build_task(cfg), folder=folder, client_wrappers=client_wrappers, callbacks=callbacks
+    )
+    return fed.run()
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "local", "fedprox", "centralized"])
@@ -53,6 +58,19 @@ class Interrupt(Exception):
     pass
 
 
+class Spy:
+    """A client wrapper that passes everything to the half it wraps (subclasses intercept)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def fit(self, message, state, data, rng):
+        return self.inner.fit(message, state, data, rng)
+
+    def evaluate(self, message, state, data):
+        return self.inner.evaluate(message, state, data)
+
+
 @pytest.mark.parametrize("algorithm", ["fedavg", "local"])
 def test_resume_after_interruption_between_rounds(
     tiny_cfg: RunConfig, tmp_path: Path, algorithm: str
@@ -74,28 +92,24 @@ def test_resume_after_interruption_between_rounds(
 
 
 def test_resume_after_crash_mid_round_discards_partial_client_states(
-    tiny_cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_cfg: RunConfig, tmp_path: Path
 ) -> None:
     cfg = with_overrides(tiny_cfg, rounds=3, algorithm={"name": "local"}, engine__state_cache=0)
     run_engine(cfg, tmp_path / "full")
 
-    from fedmosaic.algorithms.local import LocalClient
-
-    real_fit = LocalClient.fit
     calls = {"n": 0}
 
-    def crashing_fit(self, message, state, data, rng):
-        calls["n"] += 1
-        if rng.round == 3 and calls["n"] > 2 * 10 + 4:  # a few clients of round 3 have stored new states
-            raise Interrupt
-        return real_fit(self, message, state, data, rng)
+    class Crashing(Spy):
+        def fit(self, message, state, data, rng):
+            calls["n"] += 1
+            if rng.round == 3 and calls["n"] > 2 * 10 + 4:  # a few clients of round 3 have stored new states
+                raise Interrupt
+            return self.inner.fit(message, state, data, rng)
 
-    monkeypatch.setattr(LocalClient, "fit", crashing_fit)
     with pytest.raises(Interrupt):
-        run_engine(cfg, tmp_path / "cut")
+        run_engine(cfg, tmp_path / "cut", client_wrappers=[Crashing])
     written = list((tmp_path / "cut" / "checkpoints" / "clients").glob("*/r00003.safetensors"))
     assert written, "the crash should come after some round-3 states were written"
-    monkeypatch.setattr(LocalClient, "fit", real_fit)
     run_engine(cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (
         tmp_path / "full" / "metrics.jsonl"
@@ -103,28 +117,24 @@ def test_resume_after_crash_mid_round_discards_partial_client_states(
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "local"])
-def test_bytes_equal_summed_message_arrays(
-    tiny_cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
-) -> None:
+def test_bytes_equal_summed_message_arrays(tiny_cfg: RunConfig, tmp_path: Path, algorithm: str) -> None:
     cfg = with_overrides(tiny_cfg, algorithm={"name": algorithm}, clients__per_round=5)
-    engine = LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path))
     seen = {"up": 0, "down": 0}
-    fit, evaluate = engine.client.fit, engine.client.evaluate
 
-    def spy_fit(message, state, data, rng):
-        reply, new_state = fit(message, state, data, rng)
-        seen["down"] += sum(a.nbytes for a in message.arrays.values())
-        seen["up"] += sum(a.nbytes for a in reply.arrays.values())
-        return reply, new_state
+    class Counting(Spy):
+        def fit(self, message, state, data, rng):
+            reply, new_state = self.inner.fit(message, state, data, rng)
+            seen["down"] += sum(a.nbytes for a in message.arrays.values())
+            seen["up"] += sum(a.nbytes for a in reply.arrays.values())
+            return reply, new_state
 
-    def spy_eval(message, state, data):
-        reply = evaluate(message, state, data)
-        seen["down"] += sum(a.nbytes for a in message.arrays.values())
-        seen["up"] += sum(a.nbytes for a in reply.arrays.values())
-        return reply
+        def evaluate(self, message, state, data):
+            reply = self.inner.evaluate(message, state, data)
+            seen["down"] += sum(a.nbytes for a in message.arrays.values())
+            seen["up"] += sum(a.nbytes for a in reply.arrays.values())
+            return reply
 
-    engine.client.fit, engine.client.evaluate = spy_fit, spy_eval
-    summary = engine.run()
+    summary = run_engine(cfg, tmp_path, client_wrappers=[Counting])
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert sum(r["bytes_up"] for r in rows) == seen["up"] == summary["bytes_up"]
     assert sum(r["bytes_down"] for r in rows) == seen["down"] == summary["bytes_down"]
@@ -134,12 +144,12 @@ def test_bytes_equal_summed_message_arrays(
         assert seen["up"] == seen["down"] == 0  # local shares nothing
 
 
-def test_fedavg_sends_each_client_only_its_modalities(tiny_cfg: RunConfig, tmp_path: Path) -> None:
+def test_fedavg_sends_each_client_only_its_modalities(tiny_cfg: RunConfig) -> None:
     from fedmosaic.core.seeding import SERVER, Rng
 
     task = build_task(tiny_cfg)
-    engine = LocalEngine(tiny_cfg, task, RunFolder(tmp_path))
-    plan = engine.server.configure(1, task.specs, Rng(tiny_cfg.seed, 1, SERVER))
+    fed = Federation.from_config(tiny_cfg, task)
+    plan = fed.server.configure(1, task.specs, Rng(tiny_cfg.seed, 1, SERVER))
     for spec in task.specs:
         names = plan[spec.id].arrays
         assert any(n.startswith("head.") for n in names)
@@ -159,8 +169,6 @@ def test_client_sampling_differs_between_rounds(tiny_cfg: RunConfig, tmp_path: P
 def test_training_batches_hold_only_the_clients_modalities(
     tiny_cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    task = build_task(tiny_cfg)
-    engine = LocalEngine(tiny_cfg, task, RunFolder(tmp_path))
     current: dict[str, frozenset[str]] = {}
     violations: list[tuple[frozenset[str], set[str]]] = []
     seen_groups: set[frozenset[str]] = set()
@@ -174,17 +182,16 @@ def test_training_batches_hold_only_the_clients_modalities(
         return real_embed(self, inputs)
 
     monkeypatch.setattr(MultimodalClassifier, "embed", spying_embed)
-    fit = engine.client.fit
 
-    def tracking_fit(message, state, data, rng):
-        current["held"] = data.spec.modalities
-        try:
-            return fit(message, state, data, rng)
-        finally:
-            current.pop("held")
+    class Tracking(Spy):
+        def fit(self, message, state, data, rng):
+            current["held"] = data.spec.modalities
+            try:
+                return self.inner.fit(message, state, data, rng)
+            finally:
+                current.pop("held")
 
-    engine.client.fit = tracking_fit
-    engine.run()
+    run_engine(tiny_cfg, tmp_path, client_wrappers=[Tracking])
     assert not violations
     assert seen_groups == {frozenset({"image"}), frozenset({"text"}), frozenset({"image", "text"})}
 

@@ -22,10 +22,16 @@ from fedmosaic.config import ConfigError, RunConfig, load_config, validate
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import Rng
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine, settings_for
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.protocol import settings_from_config
+from fedmosaic.engines.run_folder import read_jsonl
 from fedmosaic.models.cmi import part_prefixes
 from fedmosaic.models.params import to_arrays
+
+
+def settings_of(cfg: RunConfig, task):
+    """The settings an engine builds both halves with."""
+    return settings_from_config(cfg, task.info, len(task.specs))
 
 
 def fedcmi_cfg(cfg: RunConfig, **algorithm: object) -> RunConfig:
@@ -126,7 +132,7 @@ def tiny_task(tiny_cfg: RunConfig):
 
 def test_teacher_is_the_frozen_global_model_not_the_local_one(tiny_task, monkeypatch) -> None:
     cfg, task = tiny_task
-    settings = settings_for(cfg, task)
+    settings = settings_of(cfg, task)
     client = FedCMIClient(settings)
     data = next(c for c in task.clients if len(c.spec.modalities) == 2)
     # a "global" model that differs from the skeleton's initial weights
@@ -186,8 +192,8 @@ def test_teacher_is_the_frozen_global_model_not_the_local_one(tiny_task, monkeyp
 def test_infiltration_waits_for_warmup_and_skips_single_modality_clients(tiny_cfg: RunConfig) -> None:
     cfg = fedcmi_cfg(tiny_cfg, warmup_rounds=1)
     task = build_task(cfg)
-    client = FedCMIClient(settings_for(cfg, task))
-    model = initial_cmi_model(settings_for(cfg, task))
+    client = FedCMIClient(settings_of(cfg, task))
+    model = initial_cmi_model(settings_of(cfg, task))
     complete = next(c for c in task.clients if len(c.spec.modalities) == 2)
     single = next(c for c in task.clients if len(c.spec.modalities) == 1)
 
@@ -208,7 +214,7 @@ def test_infiltration_waits_for_warmup_and_skips_single_modality_clients(tiny_cf
 def test_aggregation_averages_each_part_over_its_holders_weighted_by_data_size(tiny_cfg: RunConfig) -> None:
     cfg = fedcmi_cfg(tiny_cfg)
     task = build_task(cfg)
-    settings = settings_for(cfg, task)
+    settings = settings_of(cfg, task)
     server = fedcmi.FedCMIServer(settings, fedcmi.ServerData(task.proxy, task.labelled, task.test))
     m1, m2 = server.model.names
     only_m1 = to_arrays(server.model, part_prefixes(server.model, frozenset({m1})))
@@ -235,7 +241,7 @@ def test_fedprox_term_keeps_the_local_model_closer_to_the_global_one(tiny_cfg: R
     data = next(c for c in task.clients if len(c.spec.modalities) == 2)
 
     def drift(mu: float) -> float:
-        settings = settings_for(fedcmi_cfg(tiny_cfg, mu=mu), task)
+        settings = settings_of(fedcmi_cfg(tiny_cfg, mu=mu), task)
         model = initial_cmi_model(settings)
         msg = Message(to_arrays(model, part_prefixes(model, data.spec.modalities)))
         reply, _ = FedCMIClient(settings).fit(msg, Message(), data, Rng(tiny_cfg.seed, 2, data.spec.id))
@@ -250,7 +256,7 @@ def test_fedprox_term_keeps_the_local_model_closer_to_the_global_one(tiny_cfg: R
 
 
 def run(cfg: RunConfig, folder: Path) -> list[dict]:
-    LocalEngine(cfg, build_task(cfg), RunFolder(folder)).run()
+    Federation.from_config(cfg, build_task(cfg), folder=folder).run()
     return read_jsonl(folder / "metrics.jsonl")
 
 
@@ -275,7 +281,7 @@ def test_ablations_run_and_self_projectors_only_has_no_infiltration_parts(
     tiny_cfg: RunConfig, tmp_path: Path
 ) -> None:
     cfg = fedcmi_cfg(tiny_cfg, infiltration=False)
-    model = initial_cmi_model(settings_for(cfg, build_task(cfg)))
+    model = initial_cmi_model(settings_of(cfg, build_task(cfg)))
     assert not any(n.startswith("inf_proj.") for n in model.state_dict())
     rows = run(cfg.model_copy(update={"rounds": 1}), tmp_path / "noinf")
     assert "inf_loss" not in rows[-1]["train"]

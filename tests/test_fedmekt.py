@@ -18,7 +18,7 @@ from fedmosaic.core.algorithm import ServerData
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import settings_for
+from fedmosaic.engines.protocol import build_client, build_server, settings_from_config
 from fedmosaic.models.autoencoder import HIDDEN, SplitAutoencoder, kd_loss
 from mhealth_files import mhealth_overrides, write_mhealth
 
@@ -49,9 +49,9 @@ def parts(cfg: RunConfig):
     """The task and the configured algorithm's two halves, as an engine would build them."""
     task = build_task(cfg)
     algorithm = get_algorithm(cfg.algorithm.name)
-    settings = settings_for(cfg, task)
-    server = algorithm.Server(settings, ServerData(task.proxy, task.labelled, task.test))
-    return task, server, algorithm.Client(settings)
+    settings = settings_from_config(cfg, task.info, len(task.specs))
+    server = build_server(algorithm, settings, ServerData(task.proxy, task.labelled, task.test))
+    return task, server, build_client(algorithm, settings)
 
 
 def play_round(task, server, client, r: int, states: dict[str, Message], seed: int = 0):
@@ -231,7 +231,7 @@ def test_server_distillation_runs_each_encoder_once_per_step(mhealth_dir):
 
 def test_local_models_persist_and_are_never_overwritten_by_global_weights(two_rounds, mhealth_dir):
     task, server, client, rounds, states = two_rounds
-    initial = get_algorithm("fedmekt").Server(server.settings, server.data).model.state_dict()
+    initial = build_server(get_algorithm("fedmekt"), server.settings, server.data).model.state_dict()
     global_now = server.model.state_dict()
     for cid, state in states.items():
         held = task.client(cid).spec.modalities
@@ -346,27 +346,29 @@ def test_non_sensor_task_is_a_one_line_error(tiny_cfg):
     with pytest.raises(
         ValueError, match=r"^algorithm\.name: fedmekt needs \(channels, time\) sensor windows"
     ):
-        get_algorithm("fedmekt").Server(
-            settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)
+        build_server(
+            get_algorithm("fedmekt"),
+            settings_from_config(cfg, task.info, len(task.specs)),
+            ServerData(task.proxy, task.labelled, task.test),
         )
 
 
 @pytest.mark.slow
 def test_resume_continues_with_the_same_metrics_and_does_not_resend_the_proxy(tmp_path, mhealth_dir):
-    from fedmosaic.engines.local import LocalEngine
-    from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+    from fedmosaic.engines.federation import Federation
+    from fedmosaic.engines.run_folder import read_jsonl
 
     cfg = config(mhealth_dir, "fedmekt", "rounds=3", "algorithm.kd_steps=last", "engine.state_cache=0")
     task = build_task(cfg)
-    LocalEngine(cfg, task, RunFolder(tmp_path / "full")).run()
+    Federation.from_config(cfg, task, folder=tmp_path / "full").run()
 
-    def stop_after_two(r: int, row: dict) -> None:
-        if r == 2:
+    def stop_after_two(result) -> None:
+        if result.round == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        LocalEngine(cfg, task, RunFolder(tmp_path / "cut")).run(stop_after_two)
-    LocalEngine(cfg, task, RunFolder(tmp_path / "cut")).run()
+        Federation.from_config(cfg, task, folder=tmp_path / "cut", callbacks=[stop_after_two]).run()
+    Federation.from_config(cfg, task, folder=tmp_path / "cut").run()
     full, cut = (
         read_jsonl(tmp_path / "full" / "metrics.jsonl"),
         read_jsonl(tmp_path / "cut" / "metrics.jsonl"),

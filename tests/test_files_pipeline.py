@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from fedmosaic.cli import app
 from fedmosaic.config import RunConfig
 from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.files import FilePipeline, PipelineError
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.run_folder import read_jsonl
 
 
 def _gvf(tiny_cfg: RunConfig) -> RunConfig:
@@ -53,10 +53,10 @@ def test_pipeline_matches_the_local_engine_and_enforces_order(tiny_cfg: RunConfi
     with pytest.raises(PipelineError, match="finished"):
         pipeline.train_clients()
 
-    folder = RunFolder(tmp_path / "engine")
-    folder.write_config(cfg.to_toml_dict())
-    LocalEngine(cfg, build_task(cfg), folder).run()
-    assert read_jsonl(root / "metrics.jsonl") == read_jsonl(folder.metrics)  # same seed, same numbers
+    Federation.from_config(cfg, build_task(cfg), folder=tmp_path / "engine").run()
+    assert read_jsonl(root / "metrics.jsonl") == read_jsonl(
+        tmp_path / "engine" / "metrics.jsonl"
+    )  # same seed, same numbers
 
 
 def test_cli_steps_and_out_of_order_message(tiny_cfg: RunConfig, tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_fedmekt_through_the_pipeline_matches_the_local_engine(tmp_path: Path) -
         pipeline.train_clients()
         pipeline.aggregate_vectors()
         pipeline.update_clients()
-    folder = RunFolder(tmp_path / "engine")
-    folder.write_config(cfg.to_toml_dict())
-    LocalEngine(cfg, build_task(cfg), folder).run()
-    assert read_jsonl(tmp_path / "root" / "metrics.jsonl") == read_jsonl(folder.metrics)
+    Federation.from_config(cfg, build_task(cfg), folder=tmp_path / "engine").run()
+    assert read_jsonl(tmp_path / "root" / "metrics.jsonl") == read_jsonl(
+        tmp_path / "engine" / "metrics.jsonl"
+    )

@@ -25,16 +25,16 @@ from fedmosaic.algorithms.registry import algorithm_names, get_algorithm
 from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.message import Message
 from fedmosaic.data.tasks import build_task
+from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower import (
-    FlowerEngine,
     FlowerRunError,
+    flower_federation,
     prepare_nodes,
     wait_for_nodes,
     write_app,
 )
 from fedmosaic.engines.flower_local import LocalFederation, Tls, alive, local_federation
 from fedmosaic.engines.flower_records import get_message, get_messages, put_message, put_messages
-from fedmosaic.engines.local import LocalEngine
 from fedmosaic.engines.node_data import NodeDataError, load_node, site_node
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 from mhealth_files import mhealth_overrides, write_mhealth
@@ -52,14 +52,15 @@ def tiny(*extra: str) -> RunConfig:
 def runs_on_image_text(algorithm: str) -> bool:
     """Whether ``algorithm`` builds for the image+text task (some need sensor windows)."""
     from fedmosaic.core.algorithm import ServerData
-    from fedmosaic.engines.local import settings_for
+    from fedmosaic.engines.protocol import build_client, build_server, settings_from_config
 
     cfg = tiny(f"algorithm.name={algorithm}")
     task = build_task(cfg)
     halves = get_algorithm(algorithm)
+    settings = settings_from_config(cfg, task.info, len(task.specs))
     try:
-        halves.Client(settings_for(cfg, task))
-        halves.Server(settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test))
+        build_client(halves, settings)
+        build_server(halves, settings, ServerData(task.proxy, task.labelled, task.test))
     except ValueError:
         return False
     return True
@@ -164,7 +165,7 @@ def test_wait_for_nodes_is_bounded() -> None:
 def test_pooled_data_algorithms_are_refused(tmp_path: Path) -> None:
     cfg = tiny("algorithm.name=centralized")
     with pytest.raises(ConfigError, match="pooled client data"):
-        FlowerEngine(cfg, build_task(cfg), RunFolder(tmp_path), None, [], {}, 0)  # type: ignore[arg-type]
+        flower_federation(cfg, build_task(cfg), RunFolder(tmp_path), None, [], {}, 0)  # type: ignore[arg-type]
 
 
 def test_app_folder_names_both_apps(tmp_path: Path) -> None:
@@ -222,29 +223,50 @@ def contiguous(messages: dict[str, Message]) -> dict[str, Message]:
     }
 
 
-def serialising_local_engine(cfg: RunConfig, folder: Path) -> LocalEngine:
+class ContiguousServer:
+    """A server half whose plans arrive C-contiguous (everything else passes to ``inner``)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def configure(self, r, specs, rng):
+        return contiguous(self.inner.configure(r, specs, rng))
+
+    def configure_evaluate(self, r, specs):
+        return contiguous(self.inner.configure_evaluate(r, specs))
+
+
+class ContiguousClient:
+    """A client half that gets and returns C-contiguous states and replies."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def fit(self, message: Message, state: Message, data, rng):
+        reply, state = self.inner.fit(message, contiguous({"s": state})["s"], data, rng)
+        return contiguous({"r": reply})["r"], contiguous({"s": state})["s"]
+
+    def evaluate(self, message: Message, state: Message, data):
+        return contiguous({"r": self.inner.evaluate(message, contiguous({"s": state})["s"], data)})["r"]
+
+
+def serialising_local_engine(cfg: RunConfig, folder: Path) -> Federation:
     """The local engine, but every Message (plans, replies, client states) arrives C-contiguous.
 
     That is the one thing Flower changes about a Message: ``np.save`` writes a strided view (say a
     transposed embedding) as a C-ordered array, and torch's kernels can round differently on
     strided and contiguous input. With this engine as the reference Flower must match bit for bit.
     """
-    engine = LocalEngine(cfg, build_task(cfg), RunFolder(folder))
-    server, client = engine.server, engine.client
-    configure, configure_evaluate = server.configure, server.configure_evaluate
-    fit, evaluate = client.fit, client.evaluate
-    server.configure = lambda r, specs, rng: contiguous(configure(r, specs, rng))
-    server.configure_evaluate = lambda r, specs: contiguous(configure_evaluate(r, specs))
-
-    def fit_(message: Message, state: Message, data, rng):
-        reply, state = fit(message, contiguous({"s": state})["s"], data, rng)
-        return contiguous({"r": reply})["r"], contiguous({"s": state})["s"]
-
-    client.fit = fit_
-    client.evaluate = lambda m, state, data: contiguous(
-        {"r": evaluate(m, contiguous({"s": state})["s"], data)}
-    )["r"]
-    return engine
+    return Federation.from_config(
+        cfg,
+        build_task(cfg),
+        folder=folder,
+        server_wrappers=[ContiguousServer],
+        client_wrappers=[ContiguousClient],
+    )
 
 
 def run_both(
@@ -254,7 +276,7 @@ def run_both(
     sets = [*overrides, f"algorithm.name={algorithm}"]
     cfg = load_config(None, sets)
     local, reference = root / f"local-{algorithm}", root / f"serialising-{algorithm}"
-    LocalEngine(cfg, build_task(cfg), RunFolder(local)).run()
+    Federation.from_config(cfg, build_task(cfg), folder=local).run()
     serialising_local_engine(cfg, reference).run()
     flower = root / f"flower-{algorithm}"
     run_id = fed.submit(app, {"set": ";".join(sets), "out": str(flower), "min-nodes": 3})

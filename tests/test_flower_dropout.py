@@ -123,10 +123,11 @@ class _InProcessNodes:
 
     def __init__(self, cfg, task) -> None:
         from fedmosaic.algorithms.registry import get_algorithm
-        from fedmosaic.engines.local import settings_for
+        from fedmosaic.engines.protocol import build_client, settings_from_config
 
         self.cfg, self.task, self.failed = cfg, task, {}
-        self.client = get_algorithm(cfg.algorithm.name).Client(settings_for(cfg, task))
+        settings = settings_from_config(cfg, task.info, len(task.specs))
+        self.client = build_client(get_algorithm(cfg.algorithm.name), settings)
         self.states: dict = {}
         self.asked: list[set[int]] = []
         self.grid = type("Grid", (), {"get_node_ids": lambda _: [0, 1]})()
@@ -153,10 +154,10 @@ class _InProcessNodes:
         return replies
 
 
-def test_flower_engine_aggregates_what_arrived_and_records_lost_nodes(tmp_path: Path) -> None:
+def test_flower_federation_aggregates_what_arrived_and_records_lost_nodes(tmp_path: Path) -> None:
     from fedmosaic.config import load_config
     from fedmosaic.data.tasks import build_task
-    from fedmosaic.engines.flower import FlowerEngine
+    from fedmosaic.engines.flower import flower_federation
     from fedmosaic.engines.run_folder import RunFolder
 
     cfg = load_config(None, [*TINY_OVERRIDES, "output.plots=false"])
@@ -164,8 +165,8 @@ def test_flower_engine_aggregates_what_arrived_and_records_lost_nodes(tmp_path: 
     ids = [c.spec.id for c in task.clients]
     node_of = {cid: k % 3 for k, cid in enumerate(ids)}  # three nodes
     exchange = _InProcessNodes(cfg, task)
-    engine = FlowerEngine(cfg, task, RunFolder(tmp_path), exchange, task.specs, node_of, 0)  # type: ignore[arg-type]
-    summary = engine.run()
+    fed = flower_federation(cfg, task, RunFolder(tmp_path), exchange, task.specs, node_of, 0)  # type: ignore[arg-type]
+    summary = fed.run()
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2] and summary["rounds"] == 2
     lost_clients = sorted(cid for cid in ids if node_of[cid] != 0)
@@ -178,7 +179,15 @@ def test_flower_engine_aggregates_what_arrived_and_records_lost_nodes(tmp_path: 
     assert all(asked == {0, 1} for asked in exchange.asked)  # the offline node was never asked
 
     exchange.tolerate = False  # on-node-failure = "fail": the same failure stops the run
-    strict = FlowerEngine(cfg, task, RunFolder(tmp_path / "strict"), exchange, task.specs, node_of, 0)  # type: ignore[arg-type]
+    strict = flower_federation(
+        cfg,
+        task,
+        RunFolder(tmp_path / "strict"),
+        exchange,  # type: ignore[arg-type]
+        task.specs,
+        node_of,
+        0,
+    )
     with pytest.raises(FlowerRunError, match="no train reply for client"):
         strict.run()
 

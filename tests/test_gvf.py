@@ -15,11 +15,16 @@ from fedmosaic.core.algorithm import ServerData
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine, settings_for
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.protocol import settings_from_config
 from fedmosaic.models.fusion import GatingMechanism, GVFModel, fill_from_bank
 
 GVF_TINY = ["algorithm.name=gvf", "algorithm.dim=16"]
+
+
+def settings_of(cfg: RunConfig, task):
+    """The settings an engine builds both halves with."""
+    return settings_from_config(cfg, task.info, len(task.specs))
 
 
 def _cfg(tiny_cfg: RunConfig, *extra: str) -> RunConfig:
@@ -73,7 +78,7 @@ def test_contribution_weights_follow_the_formula() -> None:
 def test_server_averages_the_shared_part_with_contribution_weights(tiny_cfg: RunConfig) -> None:
     cfg = _cfg(tiny_cfg)
     task = build_task(cfg)
-    settings = settings_for(cfg, task)
+    settings = settings_of(cfg, task)
     server = gvf.GVFServer(settings, ServerData(task.proxy, task.labelled, task.test))
     name = "classifier.net.1.bias"
     base = gvf.to_arrays(server.model, (name,))[name]
@@ -91,7 +96,7 @@ def test_server_averages_the_shared_part_with_contribution_weights(tiny_cfg: Run
 def test_anchor_is_the_mean_vector_of_each_proxy_sample(tiny_cfg: RunConfig) -> None:
     cfg = _cfg(tiny_cfg, "algorithm.anchor_weight=1")
     task = build_task(cfg)
-    server = gvf.GVFServer(settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test))
+    server = gvf.GVFServer(settings_of(cfg, task), ServerData(task.proxy, task.labelled, task.test))
     n = len(task.proxy)
     rng = np.random.default_rng(0)
     a1, a2, b = (rng.normal(size=(n, 16)).astype(np.float32) for _ in range(3))
@@ -107,7 +112,7 @@ def test_anchor_is_the_mean_vector_of_each_proxy_sample(tiny_cfg: RunConfig) -> 
     for spec in task.specs:  # the anchor goes down for each held modality, nothing for the others
         sent = {k for k in plan[spec.id].arrays if k.startswith(gvf.ANCHOR)}
         assert sent == {gvf.ANCHOR + m for m in spec.modalities}
-    restored = gvf.GVFServer(settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test))
+    restored = gvf.GVFServer(settings_of(cfg, task), ServerData(task.proxy, task.labelled, task.test))
     restored.load_state(server.state())
     assert np.array_equal(restored.anchor, server.anchor)  # the file pipeline's server keeps it
 
@@ -115,7 +120,7 @@ def test_anchor_is_the_mean_vector_of_each_proxy_sample(tiny_cfg: RunConfig) -> 
 def test_anchor_loss_pulls_a_clients_proxy_vectors_to_the_anchor(tiny_cfg: RunConfig) -> None:
     cfg = _cfg(tiny_cfg, "algorithm.anchor_weight=1", "training.lr=0.01")
     task = build_task(cfg)
-    client = gvf.GVFClient(settings_for(cfg, task))
+    client = gvf.GVFClient(settings_of(cfg, task))
     model = client._fresh()
     x = task.proxy.store["text"][task.proxy.indices]
     anchor = np.random.default_rng(0).normal(size=(len(x), 16)).astype(np.float32)
@@ -137,7 +142,7 @@ def test_anchor_loss_pulls_a_clients_proxy_vectors_to_the_anchor(tiny_cfg: RunCo
 
 def _server(cfg: RunConfig):
     task = build_task(cfg)
-    return task, gvf.GVFServer(settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test))
+    return task, gvf.GVFServer(settings_of(cfg, task), ServerData(task.proxy, task.labelled, task.test))
 
 
 def _favour(arrays: dict[str, np.ndarray], label: int) -> dict[str, np.ndarray]:
@@ -159,7 +164,7 @@ def test_update_step_evaluates_under_the_aggregated_shared_part(tiny_cfg: RunCon
     assert {k.split(".")[0] for k in sent.arrays} == {"adapters", "fusion", "gate", "classifier"}
     assert all(k.startswith(("adapters.image.", "fusion.", "gate.", "classifier.")) for k in sent.arrays)
 
-    client = gvf.GVFClient(settings_for(cfg, task))
+    client = gvf.GVFClient(settings_of(cfg, task))
     data = task.clients[task.specs.index(spec)]
     counts = np.bincount(data.test.labels)
     for label in (int(counts.argmax()), int(np.flatnonzero(counts != counts.max())[0])):  # two shares
@@ -231,29 +236,31 @@ def test_fusion_modules() -> None:
     assert model({"b": torch.randn(2, 3)}).shape == (2, 4)
 
 
-def _run(cfg: RunConfig, folder: Path, record: list | None = None, monkeypatch=None) -> dict:
-    if record is not None:
-        original = gvf.GVFClient.fit
+class Recorder:
+    """A client wrapper that appends ``(spec, message, reply)`` of every fit to ``record``."""
 
-        def fit(self, message, state, data, rng):
-            reply, new_state = original(self, message, state, data, rng)
-            record.append((data.spec, message, reply))
-            return reply, new_state
+    def __init__(self, inner, record: list) -> None:
+        self.inner, self.record = inner, record
 
-        monkeypatch.setattr(gvf.GVFClient, "fit", fit)
-    task = build_task(cfg)
-    run = RunFolder(folder)
-    run.write_config(cfg.to_toml_dict())
-    return LocalEngine(cfg, task, run).run()
+    def fit(self, message, state, data, rng):
+        reply, new_state = self.inner.fit(message, state, data, rng)
+        self.record.append((data.spec, message, reply))
+        return reply, new_state
+
+    def evaluate(self, message, state, data):
+        return self.inner.evaluate(message, state, data)
 
 
-def test_only_proxy_vectors_and_shared_weights_leave_a_client(
-    tiny_cfg: RunConfig, tmp_path: Path, monkeypatch
-) -> None:
+def _run(cfg: RunConfig, folder: Path, record: list | None = None) -> dict:
+    wrappers = [lambda inner: Recorder(inner, record)] if record is not None else []
+    return Federation.from_config(cfg, build_task(cfg), folder=folder, client_wrappers=wrappers).run()
+
+
+def test_only_proxy_vectors_and_shared_weights_leave_a_client(tiny_cfg: RunConfig, tmp_path: Path) -> None:
     # every kind of message: proxy labels and proxy anchors included
     cfg = _cfg(tiny_cfg, "algorithm.proxy_weight=1", "algorithm.anchor_weight=1")
     record: list = []
-    summary = _run(cfg, tmp_path / "run", record, monkeypatch)
+    summary = _run(cfg, tmp_path / "run", record)
     task = build_task(cfg)
     n_proxy = len(task.proxy)
     assert len(record) == 2 * len(task.clients)
@@ -293,19 +300,19 @@ def test_only_proxy_vectors_and_shared_weights_leave_a_client(
     assert again["final"] == final
 
 
-def test_local_only_control_exchanges_nothing(tiny_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+def test_local_only_control_exchanges_nothing(tiny_cfg: RunConfig, tmp_path: Path) -> None:
     record: list = []
-    summary = _run(_cfg(tiny_cfg, "algorithm.federate=false"), tmp_path / "run", record, monkeypatch)
+    summary = _run(_cfg(tiny_cfg, "algorithm.federate=false"), tmp_path / "run", record)
     assert record and all(not m.arrays and not r.arrays for _, m, r in record)  # nothing down, nothing up
     assert summary["bytes_up"] == 0 and summary["bytes_down"] == 0
     federated = _run(_cfg(tiny_cfg), tmp_path / "federated")
     assert federated["final"] != summary["final"]  # the exchange changes the clients' models
 
 
-def test_private_vectors_leave_only_when_allowed(tiny_cfg: RunConfig, tmp_path: Path, monkeypatch) -> None:
+def test_private_vectors_leave_only_when_allowed(tiny_cfg: RunConfig, tmp_path: Path) -> None:
     cfg = _cfg(tiny_cfg, "rounds=1", "algorithm.allow_private_vectors=true")
     record: list = []
-    _run(cfg, tmp_path / "run", record, monkeypatch)
+    _run(cfg, tmp_path / "run", record)
     assert all(any(k.startswith(gvf.PRIV) for k in reply.arrays) for _, _, reply in record)
 
 

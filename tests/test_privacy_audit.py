@@ -37,8 +37,7 @@ from fedmosaic.config import RunConfig, load_config
 from fedmosaic.core.message import Message
 from fedmosaic.core.task import ClientData, Task, View
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.federation import Federation
 from mhealth_files import mhealth_overrides, write_mhealth
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "algorithms.md"
@@ -118,15 +117,13 @@ def make_cfg(algorithm: str, sensor: bool, extra: list[str], data_dir: Path) -> 
 def recorded_run(
     cfg: RunConfig, folder: Path, wrap: Callable[[object, Task], object] | None = None
 ) -> tuple[Task, list[Sent]]:
-    """Run ``cfg`` in the local engine with every client reply recorded (``wrap`` may first replace
-    the client half, e.g. by a leaking fake)."""
+    """Run ``cfg`` in the local engine with every client reply recorded (``wrap`` may first wrap the
+    client half, e.g. in a leaking fake; the recorder is the outermost client wrapper)."""
     task = build_task(cfg)
-    engine = LocalEngine(cfg, task, RunFolder(folder))
-    inner = wrap(engine.client, task) if wrap is not None else engine.client
-    recorder = RecordingClient(inner)
-    engine.client = recorder
-    engine.run()
-    return task, recorder.log
+    wrappers = [lambda inner: wrap(inner, task)] if wrap is not None else []
+    fed = Federation.from_config(cfg, task, folder=folder, client_wrappers=[*wrappers, RecordingClient])
+    fed.run()
+    return task, fed.client.log
 
 
 # --------------------------------------------------------------------------- the leak detector

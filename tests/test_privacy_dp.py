@@ -22,8 +22,8 @@ from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.run_folder import read_jsonl
 from fedmosaic.privacy import dp
 from fedmosaic.privacy.accounting import federation_epsilon, local_epsilon
 
@@ -36,10 +36,8 @@ def tiny(*extra: str) -> RunConfig:
 
 def run(cfg: RunConfig, folder: Path) -> tuple[list[dict], dict]:
     """Run on the local engine; (metrics rows, summary)."""
-    run_folder = RunFolder(folder)
-    run_folder.write_config(cfg.to_toml_dict())
-    summary = LocalEngine(cfg, build_task(cfg), run_folder).run()
-    return read_jsonl(run_folder.metrics), summary
+    summary = Federation.from_config(cfg, build_task(cfg), folder=folder).run()
+    return read_jsonl(folder / "metrics.jsonl"), summary
 
 
 def joint_norm(arrays: dict[str, np.ndarray]) -> float:
@@ -131,12 +129,12 @@ def test_same_seed_same_noise_other_seed_other_noise(tmp_path: Path) -> None:
     run(tiny(*DP_ON), tmp_path / "b")
     assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == (tmp_path / "b" / "metrics.jsonl").read_bytes()
     cfg = tiny(*DP_ON)
-    engine = LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path / "c"))
-    cid, message = next(iter(engine.server.configure(1, engine.specs, Rng(cfg.seed, 1, SERVER)).items()))
-    data, state = engine.task.client(cid), Message()
-    first, _ = engine.client.fit(message, state, data, Rng(cfg.seed, 1, cid))
-    again, _ = engine.client.fit(message, state, data, Rng(cfg.seed, 1, cid))
-    other, _ = engine.client.fit(message, state, data, Rng(cfg.seed + 1, 1, cid))
+    fed = Federation.from_config(cfg, build_task(cfg))
+    cid, message = next(iter(fed.server.configure(1, fed.specs, Rng(cfg.seed, 1, SERVER)).items()))
+    data, state = fed.task.client(cid), Message()
+    first, _ = fed.client.fit(message, state, data, Rng(cfg.seed, 1, cid))
+    again, _ = fed.client.fit(message, state, data, Rng(cfg.seed, 1, cid))
+    other, _ = fed.client.fit(message, state, data, Rng(cfg.seed + 1, 1, cid))
     name = next(k for k, v in first.arrays.items() if v.dtype.kind == "f")
     assert np.array_equal(first.arrays[name], again.arrays[name])
     assert not np.array_equal(first.arrays[name], other.arrays[name])
@@ -206,8 +204,8 @@ def test_flower_client_app_privatises_like_the_local_engine(tmp_path: Path) -> N
 
     cfg = tiny(*DP_ON)
     node = prepare_nodes(cfg, tmp_path / "nodes", 1)[0]
-    engine = LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path / "run"))
-    cid, message = next(iter(engine.server.configure(1, engine.specs, Rng(cfg.seed, 1, SERVER)).items()))
+    fed = Federation.from_config(cfg, build_task(cfg))
+    cid, message = next(iter(fed.server.configure(1, fed.specs, Rng(cfg.seed, 1, SERVER)).items()))
     content = RecordDict()
     put_json(content, RUN, round=1, config=tomli_w.dumps(cfg.to_toml_dict()), **{"clients-per-round": 10})
     put_message(content, TRAIN, cid, message)
@@ -228,8 +226,8 @@ def test_flower_client_app_privatises_like_the_local_engine(tmp_path: Path) -> N
     answer = get_messages(
         handle_train(FlowerMessage(content=content, metadata=metadata), context).content, TRAIN
     )
-    ours, _ = engine.client.fit(message, Message(), engine.task.client(cid), Rng(cfg.seed, 1, cid))
-    bare, _ = engine.client.inner.fit(message, Message(), engine.task.client(cid), Rng(cfg.seed, 1, cid))
+    ours, _ = fed.client.fit(message, Message(), fed.task.client(cid), Rng(cfg.seed, 1, cid))
+    bare, _ = fed.client.inner.fit(message, Message(), fed.task.client(cid), Rng(cfg.seed, 1, cid))
     assert set(answer[cid].arrays) == set(ours.arrays)
     assert all(np.array_equal(answer[cid].arrays[k], ours.arrays[k]) for k in ours.arrays)
     assert not all(np.array_equal(bare.arrays[k], ours.arrays[k]) for k in ours.arrays)

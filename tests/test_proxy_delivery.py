@@ -12,8 +12,8 @@ from fedmosaic.core.algorithm import ServerData
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.local import LocalEngine, settings_for
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.protocol import settings_from_config
 from mhealth_files import mhealth_overrides, write_mhealth
 
 LOSER = "client_7"  # an image+text client of the default mix
@@ -39,23 +39,28 @@ def test_delivery_once_and_again_after_a_missing_reply() -> None:
     assert skipped.needs("a")
 
 
-def test_a_gvf_client_that_lost_its_state_gets_the_proxy_again(
-    tiny_cfg: RunConfig, tmp_path: Path, monkeypatch
-) -> None:
+def test_a_gvf_client_that_lost_its_state_gets_the_proxy_again(tiny_cfg: RunConfig, tmp_path: Path) -> None:
     cfg = with_overrides(tiny_cfg, ["algorithm.name=gvf", "algorithm.dim=16", "rounds=3"])
     cfg.task.proxy_size = cfg.task.labelled_size = 24
-    original = gvf.GVFClient.fit
     sent: dict[int, Message] = {}
 
-    def fit(self, message, state, data, rng):
-        if data.spec.id == LOSER:
-            sent[int(message.meta["round"])] = message
-            if message.meta["round"] == 2:  # the node restarted: its state (and proxy copy) is gone
-                state = Message()
-        return original(self, message, state, data, rng)
+    class Forgetful:
+        """The client half, except that LOSER's node restarts before round 2."""
 
-    monkeypatch.setattr(gvf.GVFClient, "fit", fit)
-    LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path)).run()
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def fit(self, message, state, data, rng):
+            if data.spec.id == LOSER:
+                sent[int(message.meta["round"])] = message
+                if message.meta["round"] == 2:  # the node restarted: its state (and proxy copy) is gone
+                    state = Message()
+            return self.inner.fit(message, state, data, rng)
+
+        def evaluate(self, message, state, data):
+            return self.inner.evaluate(message, state, data)
+
+    Federation.from_config(cfg, build_task(cfg), folder=tmp_path, client_wrappers=[Forgetful]).run()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
     def has_proxy(m: Message) -> bool:
@@ -82,7 +87,8 @@ def test_fedmekt_server_resends_the_proxy_windows_to_a_silent_client(tmp_path: P
 
     def fresh(state: Message | None = None) -> fedmekt.FedMEKTServer:
         server = fedmekt.FedMEKTServer(
-            settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)
+            settings_from_config(cfg, task.info, len(task.specs)),
+            ServerData(task.proxy, task.labelled, task.test),
         )
         if state is not None:  # the file pipeline reloads the server between its steps
             server.load_state(state)

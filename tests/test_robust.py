@@ -102,13 +102,14 @@ def test_servers_aggregate_with_the_configured_median(tiny_cfg, algorithm: str) 
     from fedmosaic.core.algorithm import ServerData
     from fedmosaic.core.seeding import SERVER, Rng
     from fedmosaic.data.tasks import build_task
-    from fedmosaic.engines.local import settings_for
+    from fedmosaic.engines.protocol import build_server, settings_from_config
 
     extra = ["algorithm.dim=16", "algorithm.global_vectors=false"] if algorithm == "gvf" else []
     cfg = with_overrides(tiny_cfg, [f"algorithm.name={algorithm}", "robustness.aggregator=median", *extra])
     task = build_task(cfg)
-    server = get_algorithm(algorithm).Server(
-        settings_for(cfg, task), ServerData(task.proxy, task.labelled, task.test)
+    settings = settings_from_config(cfg, task.info, len(task.specs))
+    server = build_server(
+        get_algorithm(algorithm), settings, ServerData(task.proxy, task.labelled, task.test)
     )
     before = {n: a.copy() for n, a in server.state().arrays.items()}
     replies = _server_replies(server, task.specs, poison=1e6)

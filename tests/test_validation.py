@@ -19,8 +19,8 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.validation import ArraySpec, ReplySpec, check_norms, check_reply
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.faults import CORRUPTIONS, CorruptingClient
-from fedmosaic.engines.local import LocalEngine
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.federation import Federation
+from fedmosaic.engines.run_folder import read_jsonl
 from fedmosaic.engines.screening import RoundFailed
 from mhealth_files import mhealth_overrides, write_mhealth
 
@@ -54,13 +54,13 @@ class WithoutClient:
 
 def run(cfg: RunConfig, folder: Path, kind: str | None = None, prefix: str = "", without: bool = False):
     """A run with ``VICTIM``'s reply corrupted by ``kind`` (or excluded at the server); (rows, state)."""
-    engine = LocalEngine(cfg, build_task(cfg), RunFolder(folder))
-    if kind is not None:
-        engine.client = CorruptingClient(engine.client, {VICTIM}, kind, prefix)
-    if without:
-        engine.server = WithoutClient(engine.server, VICTIM)
-    engine.run()
-    return read_jsonl(folder / "metrics.jsonl"), engine.server.state()
+    clients = [lambda inner: CorruptingClient(inner, {VICTIM}, kind, prefix)] if kind is not None else []
+    servers = [lambda inner: WithoutClient(inner, VICTIM)] if without else []
+    fed = Federation.from_config(
+        cfg, build_task(cfg), folder=folder, client_wrappers=clients, server_wrappers=servers
+    )
+    fed.run()
+    return read_jsonl(folder / "metrics.jsonl"), fed.server.state()
 
 
 def assert_same_state(a: Message, b: Message) -> None:
@@ -112,7 +112,7 @@ def test_below_min_clients_the_round_is_skipped_and_the_state_unchanged(
     fedavg_cfg: RunConfig, tmp_path: Path
 ) -> None:
     cfg = with_overrides(fedavg_cfg, ["robustness.min_clients=10", "rounds=1"])
-    initial = LocalEngine(cfg, build_task(cfg), RunFolder(tmp_path / "fresh")).server.state()
+    initial = Federation.from_config(cfg, build_task(cfg)).server.state()
     rows, state = run(cfg, tmp_path / "run", "inf")
     assert rows[0]["skipped"] == "9 usable of 10 planned replies, min_clients is 10"
     assert rows[0]["train"] == {} and "eval" in rows[0]  # the unchanged model is still evaluated
@@ -192,10 +192,14 @@ def test_fedmekt_rejects_bad_embeddings_and_foreign_indices(
     kind: str, fedmekt_cfg: RunConfig, tmp_path: Path
 ) -> None:
     victim = "client_4"  # acc+gyro
-    engine = LocalEngine(fedmekt_cfg, build_task(fedmekt_cfg), RunFolder(tmp_path))
     wrapper = ChangedIndices if kind == "changed_indices" else CorruptingClient
-    engine.client = wrapper(engine.client, {victim}, "nan" if kind == "changed_indices" else kind, "emb/")
-    engine.run()  # without screening, fedmekt's aggregate raises on foreign indices
+    corrupt = "nan" if kind == "changed_indices" else kind
+    Federation.from_config(
+        fedmekt_cfg,
+        build_task(fedmekt_cfg),
+        folder=tmp_path,
+        client_wrappers=[lambda inner: wrapper(inner, {victim}, corrupt, "emb/")],
+    ).run()  # without screening, fedmekt's aggregate raises on foreign indices
     row = read_jsonl(tmp_path / "metrics.jsonl")[0]
     assert list(row["rejected"]) == [victim]
     reason = row["rejected"][victim]

@@ -1,8 +1,9 @@
 """Fault injection for tests and benchmarks: malformed replies by kind, and poisoned clients.
 
-Both wrap a client half (the engine's ``client`` attribute), so a real run produces the replies and
-only the chosen clients' replies are altered on their way to the server. Nothing here is used by a
-normal run.
+Both wrap a client half: pass them to :class:`fedmosaic.Federation` as client wrappers, e.g.
+``client_wrappers=[lambda inner: CorruptingClient(inner, {"client_4"}, "nan")]``, so a real run
+produces the replies and only the chosen clients' replies are altered on their way to the server
+(after client-level DP, which is the innermost wrapper). Nothing here is used by a normal run.
 """
 
 from __future__ import annotations
