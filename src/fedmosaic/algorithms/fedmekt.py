@@ -82,7 +82,7 @@ from fedmosaic.algorithms.base import weighted_train_loss
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed
@@ -438,6 +438,9 @@ class FedMEKT(Algorithm):
     Config = FedMEKTConfig
     Server = FedMEKTServer
     Client = FedMEKTClient
+    uploads = Uploads(
+        fit_arrays=("emb/{m}/top", "emb/{m}/first", "proxy_idx"), fit_meta=("n_train", "train_loss")
+    )
     summary = (
         "FedMEKT (-C joint / -S separate): proxy-batch embeddings distilled both ways, linear evaluation"
     )

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -56,11 +57,18 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 from torch.nn import functional as F
 
-from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.base import SELF_EVALUATION, weighted_train_loss
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import (
+    Algorithm,
+    AlgorithmConfig,
+    ServerData,
+    Settings,
+    Uploads,
+    sample_clients,
+)
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
@@ -75,6 +83,13 @@ from fedmosaic.models.train import evaluate_subsets, make_optimizer
 SHARED = ("adapters.", "fusion.", "gate.", "classifier.")  # the global-update part; encoders stay local
 ENCODERS = "encoders."  # uploaded only by the share_encoders diagnostic, which breaks the design's promise
 VEC, PRIV, BANK, PROXY = "vec/", "priv/", "gv/", "proxy/"
+# What a client uploads by default: the shared part and proxy vectors (GVF.declared_uploads adds the
+# encoders and private vectors when the two switches that break the design are on).
+UPLOADS = Uploads(
+    fit_arrays=("adapters.{m}.*", "fusion.*", "gate.*", "classifier.*", "vec/{m}"),
+    fit_meta=("n_train", "train_loss", "delta", "val_loss_global", "val_loss_local"),
+    evaluate_meta=SELF_EVALUATION,
+)
 PSEUDO = "pseudo/"  # the federation's label for each proxy sample holding the modality (-1 = unsure)
 ANCHOR = "anchor/"  # the federation's mean vector of each proxy sample holding the modality
 
@@ -752,6 +767,17 @@ class GVF(Algorithm):
     Server = GVFServer
     Client = GVFClient
     personalised = True
+    uploads = UPLOADS
     summary = (
         "global-vector fusion: proxy vectors -> K-Means + Hungarian global vectors, gated cross-attention"
     )
+
+    @classmethod
+    def declared_uploads(cls, config: AlgorithmConfig) -> Uploads | None:
+        """The default uploads, plus the encoders under ``share_encoders`` and vectors of private
+        samples under ``allow_private_vectors`` (both off by default; docs/algorithms.md)."""
+        if not isinstance(config, GVFConfig):
+            raise TypeError(f"config: expected a GVFConfig, got {type(config).__name__}")
+        extra = (f"{ENCODERS}{{m}}.*",) if config.share_encoders else ()
+        extra += (f"{PRIV}{{m}}",) if config.allow_private_vectors else ()
+        return replace(UPLOADS, fit_arrays=(*UPLOADS.fit_arrays, *extra))
