@@ -50,7 +50,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
@@ -92,6 +92,9 @@ UPLOADS = Uploads(
 )
 PSEUDO = "pseudo/"  # the federation's label for each proxy sample holding the modality (-1 = unsure)
 ANCHOR = "anchor/"  # the federation's mean vector of each proxy sample holding the modality
+
+
+K_CHOICES = ("classes", "silhouette")  # algorithm.k besides a number of clusters
 
 
 class GVFConfig(AlgorithmConfig):
@@ -167,6 +170,15 @@ class GVFConfig(AlgorithmConfig):
         "measure how much of the gap to fedavg is the private encoders (docs/gvf.md)",
     )
 
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_choice(cls, value: object) -> object:
+        # Checked here, not by the union: pydantic would name the failing union member
+        # ("algorithm.k.int: ..."), a key that does not exist.
+        if (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or value in K_CHOICES:
+            return value
+        raise ValueError(f"algorithm.k: must be >= 1, 'classes' or 'silhouette' (got {value!r})")
+
     @model_validator(mode="after")
     def _consistent(self) -> GVFConfig:
         if self.dim % self.heads:
@@ -178,8 +190,6 @@ class GVFConfig(AlgorithmConfig):
                 "algorithm.proxy_weight: proxy labels come from the teachers' uploaded classifiers; "
                 "with shared_classifier = false none is uploaded"
             )
-        if isinstance(self.k, int) and self.k < 1:
-            raise ValueError(f"algorithm.k: must be >= 1, 'classes' or 'silhouette' (got {self.k})")
         return self
 
 
