@@ -634,10 +634,13 @@ class GVFServer:
         if cfg.global_vectors:
             vectors: dict[str, list[np.ndarray]] = {}
             for c in ids:
-                for key, v in replies[c].arrays.items():
+                # Each client's proxy vectors, then its private ones: in an order of names, not the
+                # message's, which transports do not keep (safetensors sorts names) and which decides
+                # the rows K-Means sees, so its clusters (the file pipeline gave other numbers).
+                for key in sorted(replies[c].arrays, key=lambda k: (not k.startswith(VEC), k)):
                     private = key.startswith(PRIV) and cfg.allow_private_vectors
                     if key.startswith(VEC) or private:
-                        vectors.setdefault(key.split("/", 1)[1], []).append(v)
+                        vectors.setdefault(key.split("/", 1)[1], []).append(replies[c].arrays[key])
             stacked = {m: np.concatenate(v) for m, v in vectors.items()}
             if len(stacked) == len(self.settings.info.modalities):  # pairs need every modality
                 k = self._k(stacked, rng)
@@ -678,10 +681,10 @@ class GVFServer:
         total = np.zeros((len(self.proxy), self.cfg.dim))
         count = np.zeros(len(self.proxy))
         for reply in replies.values():
-            for key, v in reply.arrays.items():
+            for key in sorted(reply.arrays):  # by name: the sum's order must not depend on the transport
                 if key.startswith(VEC):
                     rows = self._proxy_rows(key[len(VEC) :])
-                    total[rows] += v
+                    total[rows] += reply.arrays[key]
                     count[rows] += 1
         with np.errstate(invalid="ignore", divide="ignore"):
             return (total / count[:, None]).astype(np.float32)
