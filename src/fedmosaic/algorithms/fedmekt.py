@@ -211,8 +211,13 @@ class Distiller:
 def _wire(embedding: torch.Tensor) -> np.ndarray:
     """An embedding as a C-contiguous array: a batch-first LSTM output is a transposed view, and an
     engine that serialises messages (Flower, files) delivers it contiguous, which torch rounds
-    differently; sending it contiguous keeps every engine bit-identical."""
-    return np.ascontiguousarray(embedding.numpy())
+    differently; sending it contiguous keeps every engine bit-identical.
+
+    A copy, not ``np.ascontiguousarray``: that returns a ``kd_steps = "last"`` slice ``(B, 1, D)``
+    of the transposed view as it is (numpy ignores the stride of a length-1 axis), and torch still
+    rounds those strides differently from the canonical ones a deserialised array has.
+    """
+    return embedding.numpy().copy(order="C")
 
 
 def _encode(
