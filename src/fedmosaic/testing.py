@@ -63,9 +63,9 @@ import typing
 import unittest
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import wraps
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import annotated_types
 import numpy as np
@@ -230,6 +230,7 @@ class _RecordingServer:
 
 
 def _same_scalar(a: Any, b: Any) -> bool:
+    """Equal metadata values of the same type (a bool is not an int here); NaN equals NaN."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b
@@ -295,6 +296,7 @@ def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types a field accepts (``int | None`` -> ``(int,)``; ``None`` is never an invalid value)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return tuple(m for m in typing.get_args(annotation) if m is not type(None))
     return (annotation,)
@@ -355,6 +357,28 @@ def _toml(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------- the battery
+
+T = TypeVar("T")
+
+
+def _once(method: Callable[[Any], T]) -> property:
+    """A property computed on first use and kept, and so is its exception: when a run crashes, every
+    check that needs it fails with the same error instead of running it again."""
+    slot = f"_once_{method.__name__}"
+
+    @wraps(method)
+    def get(self: Any) -> T:
+        if slot not in self.__dict__:
+            try:
+                self.__dict__[slot] = (method(self), None)
+            except Exception as exc:
+                self.__dict__[slot] = (None, exc)
+        value, error = self.__dict__[slot]
+        if error is not None:
+            raise error
+        return value
+
+    return property(get)
 
 
 class AlgorithmChecks:
@@ -426,12 +450,12 @@ class AlgorithmChecks:
 
     # ------------------------------------------------------------------ the runs, done once
 
-    @cached_property
+    @_once
     def task(self) -> Task:
         """The config's task (built once; the in-memory runs share it, read-only)."""
         return build_task(self.cfg)
 
-    @cached_property
+    @_once
     def recording(self) -> tuple[Recording, list[dict[str, Any]]]:
         """An in-memory run with every message, reply spec and per-round server state recorded; its rows."""
         log = Recording()
@@ -451,13 +475,13 @@ class AlgorithmChecks:
             rows = [result.row for result in fed.rounds()]
         return log, copy.deepcopy(rows)
 
-    @cached_property
+    @_once
     def second_rows(self) -> list[dict[str, Any]]:
         """The rows of a second, plain in-memory run of the same config."""
         with Federation.from_config(self.cfg, self.task) as fed:
             return [result.row for result in fed.rounds()]
 
-    @cached_property
+    @_once
     def file_rows(self) -> list[dict[str, Any]]:
         """The rows the file pipeline writes, step by step as the CLI runs it."""
         root = self.folder / "file-pipeline"
