@@ -413,8 +413,11 @@ class AlgorithmChecks:
             )
         self.algorithm = algorithm
         self.cfg = with_overrides(base, [*overrides, *_FORCED])
-        self._tmp = None if folder is not None else tempfile.TemporaryDirectory(prefix="fedmosaic-checks-")
-        self.folder = Path(folder if folder is not None else self._tmp.name)  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None  # removed with this object
+        if folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fedmosaic-checks-")
+            folder = self._tmp.name
+        self.folder = Path(folder)
 
     # ------------------------------------------------------------------ running the checks
 
