@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 
 from conftest import TINY_OVERRIDES
 from fedmosaic.algorithms.registry import algorithm_names, get_algorithm
-from fedmosaic.config import RunConfig, load_config
+from fedmosaic.config import RunConfig, apply_override, load_config
 from fedmosaic.core.message import Message
 from fedmosaic.core.task import ClientData, Task, View
 from fedmosaic.data.tasks import build_task
@@ -295,6 +295,32 @@ def test_gvf_private_vectors_are_off_by_default() -> None:
     table = documented_names()
     assert not any(p.startswith("priv/") for p in table["gvf"]["fit arrays"])
     assert any(p.startswith("priv/") for p in table["gvf allow_private_vectors=true"]["fit arrays"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "algorithm", "extra"), sorted({(s, a, tuple(e)) for s, a, _, e in SETTINGS})
+)
+def test_declared_uploads_are_the_documented_row(
+    setting: str, algorithm: str, extra: tuple[str, ...]
+) -> None:
+    """Each algorithm's own ``uploads`` declaration (what fedmosaic.testing.check_algorithm audits, and
+    all a plug-in has) equals its row of the docs table, column by column: the two cannot drift."""
+    cls = get_algorithm(algorithm)
+    tree: dict = {"algorithm": {"name": algorithm}}
+    for assignment in extra:
+        apply_override(tree, assignment)
+    declared = cls.declared_uploads(cls.Config.model_validate(tree["algorithm"]))
+    assert declared is not None, f"{algorithm} declares no uploads"
+    row = documented_names()[setting]
+    assert {column: sorted(declared.patterns(*column.split())) for column in row} == {
+        column: sorted(patterns) for column, patterns in row.items()
+    }
+
+
+def test_only_the_unaudited_algorithm_declares_no_uploads() -> None:
+    for name in algorithm_names():
+        cls = get_algorithm(name)
+        assert (cls.declared_uploads(cls.Config(name=name)) is None) == (name in NOT_AUDITED), name
 
 
 @pytest.mark.parametrize(

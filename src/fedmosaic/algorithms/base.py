@@ -9,7 +9,7 @@ import numpy as np
 from torch import nn
 
 from fedmosaic.algorithms.robust import Aggregation
-from fedmosaic.core.algorithm import Settings
+from fedmosaic.core.algorithm import Settings, Uploads
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import global_model_groups
 from fedmosaic.core.modality import ClientSpec
@@ -19,6 +19,11 @@ from fedmosaic.core.validation import ReplySpec
 from fedmosaic.models.build import build_classifier
 from fedmosaic.models.params import load_arrays, to_arrays
 from fedmosaic.models.train import evaluate_subsets
+
+# What a client's own evaluation reports: metrics per group of its modalities (core.metrics.flatten_eval).
+SELF_EVALUATION = ("{g}/accuracy", "{g}/macro_f1", "{g}/weighted_f1")
+# FedAvg's and FedProx's uploads: the weights of the held modalities' encoders and the head.
+WEIGHT_UPLOADS = Uploads(fit_arrays=("encoders.{m}.*", "head.*"), fit_meta=("n_train", "train_loss"))
 
 
 def initial_model(settings: Settings) -> nn.Module:

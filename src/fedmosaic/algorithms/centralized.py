@@ -55,4 +55,5 @@ class Centralized(Algorithm):
     Server = CentralizedServer
     Client = CentralizedClient
     needs_pooled_data = True
+    uploads = None  # not federated: the training data itself is pooled, no client message exists to audit
     summary = "all client training data pooled on one machine (upper bound)"

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot, weighted_average, weighted_train_loss
+from fedmosaic.algorithms.base import (
+    WEIGHT_UPLOADS,
+    GlobalModelServer,
+    ModelSlot,
+    weighted_average,
+    weighted_train_loss,
+)
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
@@ -82,4 +88,5 @@ class FedAvg(Algorithm):
     Config = FedAvgConfig
     Server = FedAvgServer
     Client = FedAvgClient
+    uploads = WEIGHT_UPLOADS
     summary = "modality-aware FedAvg: each encoder averaged over its holders, the head over all"

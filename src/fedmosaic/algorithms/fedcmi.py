@@ -56,7 +56,7 @@ from torch.nn import functional as F
 from fedmosaic.algorithms.base import GlobalModelServer, weighted_average
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
@@ -313,6 +313,10 @@ class FedCMI(Algorithm):
     Config = FedCMIConfig
     Server = FedCMIServer
     Client = FedCMIClient
+    uploads = Uploads(
+        fit_arrays=("encoders.{m}.*", "self_proj.{m}.*", "inf_proj.{m}.*", "heads.{m}.*", "fused.*"),
+        fit_meta=("n_train", "train_loss", "inf_loss", "inf_batches", "dominant_*"),
+    )
     summary = (
         "FedCMI: the weak modality learns from the global model's dominant one (cross-modal infiltration)"
     )

@@ -82,7 +82,7 @@ from fedmosaic.algorithms.base import weighted_train_loss
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed
@@ -211,8 +211,13 @@ class Distiller:
 def _wire(embedding: torch.Tensor) -> np.ndarray:
     """An embedding as a C-contiguous array: a batch-first LSTM output is a transposed view, and an
     engine that serialises messages (Flower, files) delivers it contiguous, which torch rounds
-    differently; sending it contiguous keeps every engine bit-identical."""
-    return np.ascontiguousarray(embedding.numpy())
+    differently; sending it contiguous keeps every engine bit-identical.
+
+    A copy, not ``np.ascontiguousarray``: that returns a ``kd_steps = "last"`` slice ``(B, 1, D)``
+    of the transposed view as it is (numpy ignores the stride of a length-1 axis), and torch still
+    rounds those strides differently from the canonical ones a deserialised array has.
+    """
+    return embedding.numpy().copy(order="C")
 
 
 def _encode(
@@ -438,6 +443,9 @@ class FedMEKT(Algorithm):
     Config = FedMEKTConfig
     Server = FedMEKTServer
     Client = FedMEKTClient
+    uploads = Uploads(
+        fit_arrays=("emb/{m}/top", "emb/{m}/first", "proxy_idx"), fit_meta=("n_train", "train_loss")
+    )
     summary = (
         "FedMEKT (-C joint / -S separate): proxy-batch embeddings distilled both ways, linear evaluation"
     )

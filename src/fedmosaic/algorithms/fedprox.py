@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from fedmosaic.algorithms.base import WEIGHT_UPLOADS
 from fedmosaic.algorithms.fedavg import FedAvgClient, FedAvgServer
 from fedmosaic.algorithms.registry import register
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, Settings
@@ -35,4 +36,5 @@ class FedProx(Algorithm):
     Config = FedProxConfig
     Server = FedProxServer
     Client = FedAvgClient
+    uploads = WEIGHT_UPLOADS
     summary = "FedAvg with a proximal term mu/2 ||w - w_global||^2"

@@ -45,22 +45,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from torch import nn
 from torch.nn import functional as F
 
-from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.base import SELF_EVALUATION, weighted_train_loss
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import (
+    Algorithm,
+    AlgorithmConfig,
+    ServerData,
+    Settings,
+    Uploads,
+    sample_clients,
+)
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
@@ -75,8 +83,18 @@ from fedmosaic.models.train import evaluate_subsets, make_optimizer
 SHARED = ("adapters.", "fusion.", "gate.", "classifier.")  # the global-update part; encoders stay local
 ENCODERS = "encoders."  # uploaded only by the share_encoders diagnostic, which breaks the design's promise
 VEC, PRIV, BANK, PROXY = "vec/", "priv/", "gv/", "proxy/"
+# What a client uploads by default: the shared part and proxy vectors (GVF.declared_uploads adds the
+# encoders and private vectors when the two switches that break the design are on).
+UPLOADS = Uploads(
+    fit_arrays=("adapters.{m}.*", "fusion.*", "gate.*", "classifier.*", "vec/{m}"),
+    fit_meta=("n_train", "train_loss", "delta", "val_loss_global", "val_loss_local"),
+    evaluate_meta=SELF_EVALUATION,
+)
 PSEUDO = "pseudo/"  # the federation's label for each proxy sample holding the modality (-1 = unsure)
 ANCHOR = "anchor/"  # the federation's mean vector of each proxy sample holding the modality
+
+
+K_CHOICES = ("classes", "silhouette")  # algorithm.k besides a number of clusters
 
 
 class GVFConfig(AlgorithmConfig):
@@ -152,6 +170,15 @@ class GVFConfig(AlgorithmConfig):
         "measure how much of the gap to fedavg is the private encoders (docs/gvf.md)",
     )
 
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_choice(cls, value: object) -> object:
+        # Checked here, not by the union: pydantic would name the failing union member
+        # ("algorithm.k.int: ..."), a key that does not exist.
+        if (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or value in K_CHOICES:
+            return value
+        raise ValueError(f"algorithm.k: must be >= 1, 'classes' or 'silhouette' (got {value!r})")
+
     @model_validator(mode="after")
     def _consistent(self) -> GVFConfig:
         if self.dim % self.heads:
@@ -163,8 +190,6 @@ class GVFConfig(AlgorithmConfig):
                 "algorithm.proxy_weight: proxy labels come from the teachers' uploaded classifiers; "
                 "with shared_classifier = false none is uploaded"
             )
-        if isinstance(self.k, int) and self.k < 1:
-            raise ValueError(f"algorithm.k: must be >= 1, 'classes' or 'silhouette' (got {self.k})")
         return self
 
 
@@ -609,10 +634,13 @@ class GVFServer:
         if cfg.global_vectors:
             vectors: dict[str, list[np.ndarray]] = {}
             for c in ids:
-                for key, v in replies[c].arrays.items():
+                # Each client's proxy vectors, then its private ones: in an order of names, not the
+                # message's, which transports do not keep (safetensors sorts names) and which decides
+                # the rows K-Means sees, so its clusters (the file pipeline gave other numbers).
+                for key in sorted(replies[c].arrays, key=lambda k: (not k.startswith(VEC), k)):
                     private = key.startswith(PRIV) and cfg.allow_private_vectors
                     if key.startswith(VEC) or private:
-                        vectors.setdefault(key.split("/", 1)[1], []).append(v)
+                        vectors.setdefault(key.split("/", 1)[1], []).append(replies[c].arrays[key])
             stacked = {m: np.concatenate(v) for m, v in vectors.items()}
             if len(stacked) == len(self.settings.info.modalities):  # pairs need every modality
                 k = self._k(stacked, rng)
@@ -653,10 +681,10 @@ class GVFServer:
         total = np.zeros((len(self.proxy), self.cfg.dim))
         count = np.zeros(len(self.proxy))
         for reply in replies.values():
-            for key, v in reply.arrays.items():
+            for key in sorted(reply.arrays):  # by name: the sum's order must not depend on the transport
                 if key.startswith(VEC):
                     rows = self._proxy_rows(key[len(VEC) :])
-                    total[rows] += v
+                    total[rows] += reply.arrays[key]
                     count[rows] += 1
         with np.errstate(invalid="ignore", divide="ignore"):
             return (total / count[:, None]).astype(np.float32)
@@ -752,6 +780,17 @@ class GVF(Algorithm):
     Server = GVFServer
     Client = GVFClient
     personalised = True
+    uploads = UPLOADS
     summary = (
         "global-vector fusion: proxy vectors -> K-Means + Hungarian global vectors, gated cross-attention"
     )
+
+    @classmethod
+    def declared_uploads(cls, config: AlgorithmConfig) -> Uploads | None:
+        """The default uploads, plus the encoders under ``share_encoders`` and vectors of private
+        samples under ``allow_private_vectors`` (both off by default; docs/algorithms.md)."""
+        if not isinstance(config, GVFConfig):
+            raise TypeError(f"config: expected a GVFConfig, got {type(config).__name__}")
+        extra = (f"{ENCODERS}{{m}}.*",) if config.share_encoders else ()
+        extra += (f"{PRIV}{{m}}",) if config.allow_private_vectors else ()
+        return replace(UPLOADS, fit_arrays=(*UPLOADS.fit_arrays, *extra))

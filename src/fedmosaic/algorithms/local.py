@@ -7,9 +7,9 @@ averages those numbers (by test subset, by client group, overall).
 
 from __future__ import annotations
 
-from fedmosaic.algorithms.base import ModelSlot, weighted_train_loss
+from fedmosaic.algorithms.base import SELF_EVALUATION, ModelSlot, weighted_train_loss
 from fedmosaic.algorithms.registry import register
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
@@ -89,4 +89,5 @@ class Local(Algorithm):
     Server = LocalServer
     Client = LocalClient
     personalised = True
+    uploads = Uploads(fit_meta=("n_train", "train_loss"), evaluate_meta=SELF_EVALUATION)
     summary = "each client trains alone (lower bound)"

@@ -23,7 +23,7 @@ from fedmosaic.algorithms.autoencoder_base import (
 from fedmosaic.algorithms.base import weighted_average, weighted_train_loss
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -31,6 +31,11 @@ from fedmosaic.core.task import ClientData
 from fedmosaic.core.validation import ReplySpec
 from fedmosaic.models.autoencoder import SplitAutoencoder
 from fedmosaic.models.params import load_arrays, to_arrays
+
+# mmFedAvg's and mmFedProx's uploads: the held modalities' encoder and decoder weights.
+UPLOADS = Uploads(
+    fit_arrays=("encoders.{m}.*", "decoders.{m}.*"), fit_meta=("n_train", "train_loss", "multimodal")
+)
 
 
 class MMFedAvgConfig(AutoencoderConfig):
@@ -119,6 +124,7 @@ class MMFedAvg(Algorithm):
     Config = MMFedAvgConfig
     Server = MMFedAvgServer
     Client = MMFedAvgClient
+    uploads = UPLOADS
     summary = "mmFedAvg: split LSTM autoencoder weights averaged per modality, linear evaluation"
 
 
@@ -137,4 +143,5 @@ class MMFedProx(Algorithm):
     Config = MMFedProxConfig
     Server = MMFedProxServer
     Client = MMFedAvgClient
+    uploads = UPLOADS
     summary = "mmFedProx: mmFedAvg with a proximal term toward the global weights"

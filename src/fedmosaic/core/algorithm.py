@@ -6,8 +6,10 @@ An algorithm never imports an engine; an engine never imports a specific algorit
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -112,11 +114,68 @@ class ClientSide(Protocol):
         ...
 
 
+Call = Literal["fit", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """What a client of an algorithm may upload: shell-glob patterns of array names and meta keys.
+
+    One tuple per call and part, like the columns of the upload-names table in
+    ``docs/algorithms.md`` (``tests/test_privacy_audit.py`` keeps the two equal for the built-ins).
+    Patterns use :func:`fnmatch.fnmatchcase` (``*`` also matches dots); ``{m}`` stands for a modality
+    the client holds and ``{g}`` for a group of them (``image``, ``image+text``), so a client may
+    only upload names of its own modalities. Declared on the class, a plug-in carries its own
+    audit: :func:`fedmosaic.testing.check_algorithm` fails on any upload no pattern matches.
+    """
+
+    fit_arrays: tuple[str, ...] = ()
+    fit_meta: tuple[str, ...] = ()
+    evaluate_arrays: tuple[str, ...] = ()
+    evaluate_meta: tuple[str, ...] = ()
+
+    def patterns(self, call: Call, part: Literal["arrays", "meta"]) -> tuple[str, ...]:
+        """The patterns of one column (``call`` = ``fit``/``evaluate``, ``part`` = ``arrays``/``meta``)."""
+        return getattr(self, f"{call}_{part}")
+
+    def undeclared(
+        self, call: Call, message: Message, modalities: Iterable[str], groups: Iterable[str]
+    ) -> list[str]:
+        """One line per array name or meta key of ``message`` (a client's ``call`` reply) that no
+        pattern allows, and per meta value that is a string (free text could carry anything).
+
+        ``modalities``: what the sending client holds; ``groups``: the names of its modality groups.
+        """
+        held, grouped = sorted(modalities), sorted(groups)
+
+        def expand(pattern: str) -> list[str]:
+            out = [pattern.replace("{m}", m) for m in held] if "{m}" in pattern else [pattern]
+            return [o.replace("{g}", g) for o in out for g in grouped] if "{g}" in pattern else out
+
+        problems = []
+        parts: dict[Literal["arrays", "meta"], Iterable[str]] = {
+            "arrays": message.arrays,
+            "meta": message.meta,
+        }
+        for part, names in parts.items():
+            allowed = [e for p in self.patterns(call, part) for e in expand(p)]
+            problems += [
+                f"{call} {part} {name!r} is not declared"
+                for name in names
+                if not any(fnmatch.fnmatchcase(name, p) for p in allowed)
+            ]
+        problems += [f"{call} meta {k!r} is a string" for k, v in message.meta.items() if isinstance(v, str)]
+        return problems
+
+
 class Algorithm:
     """A plug-in algorithm: its config class and its two halves.
 
     ``personalised``: clients keep models of their own, so they evaluate themselves.
     ``needs_pooled_data``: the server trains on pooled client data (only the centralized baseline).
+    ``uploads``: the names its clients may upload (:class:`Uploads`); ``None`` declares nothing,
+    which only an algorithm without client messages (``needs_pooled_data``) may do. When switches of
+    the config change what is uploaded, override :meth:`declared_uploads`.
     """
 
     name: ClassVar[str]
@@ -126,6 +185,12 @@ class Algorithm:
     personalised: ClassVar[bool] = False
     needs_pooled_data: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    uploads: ClassVar[Uploads | None] = None
+
+    @classmethod
+    def declared_uploads(cls, config: AlgorithmConfig) -> Uploads | None:
+        """What a client may upload under ``config`` (default: :attr:`uploads`, whatever the config)."""
+        return cls.uploads
 
 
 def sample_clients(clients: list[ClientSpec], k: int, rng: Rng) -> list[ClientSpec]:
