@@ -207,8 +207,9 @@ def test_fedavgm_config_bounds_and_reply_spec(example: Any) -> None:
 
 
 def test_fedavgm_passes_the_conformance_check(fedavgm: type) -> None:
-    testing = pytest.importorskip("fedmosaic.testing")  # being written; runs once it lands
-    testing.check_algorithm(fedavgm)
+    from fedmosaic.testing import check_algorithm
+
+    check_algorithm(fedavgm)  # the battery every built-in passes (tests/test_conformance.py)
 
 
 def test_example_encoder_and_data_set(example: Any) -> None:

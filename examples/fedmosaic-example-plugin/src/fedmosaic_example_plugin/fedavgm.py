@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from fedmosaic.algorithms.base import weighted_average, weighted_train_loss
-from fedmosaic.algorithms.fedavg import FedAvgClient, FedAvgServer
+from fedmosaic.algorithms.fedavg import FedAvg, FedAvgClient, FedAvgServer
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
@@ -101,4 +101,5 @@ class FedAvgM(Algorithm):
     Config = FedAvgMConfig
     Server = FedAvgMServer
     Client = FedAvgClient
+    uploads = FedAvg.uploads  # the same client half: the same names leave a client (check_algorithm checks)
     summary = "FedAvg with server momentum (Hsu et al. 2019): server_lr, beta"
