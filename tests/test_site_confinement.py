@@ -1,0 +1,257 @@
+"""Data confined to its site: every file a loader reads stays inside its data root.
+
+1. Every file a loader reads resolves inside its root (``data/paths.py``). For every loader, each of
+   its files in turn is moved out of the tree and replaced by a symlink to it: the load must refuse it
+   (one line saying "outside"), as a skippable bad sample where the file is one sample. The ``folder``
+   loader is also fed ``../``, absolute paths, another client's file and symlinked folders, and
+   hypothesis draws image paths: no pixel from outside a client's folder is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fedmosaic.data.coco import CocoOptions
+from fedmosaic.data.coco import load as load_coco
+from fedmosaic.data.folder import FolderOptions
+from fedmosaic.data.folder import load as load_folder
+from fedmosaic.data.paths import PathEscapeError, confined
+from fedmosaic.data.registry import DataError, LoadContext, get_dataset
+from test_loader_fuzz import TREES
+from test_media_loaders import _coco_tree, _write_samples
+from test_sensor_loaders import SMALL, write_hapt
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+INSIDE, OUTSIDE = 100, 250  # pixel values of images inside a client folder and outside it
+
+
+def _png(path: Path, value: int, size: tuple[int, int] = (12, 12)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+    return path
+
+
+def _one_line(exc: pytest.ExceptionInfo[BaseException], *parts: object) -> str:
+    text = str(exc.value)
+    assert "\n" not in text, text
+    for part in parts:
+        assert str(part) in text, f"{part!r} not in {text!r}"
+    return text
+
+
+def _move_out(path: Path, outside: Path) -> Path:
+    """Move ``path`` to ``outside`` and leave a symlink to it in its place; returns the target."""
+    target = outside / path.name
+    outside.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, target)
+    path.symlink_to(target)
+    return target
+
+
+# ---------------------------------------------------------------- every loader, every file
+
+# Files a loader's small tree holds but that loader never reads with these options.
+UNREAD = {
+    "uci-har": lambda p: p.name.startswith("body_acc"),  # acc = "total" reads total_acc
+    "coco": lambda p: p.name == f"{3:012d}.jpg",  # photo 3 has no instances: unlabelled, never decoded
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(TREES))
+def test_every_file_symlinked_out_of_the_root_is_refused(tmp_path: Path, dataset: str) -> None:
+    write, options, files = TREES[dataset]
+    data_dir = write(tmp_path / "site")
+    entry = get_dataset(dataset)
+    checked = 0
+    for i, path in enumerate(files(data_dir)):
+        if UNREAD.get(dataset, lambda _: False)(path):
+            continue
+        target = _move_out(path, tmp_path / f"elsewhere{i}")
+        with pytest.raises(DataError) as exc:
+            entry.load(options, LoadContext(data_dir))
+        _one_line(exc, "outside", target)
+        ctx = LoadContext(data_dir, on_bad_sample="skip")
+        try:  # one sample's file: skipped and counted; a whole table or samples file: still an error
+            entry.load(options, ctx)
+            assert any("outside" in s and str(target) in s for s in ctx.skipped), ctx.skipped
+        except DataError as err:
+            assert "outside" in str(err) and "\n" not in str(err)
+        path.unlink()
+        shutil.move(target, path)
+        checked += 1
+    assert checked >= 2
+    entry.load(options, LoadContext(data_dir))  # restored: loads again
+
+
+def test_a_data_root_reached_through_a_symlink_is_one_tree(tmp_path: Path) -> None:
+    write, options, _ = TREES["folder"]
+    real = write(tmp_path / "real")
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    assert len(get_dataset("folder").load(options, LoadContext(tmp_path / "link"))) == 10
+
+
+# ---------------------------------------------------------------- folder: named paths
+
+
+def _client(root: Path, image: str) -> Path:
+    """``root/c1`` with one good row and one row naming ``image``; pictures inside and outside."""
+    train = root / "c1" / "train"
+    _png(train / "good.png", INSIDE)
+    _png(root / "c1" / "shared" / "in.png", INSIDE)
+    _png(root / "c2" / "train" / "theirs.png", OUTSIDE)
+    _write_samples(root / "c2" / "train", [{"image": "theirs.png", "text": "", "label": "b"}])
+    _png(root.parent / "outside" / "secret.png", OUTSIDE)
+    rows = [{"image": "good.png", "text": "", "label": "a"}, {"image": image, "text": "", "label": "b"}]
+    return _write_samples(train, rows)
+
+
+@pytest.mark.parametrize(
+    "kind", ["dotdot", "absolute", "other_client", "symlinked_file", "symlinked_folder", "missing"]
+)
+def test_folder_image_out_of_its_client_folder_is_a_bad_row(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "root"
+    secret = tmp_path / "outside" / "secret.png"
+    train = root / "c1" / "train"
+    image = {
+        "dotdot": "../../../outside/secret.png",
+        "absolute": str(secret),
+        "other_client": "../../c2/train/theirs.png",
+        "symlinked_file": "link.png",
+        "symlinked_folder": "pics/secret.png",
+        "missing": "../../../outside/nothing.png",  # escapes are refused before existence is tested
+    }[kind]
+    samples = _client(root, image)
+    if kind == "symlinked_file":
+        (train / "link.png").symlink_to(secret)
+    if kind == "symlinked_folder":
+        (train / "pics").symlink_to(secret.parent, target_is_directory=True)
+    with pytest.raises(DataError) as exc:
+        load_folder(FolderOptions(image_size=8), LoadContext(root))
+    _one_line(exc, f"{samples}:3", repr(image), "outside its client folder", root / "c1")
+    ctx = LoadContext(root, on_bad_sample="skip")
+    d = load_folder(FolderOptions(image_size=8), ctx)
+    assert len(ctx.skipped) == 1 and "outside its client folder" in ctx.skipped[0]
+    assert d.extras["source"] == [f"{samples}:2", f"{root / 'c2' / 'train' / 'samples.csv'}:2"]
+    assert d.store["image"][0].max() == INSIDE
+
+
+def test_folder_paths_that_stay_inside_the_client_folder_load(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _client(root, "../shared/in.png")  # up out of train/, still inside c1/
+    (root / "c1" / "train" / "alias.png").symlink_to(root / "c1" / "shared" / "in.png")
+    _write_samples(
+        root / "c1" / "val",
+        [
+            {"image": "../train/alias.png", "text": "", "label": "a"},
+            {"image": "./../shared/in.png", "label": "a"},
+        ],
+    )
+    d = load_folder(FolderOptions(image_size=8), LoadContext(root))
+    assert len(d) == 5 and d.skipped == []
+
+
+def test_folder_client_folder_or_samples_file_out_of_the_root_stops_the_load(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _client(root, "good.png")
+    elsewhere = tmp_path / "elsewhere"
+    _write_samples(elsewhere / "train", [{"image": "", "text": "hi", "label": "a"}])
+    (root / "c3").symlink_to(elsewhere, target_is_directory=True)
+    for policy in ("error", "skip"):
+        with pytest.raises(DataError) as exc:
+            load_folder(FolderOptions(image_size=8), LoadContext(root, on_bad_sample=policy))
+        _one_line(exc, root / "c3", "outside the data root", elsewhere)
+    (root / "c3").unlink()
+    samples = root / "c2" / "train" / "samples.csv"
+    shutil.move(samples, elsewhere / "samples.csv")
+    samples.symlink_to(elsewhere / "samples.csv")
+    with pytest.raises(DataError) as exc:
+        load_folder(FolderOptions(image_size=8), LoadContext(root, on_bad_sample="skip"))
+    _one_line(exc, samples, "outside its client folder")
+
+
+SEGMENTS = ["..", ".", "train", "shared", "c1", "c2", "in.png", "good.png", "link_out.png", "secret.png"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz") / "root"
+    _client(root, "good.png")
+    _png(root / "secret.png", OUTSIDE)  # inside the data root but outside c1: refused all the same
+    (root / "c1" / "train" / "link_out.png").symlink_to(root.parent / "outside" / "secret.png")
+    return root
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=6), absolute=st.booleans())
+def test_folder_never_loads_a_pixel_from_outside_the_client_folder(
+    fuzz_root: Path, parts: list[str], absolute: bool
+) -> None:
+    image = "/".join(parts)
+    if absolute:
+        image = str(fuzz_root / "c1" / "train" / image)
+    _write_samples(fuzz_root / "c1" / "train", [{"image": image, "text": "t", "label": "a"}])
+    ctx = LoadContext(fuzz_root, on_bad_sample="skip")
+    d = load_folder(FolderOptions(image_size=8), ctx)
+    c1 = d.groups == d.group_names.index("c1")
+    assert OUTSIDE not in d.store["image"][c1]  # nothing from c2, the root or beyond ever enters c1
+    # Independent oracle, os.path.realpath: a file inside c1 <=> the row loaded, else it was skipped.
+    real = Path(os.path.realpath(fuzz_root / "c1" / "train" / image))
+    inside = real.is_relative_to(fuzz_root / "c1") and real.is_file()
+    assert d.present[c1, 0].tolist() == ([True] if inside else [])
+    assert len(ctx.skipped) == (0 if inside else 1)
+
+
+def test_confined_cannot_resolve_is_an_escape_too(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for bad in (tmp_path / "loop" / "x.png", tmp_path / "nul\x00.png"):
+        with pytest.raises(PathEscapeError) as exc:
+            confined(bad, tmp_path)
+        assert "cannot resolve" in exc.value.reason or "outside" in exc.value.reason
+
+
+# ---------------------------------------------------------------- coco: named paths
+
+MINI = CocoOptions(splits=["mini"], test_split=None, image_size=16, captions_per_image=2)
+
+
+@pytest.mark.parametrize("kind", ["other_split", "absolute", "symlink"])
+def test_coco_file_name_out_of_its_split_folder_is_a_bad_sample(tmp_path: Path, kind: str) -> None:
+    root = _coco_tree(tmp_path / "coco")
+    other = _png(root / "val" / "photo.jpg", OUTSIDE, (60, 40))  # inside the root, in another split
+    name = {"other_split": "../val/photo.jpg", "absolute": str(other), "symlink": "link.jpg"}[kind]
+    if kind == "symlink":
+        (root / "mini" / "link.jpg").symlink_to(other)
+    path = root / "annotations" / "captions_mini.json"
+    captions = json.loads(path.read_text())
+    captions["images"][1]["file_name"] = name  # photo 2
+    path.write_text(json.dumps(captions))
+    with pytest.raises(DataError) as exc:
+        load_coco(MINI, LoadContext(root))
+    _one_line(exc, path, "image id 2", repr(name), "outside its split folder", root / "mini")
+    ctx = LoadContext(root, on_bad_sample="skip")
+    d = load_coco(MINI, ctx)
+    assert d.extras["image_id"].tolist() == [1, 1] and len(ctx.skipped) == 1
+    assert OUTSIDE not in d.store["image"]
+
+
+# ---------------------------------------------------------------- fixed names: hapt's parent folder
+
+
+def test_hapt_rawdata_as_data_dir_does_not_read_the_parent_folder(tmp_path: Path) -> None:
+    hapt = write_hapt(tmp_path)
+    (hapt / "activity_labels.txt").write_text("not a labels file\n")  # outside RawData/
+    data = get_dataset("uci-hapt").load(
+        get_dataset("uci-hapt").options(**SMALL), LoadContext(hapt / "RawData")
+    )
+    assert data.class_names[0] == "WALKING"
+    with pytest.raises(DataError, match="activity_labels"):  # as the HAPT folder it is read, and bad
+        get_dataset("uci-hapt").load(get_dataset("uci-hapt").options(**SMALL), LoadContext(hapt))
