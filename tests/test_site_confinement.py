@@ -1,10 +1,12 @@
-"""Data confined to its site: every file a loader reads stays inside its data root.
+"""Data confined to its site: paths stay inside the data root, and images have a size cap.
 
 1. Every file a loader reads resolves inside its root (``data/paths.py``). For every loader, each of
    its files in turn is moved out of the tree and replaced by a symlink to it: the load must refuse it
    (one line saying "outside"), as a skippable bad sample where the file is one sample. The ``folder``
    loader is also fed ``../``, absolute paths, another client's file and symlinked folders, and
    hypothesis draws image paths: no pixel from outside a client's folder is ever loaded.
+2. A PNG of a few KB that declares 169 megapixels is refused from its header, before decoding: a
+   child process reads it and its peak memory stays far below the 0.8 GB a decode costs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from pydantic import ValidationError
 
 from fedmosaic.data.coco import CocoOptions
 from fedmosaic.data.coco import load as load_coco
 from fedmosaic.data.folder import FolderOptions
 from fedmosaic.data.folder import load as load_folder
+from fedmosaic.data.images import ImageReadError, read_image
 from fedmosaic.data.paths import PathEscapeError, confined
 from fedmosaic.data.registry import DataError, LoadContext, get_dataset
 from test_loader_fuzz import TREES
@@ -255,3 +263,95 @@ def test_hapt_rawdata_as_data_dir_does_not_read_the_parent_folder(tmp_path: Path
     assert data.class_names[0] == "WALKING"
     with pytest.raises(DataError, match="activity_labels"):  # as the HAPT folder it is read, and bad
         get_dataset("uci-hapt").load(get_dataset("uci-hapt").options(**SMALL), LoadContext(hapt))
+
+
+# ---------------------------------------------------------------- image size cap
+
+
+def _bomb_png(path: Path, width: int, height: int) -> Path:
+    """A one-bit greyscale PNG of ``width`` x ``height`` black pixels, written row by row: a few KB on
+    disk (zeros compress ~1000:1) and in memory, however many pixels it declares."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_png_is_refused_from_its_header_before_decoding(tmp_path: Path) -> None:
+    # 49 MP (under Pillow's own 89.5 MP limit: only the cap stops it), 169 MP (Pillow merely warns),
+    # 400 MP (Pillow refuses). A child process reads them and reports its memory high-water mark
+    # (VmHWM, which exec resets, unlike ru_maxrss) after importing and after reading.
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux /proc to read the memory high-water mark")
+    sizes = [(7000, 7000), (13000, 13000), (20000, 20000)]
+    paths = [_bomb_png(tmp_path / f"{w}.png", w, h) for w, h in sizes]
+    assert max(p.stat().st_size for p in paths) < 64_000  # 6 KB, 21 KB, 49 KB
+    code = (
+        "import re, sys, warnings\n"
+        "def peak():\n"
+        "    with open('/proc/self/status') as status:\n"
+        "        return int(re.search(r'VmHWM:\\s+(\\d+) kB', status.read())[1])\n"
+        "warnings.simplefilter('always')\n"  # shown on stderr: a DecompressionBombWarning must not leak
+        "from fedmosaic.data.images import ImageReadError, read_image\n"
+        "before = peak()\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        read_image(path, 64)\n"
+        "        print('DECODED', path)\n"
+        "    except ImageReadError as exc:\n"
+        "        print('REFUSED', exc)\n"
+        "print('GROWTH_KB', peak() - before)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["REFUSED"] * 3 + ["GROWTH_KB"], proc.stdout
+    assert "DecompressionBombWarning" not in proc.stderr, proc.stderr
+    for path, line in zip(paths, lines, strict=False):
+        assert f"REFUSED {path}: image too large: " in line
+    assert "7000 x 7000 pixels (49.0 megapixels) exceeds the cap of 40 megapixels" in lines[0]
+    assert "more than 89.5 megapixels declared" in lines[1] and "the cap is 40 megapixels" in lines[2]
+    # Decoding the 169 MP image alone takes about 0.8 GB; refused from the header, the peak barely moves.
+    assert int(lines[-1].split()[1]) < 20_000, lines[-1]
+
+
+def test_folder_counts_an_oversized_image_as_a_bad_row(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    samples = _client(root, "bomb.png")
+    _bomb_png(root / "c1" / "train" / "bomb.png", 13000, 13000)
+    with pytest.raises(DataError) as exc:
+        load_folder(FolderOptions(image_size=8), LoadContext(root))
+    _one_line(exc, f"{samples}:3", "'bomb.png'", "image too large")
+    ctx = LoadContext(root, on_bad_sample="skip")
+    assert len(load_folder(FolderOptions(image_size=8), ctx)) == 2 and len(ctx.skipped) == 1
+    # the cap is an option of the image loaders, up to Pillow's own limit
+    _png(root / "c1" / "train" / "good.png", INSIDE, (1200, 1000))
+    ctx = LoadContext(root, on_bad_sample="skip")
+    assert len(load_folder(FolderOptions(image_size=8, max_megapixels=1), ctx)) == 1
+    assert "1200 x 1000 pixels (1.2 megapixels) exceeds the cap of 1 megapixels" in ctx.skipped[0]
+    for options in (FolderOptions, CocoOptions):
+        with pytest.raises(ValidationError, match="max_megapixels"):
+            options(max_megapixels=100)
+    with pytest.raises(DataError) as exc:
+        load_coco(
+            CocoOptions(**{**MINI.model_dump(), "max_megapixels": 0.001}),
+            LoadContext(_coco_tree(tmp_path / "coco")),
+        )
+    _one_line(exc, "image id 1", "60 x 40 pixels", "exceeds the cap of 0.001 megapixels")
+
+
+def test_read_image_under_the_cap_still_decodes(tmp_path: Path) -> None:
+    path = _png(tmp_path / "ok.png", 7, (300, 200))
+    assert read_image(path, 8, 1, max_megapixels=0.06).shape == (1, 8, 8)
+    with pytest.raises(ImageReadError, match="300 x 200 pixels"):
+        read_image(path, 8, 1, max_megapixels=0.05)

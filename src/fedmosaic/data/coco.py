@@ -18,7 +18,7 @@ is the ``(n, n_classes)`` multi-hot matrix of every supercategory present in eac
 followed) inside its own split's folder, so a ``train2017`` record cannot pull a ``val2017`` (test)
 photo or any file outside the data into training; an escape is a bad sample naming the captions file
 and the image id. Annotation files and split folders that resolve out of ``task.data_dir`` stop the
-load.
+load. Images declaring more than ``max_megapixels`` are bad samples, refused before decoding.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from fedmosaic.core.modality import Modality
-from fedmosaic.data.images import ImageReadError, read_image
+from fedmosaic.data.images import DEFAULT_MAX_MEGAPIXELS, PILLOW_MAX_MEGAPIXELS, ImageReadError, read_image
 from fedmosaic.data.paths import PathEscapeError, confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
@@ -74,6 +74,12 @@ class CocoOptions(BaseModel):
     test_split: str | None = Field(
         "val2017",
         description="split whose samples form the test set (label: the photo's largest-area supercategory)",
+    )
+    max_megapixels: float = Field(
+        DEFAULT_MAX_MEGAPIXELS,
+        gt=0,
+        le=PILLOW_MAX_MEGAPIXELS,
+        description="a photo whose header declares more pixels is a bad sample, refused before decoding",
     )
 
     @field_validator("splits")
@@ -227,7 +233,7 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
                 continue
             try:
                 photo = confined(folder / image.file_name, folder, "its split folder")
-                picture = read_image(photo, options.image_size, 3)
+                picture = read_image(photo, options.image_size, 3, options.max_megapixels)
             except PathEscapeError as exc:
                 ctx.bad(cap_path, f"image id {image.id}: file_name {image.file_name!r} {exc.reason}")
                 continue

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmosaic.core.modality import Modality
-from fedmosaic.data.images import ImageReadError, read_image
+from fedmosaic.data.images import DEFAULT_MAX_MEGAPIXELS, PILLOW_MAX_MEGAPIXELS, ImageReadError, read_image
 from fedmosaic.data.paths import PathEscapeError, confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
@@ -68,6 +68,12 @@ class FolderOptions(BaseModel):
     )
     channels: Literal[1, 3] = Field(3, description="image channels: 1 = greyscale, 3 = RGB")
     max_tokens: int = Field(32, ge=4, le=512, description="text length in tokens after tokenisation")
+    max_megapixels: float = Field(
+        DEFAULT_MAX_MEGAPIXELS,
+        gt=0,
+        le=PILLOW_MAX_MEGAPIXELS,
+        description="an image whose header declares more pixels is a bad sample, refused before decoding",
+    )
 
 
 @dataclass
@@ -200,7 +206,9 @@ def _read_part(
             if image_rel:
                 try:
                     image_path = confined(folder / image_rel, site, site_name)
-                    image = read_image(image_path, options.image_size, options.channels)
+                    image = read_image(
+                        image_path, options.image_size, options.channels, options.max_megapixels
+                    )
                 except PathEscapeError as exc:
                     ctx.bad(path, f"image {image_rel!r} {exc.reason}", line=line)
                     continue
