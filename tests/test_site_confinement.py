@@ -1,4 +1,5 @@
-"""Data confined to its site: paths stay inside the data root, and images have a size cap.
+"""Data confined to its site: paths stay inside the data root, images have a size cap, and test
+classes that no client holds are named.
 
 1. Every file a loader reads resolves inside its root (``data/paths.py``). For every loader, each of
    its files in turn is moved out of the tree and replaced by a symlink to it: the load must refuse it
@@ -7,16 +8,20 @@
    hypothesis draws image paths: no pixel from outside a client's folder is ever loaded.
 2. A PNG of a few KB that declares 169 megapixels is refused from its header, before decoding: a
    child process reads it and its peak memory stays far below the 0.8 GB a decode costs.
+3. A test class no client has a training sample of is recorded in the data summary and warned about
+   on the terminal of a real ``fedmosaic run``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
+from fedmosaic.config import load_config
 from fedmosaic.data.coco import CocoOptions
 from fedmosaic.data.coco import load as load_coco
 from fedmosaic.data.folder import FolderOptions
@@ -34,6 +40,7 @@ from fedmosaic.data.folder import load as load_folder
 from fedmosaic.data.images import ImageReadError, read_image
 from fedmosaic.data.paths import PathEscapeError, confined
 from fedmosaic.data.registry import DataError, LoadContext, get_dataset
+from fedmosaic.data.tasks import build_task
 from test_loader_fuzz import TREES
 from test_media_loaders import _coco_tree, _write_samples
 from test_sensor_loaders import SMALL, write_hapt
@@ -355,3 +362,77 @@ def test_read_image_under_the_cap_still_decodes(tmp_path: Path) -> None:
     assert read_image(path, 8, 1, max_megapixels=0.06).shape == (1, 8, 8)
     with pytest.raises(ImageReadError, match="300 x 200 pixels"):
         read_image(path, 8, 1, max_megapixels=0.05)
+
+
+# ---------------------------------------------------------------- test classes no client holds
+
+
+def _starved_tree(root: Path) -> Path:
+    """Two clients with classes cat and dog; the server's test folder also has 'bird' (2 samples)."""
+    for client in ("c1", "c2"):
+        rows = [{"image": "p.png", "text": f"a {label}", "label": label} for label in ("cat", "dog", "cat")]
+        _png(root / client / "train" / "p.png", INSIDE)
+        _write_samples(root / client / "train", rows)
+    _png(root / "server" / "test" / "p.png", INSIDE)
+    rows = [
+        {"image": "p.png", "text": f"a {label}", "label": label} for label in ("cat", "dog", "bird", "bird")
+    ]
+    _write_samples(root / "server" / "test", rows)
+    return root
+
+
+STARVED = [
+    "task.dataset=folder",
+    "task.partition=natural",
+    'clients.mix=""',
+    "task.proxy_size=0",
+    "task.labelled_size=0",
+    "task.val_fraction=0",
+    "task.options.image_size=8",
+]
+
+
+def test_a_test_class_no_client_holds_is_recorded_and_warned(tmp_path: Path, caplog) -> None:
+    root = _starved_tree(tmp_path / "root")
+    with caplog.at_level(logging.WARNING, logger="fedmosaic.data"):
+        task = build_task(load_config(None, [*STARVED, f"task.data_dir={root}"]))
+    assert task.data_summary()["test_classes_without_clients"] == {"bird": 2}
+    [record] = [r for r in caplog.records if r.name == "fedmosaic.data"]
+    assert (
+        "test class 'bird' (2 test samples)" in record.getMessage() and "only score 0" in record.getMessage()
+    )
+    # A class a client holds only in its validation folder is still never trained on.
+    _write_samples(root / "c1" / "val", [{"image": "", "text": "a bird", "label": "bird"}])
+    task = build_task(load_config(None, [*STARVED, f"task.data_dir={root}"]))
+    assert task.data_summary()["test_classes_without_clients"] == {"bird": 2}
+    # Every test class held: nothing recorded, nothing said.
+    (root / "c1" / "val" / "samples.csv").unlink()
+    (root / "c1" / "val").rmdir()
+    _write_samples(root / "c2" / "train", [{"image": "p.png", "text": "a bird", "label": "bird"}] * 2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedmosaic.data"):
+        task = build_task(load_config(None, [*STARVED, f"task.data_dir={root}"]))
+    assert task.data_summary()["test_classes_without_clients"] == {}
+    assert not [r for r in caplog.records if r.name == "fedmosaic.data"]
+
+
+def test_the_cli_warns_on_the_terminal_and_summary_json_records_it(tmp_path: Path) -> None:
+    root = _starved_tree(tmp_path / "root")
+    out = tmp_path / "run"
+    args = ["run", "-q", "--out", str(out)]
+    for item in [*STARVED, f"task.data_dir={root}", "rounds=1", "compare=[]", "algorithm.name=local"]:
+        args += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    code = "import sys; from fedmosaic.cli import app; sys.argv[0] = 'fedmosaic'; app()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tempfile.gettempdir(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no client has a training sample of test class 'bird' (2 test samples)" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["test_classes_without_clients"] == {"bird": 2}
