@@ -184,6 +184,8 @@ class Task:
     def data_summary(self) -> dict[str, object]:
         """Sizes of every part and the bad samples the loader skipped (for the run summary)."""
         skipped = list(self.extras.get("skipped", []))  # type: ignore[call-overload]
+        # {class: test samples} of test classes no client trains on (data/tasks.py): accuracy 0 at best
+        unheld = dict(self.extras.get("test_classes_without_clients", {}))  # type: ignore[call-overload]
         return {
             "samples": len(self.labels),
             "client_train": sum(len(c.train) for c in self.clients),
@@ -193,6 +195,7 @@ class Task:
             "test": len(self.test),
             "skipped": len(skipped),
             "skipped_examples": skipped[:5],
+            "test_classes_without_clients": unheld,
         }
 
     def check_disjoint(self) -> None:

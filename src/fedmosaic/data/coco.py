@@ -13,6 +13,12 @@ supercategories that occur in the kept photos' annotations, sorted (a supercateg
 the largest may have no samples). Photos without instance annotations have no label: they are
 dropped and counted in ``extras["unlabelled_images"]`` (not bad samples). ``extras["multilabel"]``
 is the ``(n, n_classes)`` multi-hot matrix of every supercategory present in each sample's photo.
+
+**Confinement** (``data/paths.py``): a photo's ``file_name`` must resolve (``..`` and symlinks
+followed) inside its own split's folder, so a ``train2017`` record cannot pull a ``val2017`` (test)
+photo or any file outside the data into training; an escape is a bad sample naming the captions file
+and the image id. Annotation files and split folders that resolve out of ``task.data_dir`` stop the
+load. Images declaring more than ``max_megapixels`` are bad samples, refused before decoding.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from pydantic import (
 )
 
 from fedmosaic.core.modality import Modality
-from fedmosaic.data.images import ImageReadError, read_image
+from fedmosaic.data.images import DEFAULT_MAX_MEGAPIXELS, PILLOW_MAX_MEGAPIXELS, ImageReadError, read_image
+from fedmosaic.data.paths import PathEscapeError, confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
     ROLE_TEST,
@@ -67,6 +74,12 @@ class CocoOptions(BaseModel):
     test_split: str | None = Field(
         "val2017",
         description="split whose samples form the test set (label: the photo's largest-area supercategory)",
+    )
+    max_megapixels: float = Field(
+        DEFAULT_MAX_MEGAPIXELS,
+        gt=0,
+        le=PILLOW_MAX_MEGAPIXELS,
+        description="a photo whose header declares more pixels is a bad sample, refused before decoding",
     )
 
     @field_validator("splits")
@@ -115,8 +128,10 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return ("image", "text")
 
 
-def _read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A COCO annotation file as a dict holding ``keys``; a one-line ``DataError`` otherwise."""
+def _read_json(path: Path, root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A COCO annotation file (inside ``root``) as a dict holding ``keys``; a one-line ``DataError``
+    otherwise."""
+    path = confined(path, root)
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
     try:
@@ -147,10 +162,10 @@ def _validate(path: Path, key: str, items: object, model: type[BaseModel]) -> li
 
 
 def _supercategory_areas(
-    path: Path, ctx: LoadContext, supercategory: dict[int, str]
+    path: Path, root: Path, ctx: LoadContext, supercategory: dict[int, str]
 ) -> dict[int, dict[str, float]]:
     """Instance areas summed per image and supercategory, read from one instances file."""
-    data = _read_json(path, ("images", "annotations", "categories"))
+    data = _read_json(path, root, ("images", "annotations", "categories"))
     for cat in _validate(path, "categories", data["categories"], _Category):
         supercategory[cat.id] = cat.supercategory
     areas: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -173,7 +188,7 @@ def _label(areas: dict[str, float]) -> str:
 def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     """Read the COCO splits under ``ctx.data_dir`` (see the module doc for the label rule)."""
     assert isinstance(options, CocoOptions)
-    root = ctx.require_dir(DATASET)
+    root = data_root(ctx, DATASET)
     skipped_before = len(ctx.skipped)
     supercategory: dict[int, str] = {}
     pictures: list[np.ndarray] = []  # one decoded image per kept photo; samples index into it
@@ -190,9 +205,11 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"{folder}: image folder of split {split!r} not found")
-        areas = _supercategory_areas(root / "annotations" / f"instances_{split}.json", ctx, supercategory)
+        folder = confined(folder, root)
+        instances = root / "annotations" / f"instances_{split}.json"
+        areas = _supercategory_areas(instances, root, ctx, supercategory)
         cap_path = root / "annotations" / f"captions_{split}.json"
-        data = _read_json(cap_path, ("images", "annotations"))
+        data = _read_json(cap_path, root, ("images", "annotations"))
         images = sorted(_validate(cap_path, "images", data["images"], _Image), key=lambda im: im.id)
         by_image: dict[int, list[_Caption]] = defaultdict(list)
         for cap in _validate(cap_path, "annotations", data["annotations"], _Caption):
@@ -215,7 +232,11 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
             if not good:
                 continue
             try:
-                picture = read_image(folder / image.file_name, options.image_size, 3)
+                photo = confined(folder / image.file_name, folder, "its split folder")
+                picture = read_image(photo, options.image_size, 3, options.max_megapixels)
+            except PathEscapeError as exc:
+                ctx.bad(cap_path, f"image id {image.id}: file_name {image.file_name!r} {exc.reason}")
+                continue
             except ImageReadError as exc:
                 ctx.bad(exc.path, f"{exc.reason} (image id {image.id})")
                 continue

@@ -14,6 +14,13 @@ that sample lacks the modality (``LoadedData.present``). Clients are every folde
 ``server`` (hidden folders ignored), in natural order (``client_2`` before ``client_10``); a sample's
 group is its client, server samples have group -1. Class names are the sorted union of the labels.
 Proxy rows without a label get label 0 as a placeholder and ``extras["labelled"]`` False.
+
+**Confinement.** A client folder is one site: every file a client's samples name must resolve (``..``
+and symlinks followed) inside that client's own folder ``ROOT/<client>/``, and every file a server
+part names inside ``ROOT/server/`` (``data/paths.py``). Not merely inside ROOT: a row of one client
+naming another client's or the server's file would put one picture in two parts (a test image in
+training) and, deployed, read another site's data. An escape is a bad sample naming the samples file
+and row; a client folder or samples file that itself resolves out of ROOT stops the load.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmosaic.core.modality import Modality
-from fedmosaic.data.images import ImageReadError, read_image
+from fedmosaic.data.images import DEFAULT_MAX_MEGAPIXELS, PILLOW_MAX_MEGAPIXELS, ImageReadError, read_image
+from fedmosaic.data.paths import PathEscapeError, confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
     ROLE_LABELLED,
@@ -60,6 +68,12 @@ class FolderOptions(BaseModel):
     )
     channels: Literal[1, 3] = Field(3, description="image channels: 1 = greyscale, 3 = RGB")
     max_tokens: int = Field(32, ge=4, le=512, description="text length in tokens after tokenisation")
+    max_megapixels: float = Field(
+        DEFAULT_MAX_MEGAPIXELS,
+        gt=0,
+        le=PILLOW_MAX_MEGAPIXELS,
+        description="an image whose header declares more pixels is a bad sample, refused before decoding",
+    )
 
 
 @dataclass
@@ -162,10 +176,12 @@ def _field(row: dict[str, object], key: str, path: Path, line: int, ctx: LoadCon
 
 
 def _read_part(
-    folder: Path, group: int, role: int, options: FolderOptions, ctx: LoadContext
+    folder: Path, site: Path, group: int, role: int, options: FolderOptions, ctx: LoadContext
 ) -> list[_Sample]:
-    """Every good row of one folder's samples file (bad rows go to ``ctx.bad``)."""
-    path = _samples_file(folder)
+    """Every good row of one folder's samples file (bad rows go to ``ctx.bad``); every file it names
+    must lie inside ``site`` (the client's or the server's folder)."""
+    site_name = "its server folder" if group < 0 else "its client folder"
+    path = confined(_samples_file(folder), site, site_name)
     label_required = role != ROLE_PROXY
     reader = _csv_rows if path.suffix == ".csv" else _jsonl_rows
     out: list[_Sample] = []
@@ -189,7 +205,13 @@ def _read_part(
             image = None
             if image_rel:
                 try:
-                    image = read_image(folder / image_rel, options.image_size, options.channels)
+                    image_path = confined(folder / image_rel, site, site_name)
+                    image = read_image(
+                        image_path, options.image_size, options.channels, options.max_megapixels
+                    )
+                except PathEscapeError as exc:
+                    ctx.bad(path, f"image {image_rel!r} {exc.reason}", line=line)
+                    continue
                 except ImageReadError as exc:
                     ctx.bad(path, f"image {image_rel!r}: {exc.reason}", line=line)
                     continue
@@ -199,37 +221,45 @@ def _read_part(
     return out
 
 
-def _parts(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int, int]]]:
-    """Client names and every ``(folder, group, role)`` to read, checking the layout."""
+def _parts(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, Path, int, int]]]:
+    """Client names and every ``(folder, site, group, role)`` to read, checking the layout.
+
+    ``site`` is the resolved client (or server) folder the part's files must stay in; a site that
+    itself resolves out of ``root`` (a symlinked client folder) is a layout error.
+    """
     clients = sorted(
         (p.name for p in root.iterdir() if p.is_dir() and p.name != SERVER and not p.name.startswith(".")),
         key=natural_key,
     )
     if not clients:
         raise DataError(f"{root}: no client folders (expected ROOT/<client>/train/samples.csv)")
-    parts: list[tuple[Path, int, int]] = []
+    parts: list[tuple[Path, Path, int, int]] = []
     for k, name in enumerate(clients):
+        site = confined(root / name, root, "the data root")
         if not (root / name / "train").is_dir():
             raise DataError(f"{root / name}: client folder has no train/ folder")
-        parts.append((root / name / "train", k, ROLE_FREE))
+        parts.append((root / name / "train", site, k, ROLE_FREE))
         if (root / name / "val").is_dir():
-            parts.append((root / name / "val", k, ROLE_VAL))
+            parts.append((root / name / "val", site, k, ROLE_VAL))
     server = root / SERVER
     if server.is_dir():
+        site = confined(server, root, "the data root")
         for sub in sorted(p for p in server.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if sub.name not in SERVER_PARTS:
                 raise DataError(f"{sub}: unknown server folder (expected {', '.join(SERVER_PARTS)})")
-            parts.append((sub, -1, SERVER_PARTS[sub.name]))
+            parts.append((sub, site, -1, SERVER_PARTS[sub.name]))
     return tuple(clients), parts
 
 
 def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     """Read every client's and the server's samples under ``ctx.data_dir`` (layout in the module doc)."""
     assert isinstance(options, FolderOptions)
-    root = ctx.require_dir(DATASET)
+    root = data_root(ctx, DATASET)
     skipped_before = len(ctx.skipped)
     clients, parts = _parts(root)
-    samples = [s for folder, group, role in parts for s in _read_part(folder, group, role, options, ctx)]
+    samples = [
+        s for folder, site, group, role in parts for s in _read_part(folder, site, group, role, options, ctx)
+    ]
     if not samples:
         raise DataError(f"{root}: no usable samples")
     class_names = tuple(sorted({s.label for s in samples if s.label}))

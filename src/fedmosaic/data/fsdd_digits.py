@@ -12,6 +12,9 @@ only with training-pool images. Within a pool, each digit's images are dealt out
 so an image is reused only by one speaker's recordings of its digit. ``blocks`` is the image index:
 all pairs of one image stay in one part under any split, and since an image belongs to one speaker
 a natural (per-speaker) split never has to cut a block.
+
+Every recording must resolve (symlinks followed) inside the recordings folder (``data/paths.py``);
+a ``.wav`` that is a symlink out of it is a bad sample, like an unreadable one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sklearn.model_selection import train_test_split
 from fedmosaic.core.modality import Modality
 from fedmosaic.core.seeding import numpy_rng
 from fedmosaic.data.audio import AudioReadError, MelSettings, wav_to_log_mel
+from fedmosaic.data.paths import PathEscapeError, confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
     ROLE_TEST,
@@ -75,8 +79,8 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
 
 
 def _recordings_dir(ctx: LoadContext) -> Path:
-    root = ctx.require_dir(DATASET)
-    folder = root / "recordings" if (root / "recordings").is_dir() else root
+    root = data_root(ctx, DATASET)
+    folder = confined(root / "recordings", root) if (root / "recordings").is_dir() else root
     if not any(p.suffix.lower() == ".wav" for p in folder.iterdir()):
         raise DataError(f"{folder}: no .wav recordings (expected FSDD's recordings/ folder)")
     return folder
@@ -132,7 +136,10 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
             ctx.bad(path, "file name does not match {digit}_{speaker}_{take}.wav")
             continue
         try:
-            spectrograms.append(wav_to_log_mel(path, settings))
+            spectrograms.append(wav_to_log_mel(confined(path, folder, "the recordings folder"), settings))
+        except PathEscapeError as exc:
+            ctx.bad(path, exc.reason)
+            continue
         except AudioReadError as exc:
             ctx.bad(exc.path, exc.reason)
             continue

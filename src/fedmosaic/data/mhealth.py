@@ -15,8 +15,9 @@ one block per run. Null-class rows are never windowed.
 Bad input: a row that is not 24 numbers, holds NaN/Inf or a value beyond float32, or has a label
 that is not an integer 0-12
 drops only the windows that cover it under ``on_bad_sample = "skip"``; a missing folder or an empty
-file is a :class:`DataError`. ``extras["origin"]`` holds ``(subject, first row)`` per window (row
-0-based).
+file is a :class:`DataError`, and so is a log that resolves (symlinks followed) outside
+``task.data_dir`` (``data/paths.py``). ``extras["origin"]`` holds ``(subject, first row)`` per window
+(row 0-based).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedmosaic.core.modality import Modality
 from fedmosaic.data import windows as W
+from fedmosaic.data.paths import confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
     DataError,
@@ -126,13 +128,14 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     """Read every subject's log under ``ctx.data_dir`` and cut windows inside labelled runs."""
     assert isinstance(options, MhealthOptions)
     skipped_before = len(ctx.skipped)
-    logs = find_logs(ctx.require_dir("mhealth"))
+    data = data_root(ctx, "mhealth")
+    logs = find_logs(data)
     window, step = options.window, W.step_for(options.window, options.overlap)
     names = tuple(options.modalities)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (*names, "labels", "subject", "block", "origin")}
     n_runs = 0
     for subject, path in logs:
-        table = W.read_table(path, N_COLUMNS)
+        table = W.read_table(confined(path, data), N_COLUMNS)
         row_labels = _row_labels(table)
         bad_rows = table.report(ctx)
         run_starts, run_ends, run_labels = W.runs(row_labels)

@@ -10,10 +10,16 @@ Order of work, and why:
 4. text tokenised with the model's tokenizer (a WordPiece trained on client data only for the
    small random BERT); sensor and audio channels standardised with client-training statistics only;
 5. optionally the frozen-encoder mode replaces pretrained modalities by cached embeddings.
+
+Once the parts exist, test classes that no client has a single training sample of are named: no
+federated model can learn them, so their test accuracy can only be 0 and they lower every overall
+score. The run says so (a ``fedmosaic.data`` logging warning, shown on the terminal) and records
+them in ``Task.extras["test_classes_without_clients"]`` (``summary.json``: ``data``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
 
 # Per-channel standardisation applies to these kinds (images are bytes, text ids, embeddings as given).
 STANDARDISED_KINDS = ("timeseries", "audio")
+
+log = logging.getLogger("fedmosaic.data")
 
 
 class TaskSplitError(ValueError):
@@ -112,12 +120,58 @@ def build_task(cfg: RunConfig) -> Task:
         clients.append(ClientData(spec, train, val.restrict(held), test_through[held]))
     if cfg.clients.per_round is not None and cfg.clients.per_round > len(clients):
         raise TaskSplitError(f"clients.per_round: {cfg.clients.per_round} exceeds the {len(clients)} clients")
-    extras: dict[str, Any] = {**loaded.extras, "skipped": loaded.skipped}
+    unheld = unheld_test_classes(loaded.labels, loaded.class_names, test.indices, clients)
+    if unheld:
+        in_labelled = np.bincount(loaded.labels[server["labelled"]], minlength=len(loaded.class_names))
+        labelled = {name: int(in_labelled[loaded.class_names.index(name)]) for name in unheld}
+        log.warning(_unheld_message(unheld, labelled))
+    extras: dict[str, Any] = {
+        **loaded.extras,
+        "skipped": loaded.skipped,
+        "test_classes_without_clients": unheld,
+    }
     task = Task(
         info, store, loaded.labels, clients, view(server["proxy"]), view(server["labelled"]), test, extras
     )
     task.check_disjoint()
     return task
+
+
+def unheld_test_classes(
+    labels: np.ndarray, class_names: tuple[str, ...], test_idx: np.ndarray, clients: list[ClientData]
+) -> dict[str, int]:
+    """``{class name: test samples}`` of every class in the test set that no client trains on.
+
+    Only client *training* samples count: a class a client holds only in its validation set is
+    still never learnt from.
+    """
+    held = np.zeros(len(class_names), dtype=bool)
+    for client in clients:
+        held[labels[client.train.indices]] = True
+    counts = np.bincount(labels[test_idx], minlength=len(class_names))
+    return {class_names[c]: int(counts[c]) for c in np.flatnonzero((counts > 0) & ~held)}
+
+
+def _unheld_message(unheld: dict[str, int], labelled: dict[str, int]) -> str:
+    """One line naming the test classes no client trains on, and why that matters.
+
+    ``labelled`` counts their samples in the server's labelled set: the semi-supervised algorithms
+    (fedmekt, mmfedavg, mmfedprox) fit their classifier there, so for them such a class is learnable.
+    """
+    names = ", ".join(f"{name!r} ({n} test sample{'s' if n != 1 else ''})" for name, n in unheld.items())
+    text = (
+        f"no client has a training sample of test class {names}: a model trained on client data "
+        "can only score 0 on it"
+        if len(unheld) == 1
+        else f"no client has a training sample of {len(unheld)} test classes, {names}: a model trained "
+        "on client data can only score 0 on them"
+    )
+    on_server = ", ".join(f"{name!r} ({n})" for name, n in labelled.items() if n)
+    if on_server:
+        text += (
+            f" (the server's labelled set, which only semi-supervised algorithms train on, has {on_server})"
+        )
+    return text
 
 
 def _server_parts(

@@ -8,7 +8,10 @@ Layout (as UCI ships it)::
     HAPT/RawData/labels.txt               exp user activity start end (rows, 1-based, inclusive)
 
 ``task.data_dir`` is the ``HAPT`` folder or its ``RawData`` folder. Rows outside every labelled
-segment are unlabelled.
+segment are unlabelled. Every file read must resolve (symlinks followed) inside ``task.data_dir``
+(``data/paths.py``): with ``RawData`` as ``task.data_dir``, ``activity_labels.txt`` one level up lies
+outside and is not read (the standard names apply), and an acc/gyro file that is a symlink out of
+``task.data_dir`` is treated like a missing one.
 
 How windows get labels (``label_rule``):
 
@@ -46,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedmosaic.core.modality import Modality
 from fedmosaic.data import windows as W
+from fedmosaic.data.paths import PathEscapeError, confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
     ROLE_TEST,
@@ -138,11 +142,16 @@ def _read_segments(path: Path, ctx: LoadContext) -> np.ndarray:
     return np.stack([exp, user, activity, start, end, lines], axis=1)[ok]
 
 
-def _read_experiment(raw: Path, exp: int, user: int, ctx: LoadContext) -> _Experiment | None:
-    """Both recordings of one experiment, or None if the policy skips it."""
+def _read_experiment(raw: Path, data: Path, exp: int, user: int, ctx: LoadContext) -> _Experiment | None:
+    """Both recordings of one experiment (files inside ``data``), or None if the policy skips it."""
     tables = {}
     for sensor in SENSORS:
         path = raw / f"{sensor}_exp{exp:02d}_user{user:02d}.txt"
+        try:
+            path = confined(path, data)
+        except PathEscapeError as exc:
+            ctx.bad(path, f"{exc.reason} (labels.txt lists experiment {exp} of user {user})")
+            return None
         if not path.is_file():
             ctx.bad(path, f"missing (labels.txt lists experiment {exp} of user {user})")
             return None
@@ -195,18 +204,24 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     """Read the raw HAPT signals under ``ctx.data_dir`` and cut labelled acc/gyro windows."""
     assert isinstance(options, HaptOptions)
     skipped_before = len(ctx.skipped)
-    raw = find_raw_dir(ctx.require_dir("uci-hapt"))
-    class_names = W.read_activity_labels(raw.parent / "activity_labels.txt", STANDARD_NAMES)
+    data = data_root(ctx, "uci-hapt")
+    raw = confined(find_raw_dir(data), data)
+    class_names = STANDARD_NAMES
+    # With RawData as task.data_dir the names file lies one level up, outside: not read (see the doc).
+    if raw.parent.is_relative_to(data):
+        class_names = W.read_activity_labels(
+            confined(raw.parent / "activity_labels.txt", data), STANDARD_NAMES
+        )
     n_classes = N_BASIC if options.classes == "basic" else len(STANDARD_NAMES)
     class_names = class_names[:n_classes]
-    labels_path = raw / "labels.txt"
+    labels_path = confined(raw / "labels.txt", data)
     segments = _read_segments(labels_path, ctx)
     window, step = options.window, W.step_for(options.window, options.overlap)
 
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("acc", "gyro", "labels", "user", "block", "origin")}
     for exp, user in sorted({(int(e), int(u)) for e, u in segments[:, :2]}):
         segs = segments[(segments[:, 0] == exp) & (segments[:, 1] == user)]
-        ex = _read_experiment(raw, exp, user, ctx)
+        ex = _read_experiment(raw, data, exp, user, ctx)
         if ex is None:
             continue
         too_long = segs[:, 4] > len(ex.acc)

@@ -18,6 +18,8 @@ label outside 1-6 or a subject
 id that is not a positive integer drops that window under ``on_bad_sample = "skip"``; a missing file
 or files of one split with different row counts is a :class:`DataError`. ``extras["origin"]`` holds
 ``(split, row)`` per window (split 0 = train, 1 = test; row 0-based) to trace it back to its files.
+Every file must resolve (symlinks followed) inside ``task.data_dir`` (``data/paths.py``); one that
+does not is a :class:`DataError`, like a missing file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedmosaic.core.modality import Modality
 from fedmosaic.data import windows as W
+from fedmosaic.data.paths import confined, data_root
 from fedmosaic.data.registry import (
     ROLE_FREE,
     ROLE_TEST,
@@ -82,12 +85,14 @@ def _signal_files(root: Path, split: str, acc: str) -> dict[str, list[Path]]:
     return {m: [folder / f"{prefix[m]}_{axis}_{split}.txt" for axis in "xyz"] for m in SENSORS}
 
 
-def _read_split(root: Path, split: str, acc: str, ctx: LoadContext) -> dict[str, np.ndarray]:
-    """One split's windows, labels (0-based), subjects and run blocks, bad rows dropped."""
-    y = W.read_table(root / split / f"y_{split}.txt", 1)
-    subject = W.read_table(root / split / f"subject_{split}.txt", 1)
+def _read_split(root: Path, data: Path, split: str, acc: str, ctx: LoadContext) -> dict[str, np.ndarray]:
+    """One split's windows, labels (0-based), subjects and run blocks, bad rows dropped; every file
+    read must lie inside ``data`` (the resolved ``task.data_dir``)."""
+    y = W.read_table(confined(root / split / f"y_{split}.txt", data), 1)
+    subject = W.read_table(confined(root / split / f"subject_{split}.txt", data), 1)
     tables = {
-        m: [W.read_table(p, WINDOW) for p in paths] for m, paths in _signal_files(root, split, acc).items()
+        m: [W.read_table(confined(p, data), WINDOW) for p in paths]
+        for m, paths in _signal_files(root, split, acc).items()
     }
     signals = [t for ts in tables.values() for t in ts]
     for table in [*signals[1:], y, subject]:  # rows are matched by position: every count must agree
@@ -114,9 +119,10 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     """Read the official UCI HAR windows under ``ctx.data_dir`` (both splits)."""
     assert isinstance(options, HarOptions)
     skipped_before = len(ctx.skipped)
-    root = find_root(ctx.require_dir("uci-har"))
-    class_names = W.read_activity_labels(root / "activity_labels.txt", STANDARD_NAMES)
-    splits = [_read_split(root, split, options.acc, ctx) for split in SPLITS]
+    data = data_root(ctx, "uci-har")
+    root = confined(find_root(data), data)
+    class_names = W.read_activity_labels(confined(root / "activity_labels.txt", data), STANDARD_NAMES)
+    splits = [_read_split(root, data, split, options.acc, ctx) for split in SPLITS]
     n_train = len(splits[0]["labels"])
     cat = {k: np.concatenate([s[k] for s in splits]) for k in splits[0]}
     cat["blocks"][n_train:] += splits[0]["blocks"].max(initial=-1) + 1  # runs never span splits
