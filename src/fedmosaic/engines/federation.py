@@ -38,7 +38,6 @@ from fedmosaic.engines.protocol import (
     Transport,
     build_client,
     build_server,
-    make_settings,
     run_round,
 )
 from fedmosaic.engines.run_folder import RunFolder, peak_rss_mb, read_jsonl
@@ -108,9 +107,9 @@ class Federation:
         self.privacy = privacy or PrivacyConfig()
         self.dataset = dataset or task.info.name
         self.callbacks: list[Callback] = list(callbacks)
-        self.settings: Settings = make_settings(
-            task.info,
-            self.config,
+        self.settings: Settings = Settings(
+            info=task.info,
+            algorithm=self.config,
             training=training or TrainingConfig(),
             model=model or ModelConfig(),
             seed=self.seed,

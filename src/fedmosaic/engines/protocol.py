@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ClientSide, ServerData, ServerSide, Settings
+from fedmosaic.core.algorithm import Algorithm, ClientSide, ServerData, ServerSide, Settings
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng
-from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
+from fedmosaic.core.settings import RobustnessConfig
 from fedmosaic.core.task import TaskInfo
 from fedmosaic.engines.screening import screened_aggregate
 from fedmosaic.privacy.dp import PrivacyConfig, private_client
@@ -54,35 +54,12 @@ class Transport(Protocol):
 # --------------------------------------------------------------------------------------- building
 
 
-def make_settings(
-    info: TaskInfo,
-    algorithm: AlgorithmConfig,
-    *,
-    training: TrainingConfig,
-    model: ModelConfig,
-    seed: int,
-    rounds: int,
-    clients_per_round: int,
-    robustness: RobustnessConfig | None,
-) -> Settings:
-    """The :class:`Settings` both halves are built with (the coordinator's and every node's)."""
+def settings_from_config(cfg: Any, info: TaskInfo, n_clients: int) -> Settings:
+    """The :class:`Settings` of a ``RunConfig`` (the coordinator's and every node's); ``n_clients`` is
+    the default clients per round."""
     return Settings(
         info=info,
-        algorithm=algorithm,
-        training=training,
-        model=model,
-        seed=seed,
-        rounds=rounds,
-        clients_per_round=clients_per_round,
-        robustness=robustness,
-    )
-
-
-def settings_from_config(cfg: Any, info: TaskInfo, n_clients: int) -> Settings:
-    """:func:`make_settings` from a ``RunConfig``; ``n_clients`` is the default clients per round."""
-    return make_settings(
-        info,
-        cfg.algorithm,
+        algorithm=cfg.algorithm,
         training=cfg.training,
         model=cfg.model,
         seed=cfg.seed,
