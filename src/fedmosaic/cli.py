@@ -26,6 +26,25 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: eager, so it answers before any command's options are even parsed."""
+    if value:
+        from fedmosaic import __version__  # the package is already imported: no torch, no wait
+
+        out.print(f"fedmosaic {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Multimodal federated learning."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     # escaped: a message may hold brackets (pip install "fedmosaic[tracking]") rich would read as markup.
     # One "error:" per line: a config with several bad keys reports them all, and each stays greppable.
