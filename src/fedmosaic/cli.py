@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -53,10 +56,23 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# Piped progress: a line at the first round, every ~tenth of the run, at least every
+# _PLAIN_EVERY_S seconds (a slow round still shows the run is alive), and at the last round.
+_PLAIN_LINES = 10
+_PLAIN_EVERY_S = 30.0
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, dict[str, Any]], None]] | None]:
+def _progress(enabled: bool) -> Iterator[Callable[[str, int], RoundCallback] | None]:
     if not enabled:
         yield None
+        return
+    if not err.is_terminal:
+        # rich draws its live bar on a non-terminal only when it stops: a CI/nohup/SLURM log would
+        # show no progress until the run ended. Plain lines instead.
+        yield _plain_progress
         return
     columns = (
         TextColumn("{task.description}"),
@@ -69,7 +85,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, dic
     )
     with Progress(*columns, console=err) as bar:
 
-        def factory(name: str, rounds: int) -> Callable[[int, dict[str, Any]], None]:
+        def factory(name: str, rounds: int) -> RoundCallback:
             task_id = bar.add_task(f"{name} round", total=rounds, last="")
 
             def update(round: int, row: dict[str, Any]) -> None:
@@ -83,6 +99,47 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, dic
         yield factory
 
 
+def _plain_progress(name: str, rounds: int) -> RoundCallback:
+    """Progress for a piped stderr: ``fedavg round 3/20  overall acc 0.412  train loss 1.93  12.3 s``."""
+    every = max(1, math.ceil(rounds / _PLAIN_LINES))
+    start = last_line = time.monotonic()
+    first: int | None = None  # the first round this process runs (a resume starts mid-way)
+
+    def update(round: int, row: dict[str, Any]) -> None:
+        nonlocal first, last_line
+        now = time.monotonic()
+        if first is None:
+            first = round
+        if not (round in (first, rounds) or round % every == 0 or now - last_line >= _PLAIN_EVERY_S):
+            return
+        last_line = now
+        parts = [f"{name} round {round}/{rounds}"]
+        if "overall" in row.get("eval", {}):
+            parts.append(f"overall acc {row['eval']['overall']['accuracy']:.3f}")
+        loss = row.get("train", {}).get("train_loss")
+        if isinstance(loss, int | float):
+            parts.append(f"train loss {loss:.4g}")
+        elapsed = now - start
+        parts.append(f"{elapsed:.1f} s")
+        if round < rounds:  # rounds run by this process so far set the pace
+            parts.append(f"ETA {elapsed / (round - first + 1) * (rounds - round):.0f} s")
+        err.print("  ".join(parts), highlight=False, soft_wrap=True)
+
+    return update
+
+
+def _print_table(table: Table) -> None:
+    """Print a results table: on a terminal as rich fits it, piped at the width of its content."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    # Piped there is no screen to fit, and rich's 80-column default would cut numbers to "0.…" in
+    # the log: measure the width the content needs (no wrapping) and print at that width.
+    # (A console of that width, as Console.print never renders wider than its console.)
+    width = Measurement.get(out, out.options.update_width(100_000), table).maximum
+    Console(file=out.file, width=width).print(table)
+
+
 def _headline(result: Any) -> None:
     from fedmosaic.reporting.report import comparison_rows
 
@@ -92,7 +149,7 @@ def _headline(result: Any) -> None:
         table.add_column(h, justify="left" if h == "algorithm" else "right")
     for r in rows:
         table.add_row(*r[1:])
-    out.print(table)
+    _print_table(table)
     names = list(result.summaries)
     main = result.summaries[names[0]]
     for other in names[1:]:
@@ -103,7 +160,8 @@ def _headline(result: Any) -> None:
                 a, b = main["final"][key]["accuracy"], ref["final"].get(key, {}).get("accuracy")
                 if b is not None:
                     diffs.append(f"{key} {a:.3f} vs {b:.3f} ({a - b:+.3f})")
-        out.print(f"{names[0]} vs {other} (accuracy): " + "; ".join(diffs), highlight=False)
+        # soft-wrapped: a terminal wraps it on screen; a log keeps it one greppable line
+        out.print(f"{names[0]} vs {other} (accuracy): " + "; ".join(diffs), highlight=False, soft_wrap=True)
     out.print(
         f"results: {result.folder} (report.md" + (", comparison.md" if result.comparison else "") + ")",
         highlight=False,
@@ -129,7 +187,9 @@ def run(
             "--rounds", help="with --resume: extend the run (and its baselines) to this many rounds"
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="no progress (bar, or plain lines when piped)")
+    ] = False,
 ) -> None:
     """Run an experiment (the embedded default when no option is given), or --resume one."""
     from fedmosaic import runner
@@ -187,10 +247,10 @@ def report(
         _fail(str(exc))
     table = Table()
     for h in header:
-        table.add_column(h)
+        table.add_column(h, justify="left" if h in ("run", "algorithm") else "right")
     for r in rows:
         table.add_row(*r)
-    out.print(table)
+    _print_table(table)
     out.print(f"written: {path}", highlight=False, soft_wrap=True)
 
 
@@ -200,7 +260,7 @@ def list_algorithms() -> None:
     from fedmosaic.algorithms.registry import algorithm_names, get_algorithm
 
     for name in algorithm_names():
-        out.print(f"{name:12s} {get_algorithm(name).summary}", highlight=False)
+        out.print(f"{name:12s} {get_algorithm(name).summary}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- the step-by-step file pipeline
