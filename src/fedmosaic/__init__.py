@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fedmosaic._compat import ensure_torchvision_importable
+from fedmosaic._compat import install_torchvision_fix
 
-ensure_torchvision_importable()
+install_torchvision_fix()  # lazily: importing torch here would cost every command seconds
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,16 +29,50 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: eager, so it answers before any command's options are even parsed."""
+    if value:
+        from fedmosaic import __version__  # the package is already imported: no torch, no wait
+
+        out.print(f"fedmosaic {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Multimodal federated learning."""
+
+
 def _fail(message: str, code: int = 2) -> None:
-    # escaped: a message may hold brackets (pip install "fedmosaic[tracking]") rich would read as markup
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets (pip install "fedmosaic[tracking]") rich would read as markup.
+    # One "error:" per line: a config with several bad keys reports them all, and each stays greppable.
+    for line in message.splitlines() or [message]:
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
+# Piped progress: a line at the first round, every ~tenth of the run, at least every
+# _PLAIN_EVERY_S seconds (a slow round still shows the run is alive), and at the last round.
+_PLAIN_LINES = 10
+_PLAIN_EVERY_S = 30.0
+
+RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, dict[str, Any]], None]] | None]:
+def _progress(enabled: bool) -> Iterator[Callable[[str, int], RoundCallback] | None]:
     if not enabled:
         yield None
+        return
+    if not err.is_terminal:
+        # rich draws its live bar on a non-terminal only when it stops: a CI/nohup/SLURM log would
+        # show no progress until the run ended. Plain lines instead.
+        yield _plain_progress
         return
     columns = (
         TextColumn("{task.description}"),
@@ -48,7 +85,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, dic
     )
     with Progress(*columns, console=err) as bar:
 
-        def factory(name: str, rounds: int) -> Callable[[int, dict[str, Any]], None]:
+        def factory(name: str, rounds: int) -> RoundCallback:
             task_id = bar.add_task(f"{name} round", total=rounds, last="")
 
             def update(round: int, row: dict[str, Any]) -> None:
@@ -62,6 +99,47 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int, dic
         yield factory
 
 
+def _plain_progress(name: str, rounds: int) -> RoundCallback:
+    """Progress for a piped stderr: ``fedavg round 3/20  overall acc 0.412  train loss 1.93  12.3 s``."""
+    every = max(1, math.ceil(rounds / _PLAIN_LINES))
+    start = last_line = time.monotonic()
+    first: int | None = None  # the first round this process runs (a resume starts mid-way)
+
+    def update(round: int, row: dict[str, Any]) -> None:
+        nonlocal first, last_line
+        now = time.monotonic()
+        if first is None:
+            first = round
+        if not (round in (first, rounds) or round % every == 0 or now - last_line >= _PLAIN_EVERY_S):
+            return
+        last_line = now
+        parts = [f"{name} round {round}/{rounds}"]
+        if "overall" in row.get("eval", {}):
+            parts.append(f"overall acc {row['eval']['overall']['accuracy']:.3f}")
+        loss = row.get("train", {}).get("train_loss")
+        if isinstance(loss, int | float):
+            parts.append(f"train loss {loss:.4g}")
+        elapsed = now - start
+        parts.append(f"{elapsed:.1f} s")
+        if round < rounds:  # rounds run by this process so far set the pace
+            parts.append(f"ETA {elapsed / (round - first + 1) * (rounds - round):.0f} s")
+        err.print("  ".join(parts), highlight=False, soft_wrap=True)
+
+    return update
+
+
+def _print_table(table: Table) -> None:
+    """Print a results table: on a terminal as rich fits it, piped at the width of its content."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    # Piped there is no screen to fit, and rich's 80-column default would cut numbers to "0.…" in
+    # the log: measure the width the content needs (no wrapping) and print at that width.
+    # (A console of that width, as Console.print never renders wider than its console.)
+    width = Measurement.get(out, out.options.update_width(100_000), table).maximum
+    Console(file=out.file, width=width).print(table)
+
+
 def _headline(result: Any) -> None:
     from fedmosaic.reporting.report import comparison_rows
 
@@ -71,7 +149,7 @@ def _headline(result: Any) -> None:
         table.add_column(h, justify="left" if h == "algorithm" else "right")
     for r in rows:
         table.add_row(*r[1:])
-    out.print(table)
+    _print_table(table)
     names = list(result.summaries)
     main = result.summaries[names[0]]
     for other in names[1:]:
@@ -82,7 +160,8 @@ def _headline(result: Any) -> None:
                 a, b = main["final"][key]["accuracy"], ref["final"].get(key, {}).get("accuracy")
                 if b is not None:
                     diffs.append(f"{key} {a:.3f} vs {b:.3f} ({a - b:+.3f})")
-        out.print(f"{names[0]} vs {other} (accuracy): " + "; ".join(diffs), highlight=False)
+        # soft-wrapped: a terminal wraps it on screen; a log keeps it one greppable line
+        out.print(f"{names[0]} vs {other} (accuracy): " + "; ".join(diffs), highlight=False, soft_wrap=True)
     out.print(
         f"results: {result.folder} (report.md" + (", comparison.md" if result.comparison else "") + ")",
         highlight=False,
@@ -128,7 +207,9 @@ def run(
             "--rounds", help="with --resume: extend the run (and its baselines) to this many rounds"
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="no progress (bar, or plain lines when piped)")
+    ] = False,
     plugin: PluginOption = None,
 ) -> None:
     """Run an experiment (the embedded default when no option is given), or --resume one."""
@@ -190,10 +271,10 @@ def report(
         _fail(str(exc))
     table = Table()
     for h in header:
-        table.add_column(h)
+        table.add_column(h, justify="left" if h in ("run", "algorithm") else "right")
     for r in rows:
         table.add_row(*r)
-    out.print(table)
+    _print_table(table)
     out.print(f"written: {path}", highlight=False, soft_wrap=True)
 
 

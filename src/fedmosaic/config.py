@@ -1,6 +1,7 @@
 """One pydantic tree for a run, loaded from TOML with ``--set key.sub=value`` overrides.
 
-Every error is one line naming the key and what was expected (:class:`ConfigError`).
+Every problem is one line naming the key and what was expected (:class:`ConfigError`); a config
+with several problems reports all that can be checked together, one line each.
 """
 
 from __future__ import annotations
@@ -257,35 +258,50 @@ class RunConfig(_Strict):
         try:
             entry = get_dataset(self.task.dataset)
         except KeyError as exc:
-            raise ValueError(f"task.dataset: {exc.args[0]}") from None
+            raise ValueError(f"task.dataset: {exc.args[0]}") from None  # nothing below can be checked
+        # The checks below are independent: collect them so a user fixes every one in a single pass
+        # (one line each, every line naming its key). Those needing the modality names wait for valid
+        # options.
+        problems: list[str] = []
+        names: tuple[str, ...] | None = None
         try:
-            options = entry.options.model_validate(self.task.options)
+            names = entry.modality_names(entry.options.model_validate(self.task.options))
         except ValidationError as exc:
-            raise ValueError(_format_error(exc, prefix="task.options")) from None
+            problems.append(_format_error(exc, prefix="task.options"))
         if entry.needs_data_dir and self.task.data_dir is None:
-            raise ValueError(f"task.data_dir: data set {self.task.dataset!r} needs a data folder")
-        names = entry.modality_names(options)
-        if self.clients.mix is not None:
-            try:
-                check_mix(self.clients.mix, names)
-            except ValueError as exc:
-                raise ValueError(f"clients.mix: {exc}") from None
+            problems.append(f"task.data_dir: data set {self.task.dataset!r} needs a data folder")
         if self.task.partition == "natural" and not entry.natural_unit:
-            raise ValueError(
+            problems.append(
                 f"task.partition: data set {self.task.dataset!r} has no natural clients; use iid or dirichlet"
             )
-        total = self.clients.total_for(names)
-        if self.clients.mix is not None and self.clients.count is not None and self.clients.count != total:
-            raise ValueError(
-                f"clients.count: {self.clients.count} does not match clients.mix, which sums to {total}"
-            )
-        natural_count_unknown = self.task.partition == "natural" and self.clients.mix is None
-        if (
-            self.clients.per_round is not None
-            and not natural_count_unknown
-            and self.clients.per_round > total
-        ):
-            raise ValueError(f"clients.per_round: {self.clients.per_round} exceeds the {total} clients")
+        if names is not None:
+            mix_ok = True
+            if self.clients.mix is not None:
+                try:
+                    check_mix(self.clients.mix, names)
+                except ValueError as exc:
+                    problems.append(f"clients.mix: {exc}")
+                    mix_ok = False
+            total = self.clients.total_for(names)
+            if (
+                mix_ok
+                and self.clients.mix is not None
+                and self.clients.count is not None
+                and self.clients.count != total
+            ):
+                problems.append(
+                    f"clients.count: {self.clients.count} does not match clients.mix, which sums to {total}"
+                )
+            natural_count_unknown = self.task.partition == "natural" and self.clients.mix is None
+            if (
+                mix_ok
+                and self.clients.per_round is not None
+                and not natural_count_unknown
+                and self.clients.per_round > total
+            ):
+                problems.append(f"clients.per_round: {self.clients.per_round} exceeds the {total} clients")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def dataset_options(self) -> BaseModel:
@@ -309,22 +325,84 @@ _NAMES_KEY = re.compile(r"^[a-z_]+(\.[A-Za-z0-9_+]+)*: ")
 
 
 def _format_error(exc: ValidationError, prefix: str = "") -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
-    key = ".".join(loc)
+    """Every problem pydantic found, one ``key: what was expected`` line each, in pydantic's order.
+
+    Reporting all of them at once spares a fix-and-rerun cycle per bad key; a single problem reads
+    exactly as it always did. Repeated lines (the same key failing the same way twice) are dropped.
+    """
+    lines: list[str] = []
+    for err in _one_per_union(exc.errors(include_url=False)):
+        for line in _error_lines(err, prefix):
+            if line not in lines:
+                lines.append(line)
+    return "\n".join(lines)
+
+
+# The last loc part pydantic adds per branch of a union field: a type name ("int") or a schema
+# description ("literal['classes','silhouette']", a model's class name). Field names and the
+# user's own dict keys are lower case without brackets.
+_BRANCH_TAG = re.compile(r"[\[A-Z]")
+_TYPE_TAGS = frozenset({"int", "float", "str", "bool", "bytes", "none", "list", "dict", "set", "tuple"})
+
+
+def _is_branch_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or bool(_BRANCH_TAG.search(part)))
+
+
+def _loc(err: Any) -> list[Any]:
+    """An error's location without pydantic's ``function-...`` validator steps."""
+    return [p for p in err["loc"] if not str(p).startswith("function-")]
+
+
+def _same_union(a: Any, b: Any) -> bool:
+    """Whether two errors are two branches of one union-typed value failing on the same input."""
+    loc_a, loc_b = _loc(a), _loc(b)
+    return (
+        bool(loc_a and loc_b)
+        and loc_a[:-1] == loc_b[:-1]
+        and _is_branch_tag(loc_a[-1])
+        and _is_branch_tag(loc_b[-1])
+        and a.get("input") == b.get("input")
+    )
+
+
+def _one_per_union(errors: list[Any]) -> list[Any]:
+    """Keep the first of the errors pydantic reports for each branch of one union-typed value.
+
+    ``k = "auto"`` against ``int | Literal["classes", "silhouette"]`` is one problem but two errors
+    (locs ``k.int`` and ``k.literal[...]``); the first is what a single error always printed.
+    """
+    kept: list[Any] = []
+    for err in errors:
+        if not any(_same_union(k, err) for k in kept):
+            kept.append(err)
+    return kept
+
+
+def _error_lines(err: Any, prefix: str) -> list[str]:
+    """The line(s) for one pydantic error (several when a validator reported several problems)."""
+    key = ".".join(str(p) for p in _loc(err))
     if prefix and key:
         key = f"{prefix}.{key}"
     elif prefix:
         key = prefix
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
+        return [f"{key}: unknown key"]
+    if "\n" in msg:
+        # A validator that collected several problems (a nested block, _fits_dataset): each line
+        # normally names its own key already; name ours on any that does not.
+        return [
+            line if _NAMES_KEY.match(line) or not key else f"{key}: {line}"
+            for line in msg.splitlines()
+            if line.strip()
+        ]
     if _NAMES_KEY.match(msg):
-        return msg  # the validator already named the key
+        return [msg]  # the validator already named the key
     got = err.get("input")
     shows_input = err["type"] == "missing" or isinstance(got, dict | list) or "got " in msg
     tail = "" if shows_input else f" (got {got!r})"
-    return f"{key}: {msg}{tail}" if key else f"{msg}{tail}"
+    return [f"{key}: {msg}{tail}" if key else f"{msg}{tail}"]
 
 
 def parse_value(text: str) -> Any:
