@@ -54,6 +54,7 @@ SETTINGS = [
     ("fedavg", "fedavg", False, []),
     ("fedavg", "fedavg", True, []),
     ("fedprox", "fedprox", False, []),
+    ("fedopt", "fedopt", False, []),
     ("local", "local", False, []),
     ("fedcmi", "fedcmi", False, []),
     ("gvf", "gvf", False, ["algorithm.proxy_weight=1"]),

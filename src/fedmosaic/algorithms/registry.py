@@ -16,6 +16,7 @@ def _load_builtins() -> None:
         fedavg,
         fedcmi,
         fedmekt,
+        fedopt,
         fedprox,
         gvf,
         local,
