@@ -55,6 +55,7 @@ SETTINGS = [
     ("fedavg", "fedavg", True, []),
     ("fedprox", "fedprox", False, []),
     ("fedopt", "fedopt", False, []),
+    ("scaffold", "scaffold", False, []),
     ("local", "local", False, []),
     ("fedcmi", "fedcmi", False, []),
     ("gvf", "gvf", False, ["algorithm.proxy_weight=1"]),
