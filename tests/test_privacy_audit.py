@@ -56,6 +56,7 @@ SETTINGS = [
     ("fedprox", "fedprox", False, []),
     ("fedopt", "fedopt", False, []),
     ("scaffold", "scaffold", False, []),
+    ("moon", "moon", False, []),
     ("local", "local", False, []),
     ("fedcmi", "fedcmi", False, []),
     ("gvf", "gvf", False, ["algorithm.proxy_weight=1"]),

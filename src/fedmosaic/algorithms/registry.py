@@ -21,6 +21,7 @@ def _load_builtins() -> None:
         gvf,
         local,
         mmfedavg,
+        moon,
         scaffold,
     )
 

@@ -208,7 +208,7 @@ class Scaffold(Algorithm):
     Server = ScaffoldServer
     Client = ScaffoldClient
     uploads = Uploads(
-        fit_arrays=("encoders.{m}.*", "head.*", "dc/encoders.{m}.*", "dc/head.*"),
+        fit_arrays=("encoders.{m}.*", "fusion.*", "head.*", "dc/encoders.{m}.*", "dc/fusion.*", "dc/head.*"),
         fit_meta=("n_train", "train_loss"),
     )
     summary = "SCAFFOLD (Karimireddy et al. 2020): control variates c (server) and c_i (client), option II"
