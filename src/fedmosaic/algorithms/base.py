@@ -22,8 +22,11 @@ from fedmosaic.models.train import evaluate_subsets
 
 # What a client's own evaluation reports: metrics per group of its modalities (core.metrics.flatten_eval).
 SELF_EVALUATION = ("{g}/accuracy", "{g}/macro_f1", "{g}/weighted_f1")
-# FedAvg's and FedProx's uploads: the weights of the held modalities' encoders and the head.
-WEIGHT_UPLOADS = Uploads(fit_arrays=("encoders.{m}.*", "head.*"), fit_meta=("n_train", "train_loss"))
+# FedAvg's and FedProx's uploads: the weights of the held modalities' encoders, the head and the
+# fusion block (``model.fusion = concat | attention``; ``mean`` has no parameters).
+WEIGHT_UPLOADS = Uploads(
+    fit_arrays=("encoders.{m}.*", "fusion.*", "head.*"), fit_meta=("n_train", "train_loss")
+)
 
 
 def initial_model(settings: Settings) -> nn.Module:

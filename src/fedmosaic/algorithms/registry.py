@@ -16,10 +16,13 @@ def _load_builtins() -> None:
         fedavg,
         fedcmi,
         fedmekt,
+        fedopt,
         fedprox,
         gvf,
         local,
         mmfedavg,
+        moon,
+        scaffold,
     )
 
 

@@ -47,6 +47,11 @@ class ModelConfig(Strict):
     """
 
     embed_dim: int = Field(64, ge=2)
+    fusion: Literal["mean", "concat", "attention"] = Field(
+        "mean",
+        description="how the multimodal classifier combines modality embeddings: mean, concat (learned "
+        "'absent' slot per modality) or attention (pooling with a key padding mask); absent ones masked out",
+    )
     image_encoder: str = Field(
         "cnn", description="cnn, mobilenet_v3_small, mobilenet_v3_large or a plug-in's image encoder"
     )

@@ -125,4 +125,4 @@ def build_encoder(modality: Modality, cfg: Any) -> nn.Module:
 def build_classifier(info: TaskInfo, cfg: Any) -> MultimodalClassifier:
     """A :class:`MultimodalClassifier` with one encoder per modality of ``info``."""
     encoders = {m.name: build_encoder(m, cfg) for m in info.modalities}
-    return MultimodalClassifier(encoders, cfg.embed_dim, info.num_classes)
+    return MultimodalClassifier(encoders, cfg.embed_dim, info.num_classes, fusion=cfg.fusion)

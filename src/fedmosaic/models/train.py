@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,16 @@ def train_epochs(
     rng: Rng,
     epochs: int | None = None,
     proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None = None,
+    before_step: Callable[[dict[str, nn.Parameter]], None] | None = None,
 ) -> float:
     """Cross-entropy training on ``view`` for ``epochs`` (default ``cfg.local_epochs``); mean loss.
 
     ``proximal = (mu, reference)`` adds FedProx's ``mu/2 * ||w - w_ref||^2`` over the named parameters.
+    ``loss_fn(model, inputs, labels)`` replaces the batch's cross-entropy (MOON adds its contrastive
+    term to it from the same forward pass). ``before_step(named_parameters)`` runs after each
+    backward pass and before the optimiser step, so it may edit the gradients (SCAFFOLD adds its
+    control-variate correction ``c - c_i``); it is called once per optimiser step.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
@@ -41,7 +48,10 @@ def train_epochs(
         for epoch in range(epochs or cfg.local_epochs):
             order = rng.numpy(f"batches-{epoch}")
             for inputs, labels in view.batches(cfg.batch_size, order, drop_singletons=True):
-                loss = nn.functional.cross_entropy(model(inputs), labels)
+                if loss_fn is None:
+                    loss = nn.functional.cross_entropy(model(inputs), labels)
+                else:
+                    loss = loss_fn(model, inputs, labels)
                 if proximal is not None:
                     mu, reference = proximal
                     loss = loss + 0.5 * mu * sum(
@@ -49,6 +59,8 @@ def train_epochs(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if before_step is not None:
+                    before_step(named)
                 optimizer.step()
                 losses.append(float(loss.detach()))
     return float(np.mean(losses)) if losses else float("nan")
