@@ -22,7 +22,7 @@ from fedmosaic.testing import TINY_OVERRIDES, tiny_config
 runner = CliRunner()
 
 
-def _cli(*args: str | Path, code: int = 0) -> str:
+def _cli(*args: str | Path | int, code: int = 0) -> str:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == code, result.output
     return result.output
@@ -146,7 +146,8 @@ def test_min_clients_closes_a_round_without_a_client_and_its_late_reply_is_ignor
     pipeline.train_clients()
     with pytest.raises(NotDue, match=rf"ignored late replies to earlier rounds from {absent}"):
         pipeline.aggregate_vectors()
-    pipeline.aggregate_vectors(min_clients=len(present))
+    out = _cli("aggregate-vectors", "--root", root, "--min-clients", len(present))
+    assert f"without (no reply): {absent}" in out
     progress = pipeline.progress
     assert progress["row"]["dropped"] == [absent]  # not aggregated into round 2
     assert progress["bytes_up"] == sum(load_message(root / c / "outbox.safetensors").nbytes for c in present)

@@ -314,6 +314,12 @@ def aggregate_vectors(root: RootOption, min_clients: MinClientsOption = None) ->
     train = _pipeline_step(root, lambda: FilePipeline(root).aggregate_vectors(min_clients))
     stats = ", ".join(f"{k} {v:.4g}" for k, v in sorted(train.items()))
     out.print(f"aggregated{': ' + stats if stats else ''}", highlight=False, soft_wrap=True)
+    row = FilePipeline(root).progress["row"]
+    for key, what in (("dropped", "without (no reply)"), ("rejected", "rejected")):
+        if row.get(key):
+            out.print(f"{what}: {', '.join(sorted(row[key]))}", highlight=False, soft_wrap=True)
+    if row.get("skipped"):
+        out.print(f"round skipped: {row['skipped']}", highlight=False, soft_wrap=True)
     _due(root)
 
 
