@@ -12,7 +12,7 @@ from fedmosaic.cli import app
 from fedmosaic.config import RunConfig
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
-from fedmosaic.engines.files import FilePipeline, PipelineError
+from fedmosaic.engines.files import AlreadyDone, FilePipeline, PipelineError
 from fedmosaic.engines.run_folder import read_jsonl
 
 
@@ -27,8 +27,8 @@ def test_pipeline_matches_the_local_engine_and_enforces_order(tiny_cfg: RunConfi
     root = tmp_path / "root"
     pipeline = FilePipeline.init(root, cfg)
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("client_"))[:1] == ["client_0"]
-    assert (root / "client_0" / "train" / "indices.npy").is_file()
-    assert (root / "server" / "state.safetensors").is_file()
+    assert (root / "client_0" / "node.json").is_file() and (root / "client_0" / "data.npz").is_file()
+    assert (root / "server" / "task.json").is_file() and (root / "server" / "data.npz").is_file()
 
     with pytest.raises(PipelineError, match="next step is train-clients"):
         pipeline.aggregate_vectors()
@@ -37,7 +37,8 @@ def test_pipeline_matches_the_local_engine_and_enforces_order(tiny_cfg: RunConfi
 
     first = pipeline.progress["planned"][0]
     assert pipeline.train_clients(first) == [first]  # one site at a time
-    assert pipeline.train_clients(first) == []  # idempotent: nothing left for it
+    with pytest.raises(AlreadyDone, match="already done"):  # idempotent: nothing left for it
+        pipeline.train_clients(first)
     with pytest.raises(PipelineError, match="next step is train-clients"):
         pipeline.aggregate_vectors()
     pipeline.train_clients()  # the others

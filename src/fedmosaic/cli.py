@@ -322,25 +322,38 @@ ClientOption = Annotated[
 ]
 
 
-def _pipeline_step(action: Callable[[], Any]) -> Any:
+MinClientsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--min-clients",
+        help="close the round with the replies present if at least K clients replied; "
+        "the others are recorded as dropped and a late reply is ignored",
+    ),
+]
+
+
+def _pipeline_step(root: Path, action: Callable[[], Any]) -> Any:
+    """Run one pipeline step: errors are one line (exit 2); a step already done is not an error (exit 0)."""
     from fedmosaic.config import ConfigError
     from fedmosaic.data.registry import DataError
     from fedmosaic.data.tasks import TaskSplitError
+    from fedmosaic.engines.files import AlreadyDone
 
     try:
         return action()
+    except AlreadyDone as exc:
+        out.print(escape(str(exc)), highlight=False, soft_wrap=True)
+        _due(root)
+        raise typer.Exit(0) from None
     except (ConfigError, TaskSplitError, DataError) as exc:
         _fail(str(exc))
 
 
 def _due(root: Path) -> None:
+    """Where the pipeline stands: the coordinator's next step and whom it waits for, or a site's state."""
     from fedmosaic.engines.files import FilePipeline
 
-    progress = FilePipeline(root).progress
-    if progress["due"] == "done":
-        out.print(f"all rounds done; metrics: {root / 'metrics.jsonl'}", highlight=False, soft_wrap=True)
-    else:
-        out.print(f"round {progress['round']}: next step {progress['due']}", highlight=False)
+    out.print(escape(FilePipeline(root).status()), highlight=False, soft_wrap=True)
 
 
 @app.command("init-root")
@@ -350,46 +363,63 @@ def init_root(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="override KEY=VALUE")] = None,
     plugin: PluginOption = None,
 ) -> None:
-    """Build a pipeline tree (client_k/ folders, server/) from a data set and modality mix; plan round 1.
+    """Split the data set into client_k/ folders (each client's own data) and server/; plan round 1.
 
-    The tree's config.toml lists the ``--plugin`` modules: every later step loads them too.
+    The tree's config.toml lists the ``--plugin`` modules: every later step loads them too. Each site
+    needs only config.toml, server/task.json and its own client_k/.
     """
     from fedmosaic.config import load_config
     from fedmosaic.engines.files import FilePipeline
 
-    _pipeline_step(lambda: FilePipeline.init(root, load_config(config, set_ or [], plugin)))
+    _pipeline_step(root, lambda: FilePipeline.init(root, load_config(config, set_ or [], plugin)))
     out.print(f"built {root}", highlight=False, soft_wrap=True)
     _due(root)
 
 
 @app.command("train-clients")
 def train_clients(root: RootOption, client: ClientOption = None) -> None:
-    """Clients train locally on their data and write their replies (vectors, adapters)."""
+    """Clients train on their own data and write their replies (client_k/outbox.*)."""
     from fedmosaic.engines.files import FilePipeline
 
-    done = _pipeline_step(lambda: FilePipeline(root).train_clients(client))
-    out.print(f"trained: {', '.join(done) if done else 'nothing left to do'}", highlight=False)
+    done = _pipeline_step(root, lambda: FilePipeline(root).train_clients(client))
+    trained = ", ".join(done) if done else "no client (none is asked this round)"
+    out.print(f"trained: {trained}", highlight=False, soft_wrap=True)
     _due(root)
 
 
 @app.command("aggregate-vectors")
-def aggregate_vectors(root: RootOption) -> None:
+def aggregate_vectors(root: RootOption, min_clients: MinClientsOption = None) -> None:
     """Server step: aggregate the clients' replies (global vectors, weighted adapters)."""
     from fedmosaic.engines.files import FilePipeline
 
-    train = _pipeline_step(lambda: FilePipeline(root).aggregate_vectors())
-    out.print("aggregated: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(train.items())), highlight=False)
+    train = _pipeline_step(root, lambda: FilePipeline(root).aggregate_vectors(min_clients))
+    stats = ", ".join(f"{k} {v:.4g}" for k, v in sorted(train.items()))
+    out.print(f"aggregated{': ' + stats if stats else ''}", highlight=False, soft_wrap=True)
+    row = FilePipeline(root).progress["row"]
+    for key, what in (("dropped", "without (no reply)"), ("rejected", "rejected")):
+        if row.get(key):
+            out.print(f"{what}: {', '.join(sorted(row[key]))}", highlight=False, soft_wrap=True)
+    if row.get("skipped"):
+        out.print(f"round skipped: {row['skipped']}", highlight=False, soft_wrap=True)
     _due(root)
 
 
 @app.command("update-clients")
-def update_clients(root: RootOption, client: ClientOption = None) -> None:
-    """Clients take in the aggregated result and evaluate; the last one closes the round."""
+def update_clients(
+    root: RootOption, client: ClientOption = None, min_clients: MinClientsOption = None
+) -> None:
+    """Clients evaluate (client_k/eval_outbox.*); in the coordinator's root the round then closes."""
     from fedmosaic.engines.files import FilePipeline
 
-    row = _pipeline_step(lambda: FilePipeline(root).update_clients(client))
-    if row is not None and "overall" in row.get("eval", {}):
-        out.print(f"round {row['round']}: overall accuracy {row['eval']['overall']['accuracy']:.3f}")
+    row = _pipeline_step(root, lambda: FilePipeline(root).update_clients(client, min_clients))
+    if row is not None:
+        missing = row.get("dropped", []) + row.get("eval_dropped", [])
+        closed = f"round {row['round']} closed"
+        if missing:
+            closed += f" without {', '.join(sorted(set(missing)))}"
+        if "overall" in row.get("eval", {}):
+            closed += f": overall accuracy {row['eval']['overall']['accuracy']:.3f}"
+        out.print(closed, highlight=False, soft_wrap=True)
     _due(root)
 
 

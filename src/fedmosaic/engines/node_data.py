@@ -11,6 +11,8 @@ prepare-nodes``): the data set is loaded, tokenised and standardised exactly as 
 does, and each client's rows are written to the folder of the node that hosts it. The SuperNode then
 reads only its own folder; the modalities it holds can be narrowed further from its node config.
 Because the rows are the local engine's rows, a Flower run reproduces a local run bit for bit.
+The file pipeline (:mod:`fedmosaic.engines.files`) uses the same format: ``init-root`` writes one
+node folder per client, and keeps the server's parts with :func:`export_views`.
 
 The test set travels with every node folder because personalised algorithms (``local`` ...)
 evaluate each client's own model on the test set seen through that client's modalities.
@@ -80,6 +82,33 @@ def info_from_json(data: dict[str, Any]) -> TaskInfo:
     return TaskInfo(data["name"], modalities, int(data["num_classes"]), tuple(data["class_names"]))
 
 
+def export_views(task: Task, views: dict[str, View], path: Path) -> None:
+    """Write ``views`` of ``task`` to the ``.npz`` file ``path``: the store rows they use, nothing else.
+
+    Each view keeps its rows (``<key>/idx``, into the rows written) and its modality mask; labels
+    and every modality's store are cut to those rows. What a node folder's ``data.npz`` holds, and
+    what the file pipeline's server keeps of the task (its proxy, labelled and test sets).
+    """
+    rows = np.unique(np.concatenate([v.indices for v in views.values()]))  # sorted: searchsorted maps
+    arrays: dict[str, np.ndarray] = {"labels": task.labels[rows]}
+    for name, array in task.store.items():
+        arrays[f"store/{name}"] = np.ascontiguousarray(array[rows])
+    for key, view in views.items():
+        arrays[f"{key}/idx"] = np.searchsorted(rows, view.indices).astype(np.int64)
+        arrays[f"{key}/mask"] = view.mask
+    np.savez(path, **arrays)
+
+
+def load_views(path: Path, info: TaskInfo) -> dict[str, View]:
+    """The views :func:`export_views` wrote to ``path``, keyed as they were, over the rows it kept."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    store = {m.name: arrays[f"store/{m.name}"] for m in info.modalities}
+    labels = arrays["labels"]
+    keys = [k.removesuffix("/idx") for k in arrays if k.endswith("/idx")]
+    return {key: View(info, store, labels, arrays[f"{key}/idx"], arrays[f"{key}/mask"]) for key in keys}
+
+
 def export_node(task: Task, client_ids: Iterable[str], folder: Path) -> Path:
     """Write the clients ``client_ids`` of ``task`` (and the test set) into the node folder ``folder``."""
     folder = Path(folder)
@@ -92,14 +121,7 @@ def export_node(task: Task, client_ids: Iterable[str], folder: Path) -> Path:
         views[f"{cid}/train"] = data.train
         views[f"{cid}/val"] = data.val
     # Only the rows these clients (and the test set) use: a site's folder holds its own data.
-    rows = np.unique(np.concatenate([v.indices for v in views.values()]))  # sorted: searchsorted maps
-    arrays: dict[str, np.ndarray] = {"labels": task.labels[rows]}
-    for name, array in task.store.items():
-        arrays[f"store/{name}"] = np.ascontiguousarray(array[rows])
-    for key, view in views.items():
-        arrays[f"{key}/idx"] = np.searchsorted(rows, view.indices).astype(np.int64)
-        arrays[f"{key}/mask"] = view.mask
-    np.savez(folder / DATA_FILE, **arrays)
+    export_views(task, views, folder / DATA_FILE)
     clients = [
         {
             "id": cid,
@@ -148,27 +170,20 @@ def load_node(folder: str, modalities: frozenset[str] | None = None) -> NodeData
         raise NodeDataError(
             f"node-config modalities: {', '.join(unknown)} not in the task's {', '.join(info.modality_names)}"
         )
-    with np.load(path / DATA_FILE, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    store = {m.name: arrays[f"store/{m.name}"] for m in info.modalities}
-    labels = arrays["labels"]
-
-    def view(key: str) -> View:
-        return View(info, store, labels, arrays[f"{key}/idx"], arrays[f"{key}/mask"])
-
-    test = view("test")
+    views = load_views(path / DATA_FILE, info)
+    test = views["test"]
     clients, order = [], {}
     for entry in meta["clients"]:
         cid = entry["id"]
         held = frozenset(entry["modalities"])
         if modalities is not None:
             held &= modalities
-        train = view(f"{cid}/train").restrict(held)
+        train = views[f"{cid}/train"].restrict(held)
         if len(train) == 0:
             continue  # a client holding only modalities this site does not hold is not hosted here
         held = held & train.modalities
         spec = ClientSpec(cid, held, len(train), info.group(held))
-        clients.append(ClientData(spec, train, view(f"{cid}/val").restrict(held), test.restrict(held)))
+        clients.append(ClientData(spec, train, views[f"{cid}/val"].restrict(held), test.restrict(held)))
         order[cid] = int(entry["order"])
     if not clients:
         raise NodeDataError(
