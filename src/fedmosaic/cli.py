@@ -27,8 +27,10 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    # escaped: a message may hold brackets (pip install "fedmosaic[tracking]") rich would read as markup
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets (pip install "fedmosaic[tracking]") rich would read as markup.
+    # A message of several lines is several problems found at once (one per line), each an error line.
+    for line in message.splitlines() or [""]:
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -21,6 +21,7 @@ from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
+from fedmosaic.engines.protocol import check_fit
 from fedmosaic.engines.run_folder import RunFolder
 from fedmosaic.reporting.report import compare_runs, write_run_report
 from fedmosaic.reporting.tracking import TensorBoardLogger, require_tensorboard
@@ -67,7 +68,9 @@ def start(
             raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
         check_extras(cfg)
         configure_threads(cfg.engine.threads)
-        task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
+        # Before anything is written: bad data, or an algorithm (main or baseline) that does not fit it,
+        # leaves no half-made folder; the fit is checked before the data is even loaded.
+        task = build_task(cfg, check=check_fit(cfg))
         RunFolder(folder).write_config(cfg.to_toml_dict())
         return _execute(cfg, folder, progress, task)
 
@@ -90,7 +93,7 @@ def resume(
         cfg = load_config(run.config)
         check_extras(cfg)
         configure_threads(cfg.engine.threads)
-        return _execute(cfg, Path(folder), progress, build_task(cfg))
+        return _execute(cfg, Path(folder), progress, build_task(cfg, check=check_fit(cfg)))
 
 
 def check_extras(cfg: RunConfig) -> None:

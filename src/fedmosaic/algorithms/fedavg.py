@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot, weighted_average, weighted_train_loss
+from fedmosaic.algorithms.base import (
+    EncoderAlgorithm,
+    GlobalModelServer,
+    ModelSlot,
+    weighted_average,
+    weighted_train_loss,
+)
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -77,7 +83,7 @@ class FedAvgServer(GlobalModelServer):
 
 
 @register
-class FedAvg(Algorithm):
+class FedAvg(EncoderAlgorithm):
     name = "fedavg"
     Config = FedAvgConfig
     Server = FedAvgServer

@@ -56,11 +56,11 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 from torch.nn import functional as F
 
-from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.base import EncoderAlgorithm, weighted_train_loss
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
@@ -746,7 +746,7 @@ class GVFServer:
 
 
 @register
-class GVF(Algorithm):
+class GVF(EncoderAlgorithm):
     name = "gvf"
     Config = GVFConfig
     Server = GVFServer

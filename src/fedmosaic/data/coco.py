@@ -115,6 +115,12 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return ("image", "text")
 
 
+def _modalities(options: BaseModel) -> tuple[Modality, ...]:
+    assert isinstance(options, CocoOptions)
+    size = options.image_size
+    return (Modality("image", "image", (3, size, size)), Modality("text", "text", (options.max_tokens,)))
+
+
 def _read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A COCO annotation file as a dict holding ``keys``; a one-line ``DataError`` otherwise."""
     if not path.is_file():
@@ -264,5 +270,13 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
 
 
 register_dataset(
-    DatasetEntry(DATASET, CocoOptions, _modality_names, load, needs_data_dir=True, natural_unit="")
+    DatasetEntry(
+        DATASET,
+        CocoOptions,
+        _modality_names,
+        load,
+        needs_data_dir=True,
+        natural_unit="",
+        modalities=_modalities,
+    )
 )

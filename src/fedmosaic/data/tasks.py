@@ -15,6 +15,7 @@ Order of work, and why:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,6 +46,9 @@ from fedmosaic.data.registry import (
 if TYPE_CHECKING:
     from fedmosaic.config import RunConfig
 
+# Called with the task's description before the heavy work (see build_task); raises to stop the build.
+InfoCheck = Callable[[TaskInfo], None]
+
 # Per-channel standardisation applies to these kinds (images are bytes, text ids, embeddings as given).
 STANDARDISED_KINDS = ("timeseries", "audio")
 
@@ -64,13 +68,43 @@ def load_data(cfg: RunConfig) -> LoadedData:
     return loaded
 
 
-def build_task(cfg: RunConfig) -> Task:
+def task_outline(cfg: RunConfig) -> TaskInfo | None:
+    """The task's description from the config alone, before any data is read; ``None`` when the data
+    set does not declare its modalities (``DatasetEntry.modalities``).
+
+    Modalities as the loader will return them (frozen encoders already applied); the classes are not
+    known yet (``num_classes`` 0).
+    """
+    entry = get_dataset(cfg.task.dataset)
+    if entry.modalities is None:
+        return None
+    return _outline(cfg, entry.modalities(cfg.dataset_options()), ())
+
+
+def _outline(cfg: RunConfig, modalities: tuple[Modality, ...], class_names: tuple[str, ...]) -> TaskInfo:
+    if cfg.model.freeze_encoders:
+        from fedmosaic.models.frozen import freezable, frozen_modality
+
+        model = cfg.model
+        modalities = tuple(frozen_modality(m, model) if freezable(m, model) else m for m in modalities)
+    return TaskInfo(cfg.task.dataset, modalities, len(class_names), class_names)
+
+
+def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
     """Load ``cfg.task.dataset`` and split it from ``cfg.seed`` into test, proxy, labelled, clients.
 
     Every part is a disjoint index array into one store; each client's mask holds the modalities its
     group names and its samples have.
+
+    ``check`` (the engines pass their algorithms' ``check_task``) is called with the task's
+    description before the heavy work: with its outline before loading when the data set declares its
+    modalities, and with the loaded data's description before splitting, tokenising and encoding.
     """
+    if check is not None and (outline := task_outline(cfg)) is not None:
+        check(outline)  # nothing read yet: a misfit costs no loading
     loaded = load_data(cfg)
+    if check is not None:
+        check(_outline(cfg, loaded.modalities, loaded.class_names))
     names = tuple(m.name for m in loaded.modalities)
     n, m = len(loaded), len(names)
     rng = numpy_rng(cfg.seed, 0, "task", "split")

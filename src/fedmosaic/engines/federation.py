@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
@@ -97,6 +98,9 @@ class Federation:
     ) -> None:
         self.algorithm = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
         self.config = _algorithm_config(self.algorithm, config)
+        # Before any half is built: a misfit is one line per problem, not a failure inside a model.
+        if problems := self.algorithm.check_task(task.info):
+            raise ConfigError("\n".join(f"algorithm: {line}" for line in problems))
         self.task = task
         self.specs = list(task.specs if specs is None else specs)
         self.seed, self.total_rounds, self.eval_every = int(seed), int(rounds), int(eval_every)

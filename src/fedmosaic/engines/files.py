@@ -49,6 +49,7 @@ from fedmosaic.engines.protocol import (
     aggregate_round,
     build_client,
     build_server,
+    check_fit,
     eval_due,
     evaluate_round,
     nbytes,
@@ -107,7 +108,8 @@ class FilePipeline:
                 raise PipelineError(
                     f"--root: {root} already holds a pipeline (progress.json); pick another folder"
                 )
-            task = build_task(cfg)  # before anything is written: bad data leaves no half-made tree
+            # Before anything is written: bad data or an algorithm that does not fit it leaves no tree.
+            task = build_task(cfg, check=check_fit(cfg, baselines=False))
             _write_toml(root / "config.toml", cfg.to_toml_dict())
             for c in task.clients:
                 for part, view in (("train", c.train), ("val", c.val)):
