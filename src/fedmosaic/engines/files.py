@@ -180,13 +180,26 @@ class FilePipeline:
         return progress
 
     def _pick(self, step: str, listed: list[str], client: str | None) -> list[str]:
-        if client is None:
-            return listed
+        if client is None or client in listed:  # decided without building the task (no data read)
+            return listed if client is None else [client]
         if client not in {s.id for s in self.task.specs}:
             raise PipelineError(f"--client: no client {client!r} in {self.root}")
         if client not in listed:
             raise PipelineError(f"{step} --client {client}: client {client} has no part in this round")
         return [client]
+
+    def _require_files(self, step: str, files: dict[str, str]) -> None:
+        """One line naming the first missing file ``{client: file name}`` (its folder, if that is what is
+        missing): checked before the task is built, so a site that lacks its folder learns it at once."""
+        for cid, name in files.items():
+            folder = self._dir(cid)
+            if not folder.is_dir():
+                raise PipelineError(
+                    f"{step}: client folder {folder} is missing; a site needs its own folder from the "
+                    f"pipeline root (init-root wrote it) to run {step}"
+                )
+            if not (folder / name).is_file():
+                raise PipelineError(f"{step}: {folder / name} is missing (client {cid}'s part of round)")
 
     def _state(self, cid: str) -> Message:
         self._settle(cid)
@@ -209,8 +222,10 @@ class FilePipeline:
         """Each planned client (or only ``client``) trains on its data and writes its reply."""
         progress = self._require("train-clients")
         r, done = progress["round"], []
+        todo = self._pick("train-clients", progress["planned"], client)
+        self._require_files("train-clients", {cid: "inbox.safetensors" for cid in todo})
         _, algorithm_client = self._algorithm()
-        for cid in self._pick("train-clients", progress["planned"], client):
+        for cid in todo:
             outbox = self._dir(cid) / "outbox.safetensors"
             if outbox.is_file():
                 self._settle(cid)
@@ -232,6 +247,7 @@ class FilePipeline:
         """Server: aggregate the replies and send each client its evaluation request."""
         progress = self._require("aggregate-vectors")
         r = progress["round"]
+        self._require_files("aggregate-vectors", {c: "outbox.safetensors" for c in progress["planned"]})
         server, _ = self._algorithm()
         replies = {c: load_message(self._dir(c) / "outbox.safetensors") for c in progress["planned"]}
         plan = {c: load_message(self._dir(c) / "inbox.safetensors") for c in progress["planned"]}
@@ -263,10 +279,12 @@ class FilePipeline:
         tests its global model), one metrics row, and the next round's plan.
         """
         progress = self._require("update-clients")
-        _, algorithm_client = self._algorithm()
         todo = (
             self._pick("update-clients", progress["eval_planned"], client) if progress["eval_planned"] else []
         )
+        waiting = [c for c in todo if not (self._dir(c) / "eval_outbox.safetensors").is_file()]
+        self._require_files("update-clients", {cid: "eval_inbox.safetensors" for cid in waiting})
+        _, algorithm_client = self._algorithm()
         for cid in todo:
             outbox = self._dir(cid) / "eval_outbox.safetensors"
             if outbox.is_file():
