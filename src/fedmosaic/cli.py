@@ -56,6 +56,11 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _warning(line: str) -> None:
+    """A line the user must see that does not stop the run (a checkpoint fallback, lost clients)."""
+    err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
 def _known_errors() -> tuple[type[Exception], ...]:
     """Failures whose message is the whole story (one line naming a key or path): no traceback."""
     from fedmosaic.core.errors import CheckpointError, ConfigError
@@ -216,7 +221,7 @@ def run(
                 if config is not None or set_ or out_dir is not None:
                     _fail("--resume uses the run's own config.toml: drop --config/--set/--out")
                 with _progress(not quiet) as progress:
-                    result = runner.resume(resume, progress, rounds)
+                    result = runner.resume(resume, progress, rounds, notify=_warning)
             else:
                 if rounds is not None:
                     _fail("--rounds extends a run being resumed; for a new run use --set rounds=N")
