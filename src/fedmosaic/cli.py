@@ -228,7 +228,7 @@ def run(
                 cfg = load_config(config, set_ or [])
                 folder = out_dir or runner.default_folder(cfg)
                 with _progress(not quiet and cfg.engine.progress) as progress:
-                    result = runner.start(cfg, folder, progress)
+                    result = runner.start(cfg, folder, progress, notify=_warning)
             _headline(result)
     except KeyboardInterrupt:
         err.print(
@@ -304,8 +304,11 @@ def init_root(
     """Build a pipeline tree (client_k/ folders, server/) from a data set and modality mix; plan round 1."""
     from fedmosaic.config import load_config
     from fedmosaic.engines.files import FilePipeline
+    from fedmosaic.reporting.report import data_notes
 
-    _pipeline_step(root, lambda: FilePipeline.init(root, load_config(config, set_ or [])))
+    pipeline = _pipeline_step(root, lambda: FilePipeline.init(root, load_config(config, set_ or [])))
+    for line in data_notes(pipeline.task.data_summary()):
+        _warning(line)
     out.print(f"built {root}", highlight=False, soft_wrap=True)
     _due(root)
 

@@ -25,7 +25,7 @@ from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.protocol import check_fit
 from fedmosaic.engines.run_folder import RunFolder
-from fedmosaic.reporting.report import compare_runs, write_run_report
+from fedmosaic.reporting.report import compare_runs, data_notes, write_run_report
 from fedmosaic.reporting.tracking import TensorBoardLogger, require_tensorboard
 
 ProgressFactory = Callable[[str, int], Callable[[int, dict[str, Any]], None]]
@@ -61,9 +61,15 @@ def baseline_config(cfg: RunConfig, name: str) -> RunConfig:
 
 
 def start(
-    cfg: RunConfig, out: Path | None = None, progress: ProgressFactory | None = None
+    cfg: RunConfig,
+    out: Path | None = None,
+    progress: ProgressFactory | None = None,
+    notify: Notify | None = None,
 ) -> ExperimentResult:
-    """Run a fresh experiment into ``out`` (default: a new timestamped folder), holding its lock."""
+    """Run a fresh experiment into ``out`` (default: a new timestamped folder), holding its lock.
+
+    What the data lost before training (skipped bad samples, lost clients) is said through ``notify``
+    (default: a :class:`FedmosaicWarning`) before the first round, and written into report.md."""
     folder = Path(out) if out is not None else default_folder(cfg)
     with FolderLock(folder, "--out"):
         if RunFolder(folder).exists():
@@ -78,6 +84,8 @@ def start(
         # Before anything is written: bad data, or an algorithm (main or baseline) that does not fit it,
         # leaves no half-made folder; the fit is checked before the data is even loaded.
         task = build_task(cfg, check=check_fit(cfg))
+        for line in data_notes(task.data_summary()):
+            (notify or _warn)(line)
         RunFolder(folder).write_config(cfg.to_toml_dict())
         return _execute(cfg, folder, progress, task)
 
@@ -112,7 +120,10 @@ def resume(
         run.check_config(cfg.to_toml_dict())  # an edited config.toml is refused before loading, too
         check_extras(cfg)
         configure_threads(cfg.engine.threads)
-        return _execute(cfg, Path(folder), progress, build_task(cfg, check=check_fit(cfg)))
+        task = build_task(cfg, check=check_fit(cfg))
+        for line in data_notes(task.data_summary()):
+            notify(line)
+        return _execute(cfg, Path(folder), progress, task)
 
 
 def check_extras(cfg: RunConfig) -> None:

@@ -37,8 +37,10 @@ from fedmosaic.core.errors import CheckpointError, ConfigError
 from fedmosaic.core.message import Message
 
 # Keys that change how a run is carried out but none of its numbers: a resume may change them.
+# (clients.allow_lost only decides whether a task with lost clients may run at all.)
 OPERATIONAL_KEYS = frozenset(
     {
+        "clients.allow_lost",
         "engine.progress",
         "engine.workers",
         "engine.threads",
