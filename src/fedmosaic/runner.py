@@ -19,7 +19,7 @@ from typing import Any
 from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.errors import FedmosaicWarning
 from fedmosaic.core.task import Task
-from fedmosaic.data.tasks import build_task
+from fedmosaic.data.tasks import build_task, task_outline
 from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
@@ -71,6 +71,8 @@ def start(
     What the data lost before training (skipped bad samples, lost clients) is said through ``notify``
     (default: a :class:`FedmosaicWarning`) before the first round, and written into report.md."""
     folder = Path(out) if out is not None else default_folder(cfg)
+    if (outline := task_outline(cfg)) is not None:
+        check_fit(cfg)(outline)  # before the lock creates the folder (or its parents)
     with FolderLock(folder, "--out"):
         if RunFolder(folder).exists():
             raise ConfigError(
