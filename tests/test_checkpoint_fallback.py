@@ -3,7 +3,8 @@ with exactly an uninterrupted run's metrics; a checkpoint nothing can stand in f
 the file, found before the data is loaded.
 
 Damage: a truncated or garbled ``server_rNNNNN.safetensors`` (found by the SHA-256 the marker
-records), a garbled ``checkpoint.json``, a marker naming a file outside ``checkpoints/``. ``fedavg``
+records), a marker naming a file outside ``checkpoints/``, a garbled ``checkpoint.json`` (through the
+CLI, in a baseline's folder). ``fedavg``
 keeps its model in the server state, ``local`` every client's model in the client-state store, which
 keeps the states the fallback round needs even when the run was killed inside the next round.
 """
@@ -80,7 +81,6 @@ def damage(folder: Path, how: str) -> None:
     [
         ("fedavg", "truncated state"),
         ("fedavg", "garbled state"),
-        ("fedavg", "garbled marker"),
         ("fedavg", "marker pointing outside"),
         ("local", "garbled state"),
     ],
