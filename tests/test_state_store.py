@@ -71,16 +71,27 @@ def test_cache_serves_without_disk_and_is_bounded(tmp_path: Path) -> None:
     assert_state(store.get("c2"), 2.0, 1)  # cached: no disk read
 
 
-def test_versions_keep_newest_pre_round_state(tmp_path: Path) -> None:
+def test_versions_keep_the_states_two_checkpoints_back(tmp_path: Path) -> None:
+    """A state of round r is kept with round r - 1's and the newest one before that (what a damaged
+    checkpoint of round r - 1 falls back to); older ones go."""
     store = ClientStateStore(tmp_path)
     store.put("c", 1, state(1.0, 1))
     assert files(tmp_path, "c") == ["r00001.safetensors"]
     store.put("c", 2, state(2.0, 2))
     assert files(tmp_path, "c") == ["r00001.safetensors", "r00002.safetensors"]
     store.put("c", 3, state(3.0, 3))
-    assert files(tmp_path, "c") == ["r00002.safetensors", "r00003.safetensors"]
+    assert files(tmp_path, "c") == ["r00001.safetensors", "r00002.safetensors", "r00003.safetensors"]
+    store.put("c", 4, state(4.0, 4))
+    assert files(tmp_path, "c") == ["r00002.safetensors", "r00003.safetensors", "r00004.safetensors"]
+    store.put("d", 1, state(1.0, 1))
+    store.put("d", 4, state(4.0, 4))  # idle in rounds 2-3: round 1's state is its state after round 2
+    assert files(tmp_path, "d") == ["r00001.safetensors", "r00004.safetensors"]
+    store.put("d", 6, state(6.0, 6))
+    assert files(tmp_path, "d") == ["r00004.safetensors", "r00006.safetensors"]
+    assert_state(store.get("c"), 4.0, 4)
+    assert_state(ClientStateStore(tmp_path, cache_size=0).get("c"), 4.0, 4)
+    store.rollback(3)  # a damaged checkpoint of round 4 fell back to round 3
     assert_state(store.get("c"), 3.0, 3)
-    assert_state(ClientStateStore(tmp_path, cache_size=0).get("c"), 3.0, 3)
 
 
 def test_rollback_restores_committed_round(tmp_path: Path) -> None:
@@ -89,7 +100,7 @@ def test_rollback_restores_committed_round(tmp_path: Path) -> None:
         store.put("c", r, state(float(r), r))
     store.put("d", 3, state(30.0, 3))  # a client first seen in the interrupted round
     store.rollback(2)
-    assert files(tmp_path, "c") == ["r00002.safetensors"]
+    assert files(tmp_path, "c") == ["r00001.safetensors", "r00002.safetensors"]
     assert_state(store.get("c"), 2.0, 2)
     assert not (tmp_path / "d").exists()
     assert store.get("d").is_empty()

@@ -1,15 +1,27 @@
-"""The ``fedmosaic`` command: run, resume, report, list what is available, the file pipeline's steps."""
+"""The ``fedmosaic`` command: run, resume, report, list what is available, the file pipeline's steps.
+
+Errors are lines, never tracebacks on the terminal: a known failure (a config key, bad data, a
+folder in use, a damaged checkpoint) is one line naming the key or path, exit code 2; an unexpected
+one is one line with the exception's type and message plus the file holding the full traceback
+(``error.log`` in the run folder or pipeline root, else a temporary file), exit code 1. Tracebacks are
+written in Python's standard format, which holds no local variables: label arrays, weights or a
+client's samples never reach a terminal or a log through an error.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,9 +36,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multimodal federated learning.")
+# pretty_exceptions_show_locals=False: an exception that escapes a command anyway is printed by typer
+# without the local variables of each frame (which would hold data and weights).
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Multimodal federated learning.",
+    pretty_exceptions_show_locals=False,
+)
 out = Console()
 err = Console(stderr=True)
+
+ERROR_LOG = "error.log"
+MESSAGE_CHARS = 300  # an unexpected error's message on the terminal: its first line, at most this long
 
 
 def _print_version(value: bool) -> None:
@@ -48,10 +70,10 @@ def _main(
     """Multimodal federated learning."""
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     # escaped: a message may hold brackets (pip install "fedmosaic[tracking]") rich would read as markup.
-    # One "error:" per line: a config with several bad keys reports them all, and each stays greppable.
-    for line in message.splitlines() or [message]:
+    # A message of several lines is several problems found at once (one per line), each an error line.
+    for line in message.splitlines() or [""]:
         err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -62,6 +84,82 @@ _PLAIN_LINES = 10
 _PLAIN_EVERY_S = 30.0
 
 RoundCallback = Callable[[int, dict[str, Any]], None]
+
+
+def _warning(line: str) -> None:
+    """A line the user must see that does not stop the run (a checkpoint fallback, lost clients)."""
+    err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    """Failures whose message is the whole story (one line naming a key or path): no traceback."""
+    from fedmosaic.core.errors import CheckpointError, ConfigError
+    from fedmosaic.data.registry import DataError
+    from fedmosaic.data.tasks import TaskSplitError
+    from fedmosaic.reporting.report import ReportError
+
+    return (ConfigError, TaskSplitError, DataError, CheckpointError, ReportError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, its message cut to its first line and :data:`MESSAGE_CHARS`."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if len(message) > MESSAGE_CHARS or len(lines) > 1:
+        message = message[:MESSAGE_CHARS].rstrip() + " ..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _holds_results(folder: Path) -> bool:
+    """A run folder (config.toml) or a pipeline root (progress.json): where an error.log belongs."""
+    return (folder / "config.toml").is_file() or (folder / "progress.json").is_file()
+
+
+def write_traceback(exc: BaseException, folder: Path | None) -> Path:
+    """Append ``exc``'s full traceback to ``folder/error.log`` (a run folder or pipeline root), else to a
+    new temporary file; the file's path.
+
+    Python's standard format: file, line and code of each frame, never their local variables. The
+    folder's lock is taken for the write; when another process holds it, the temporary file is used.
+    """
+    from fedmosaic.engines.folder_lock import FolderLock
+
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: fedmosaic {' '.join(sys.argv[1:2])}\n" + "".join(
+        traceback.format_exception(exc)
+    )
+    if folder is not None and _holds_results(folder):
+        try:
+            with FolderLock(folder, "error log"), (folder / ERROR_LOG).open("a", encoding="utf-8") as log:
+                log.write(text)
+            return folder / ERROR_LOG
+        except (OSError, ValueError):  # in use, or unwritable: fall back to a file of our own
+            pass
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="fedmosaic-error-", suffix=".log", delete=False, encoding="utf-8"
+    ) as handle:
+        handle.write(text)
+    return Path(handle.name)
+
+
+def _unexpected(exc: Exception, folder: Path | None) -> NoReturn:
+    where = write_traceback(exc, folder)
+    _fail(f"unexpected {_one_line(exc)} (full traceback: {where})", code=1)
+
+
+@contextmanager
+def _errors_as_lines(folder: Callable[[], Path | None]) -> Iterator[None]:
+    """Known failures as their one line (exit 2), anything else as one line + a traceback file (exit 1).
+
+    ``folder`` gives the run folder or pipeline root at the time of the failure (it may not exist yet).
+    """
+    try:
+        yield
+    except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt):
+        raise
+    except _known_errors() as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _unexpected(exc, folder())
 
 
 @contextmanager
@@ -214,37 +312,35 @@ def run(
 ) -> None:
     """Run an experiment (the embedded default when no option is given), or --resume one."""
     from fedmosaic import runner
-    from fedmosaic.config import ConfigError, load_config
-    from fedmosaic.data.registry import DataError
-    from fedmosaic.data.tasks import TaskSplitError
+    from fedmosaic.config import load_config
 
+    folder = resume  # the run folder, once known: where error.log goes
     try:
-        if resume is not None:
-            if config is not None or set_ or out_dir is not None or plugin:
-                _fail(
-                    "--resume uses the run's own config.toml (its plugins too): "
-                    "drop --config/--set/--out/--plugin"
-                )
-            with _progress(not quiet) as progress:
-                result = runner.resume(resume, progress, rounds)
-        else:
-            if rounds is not None:
-                _fail("--rounds extends a run being resumed; for a new run use --set rounds=N")
-            cfg = load_config(config, set_ or [], plugin)
-            with _progress(not quiet and cfg.engine.progress) as progress:
-                result = runner.start(cfg, out_dir, progress)
-    except (ConfigError, TaskSplitError, DataError) as exc:
-        _fail(str(exc))
+        with _errors_as_lines(lambda: folder):
+            if resume is not None:
+                if config is not None or set_ or out_dir is not None or plugin:
+                    _fail(
+                        "--resume uses the run's own config.toml (its plugins too): "
+                        "drop --config/--set/--out/--plugin"
+                    )
+                with _progress(not quiet) as progress:
+                    result = runner.resume(resume, progress, rounds, notify=_warning)
+            else:
+                if rounds is not None:
+                    _fail("--rounds extends a run being resumed; for a new run use --set rounds=N")
+                cfg = load_config(config, set_ or [], plugin)
+                folder = out_dir or runner.default_folder(cfg)
+                with _progress(not quiet and cfg.engine.progress) as progress:
+                    result = runner.start(cfg, folder, progress, notify=_warning)
+            _headline(result)
     except KeyboardInterrupt:
-        folder = resume or out_dir or "the run folder"
         err.print(
             "interrupted: the last finished round is checkpointed. "
-            f"Continue with: fedmosaic run --resume {folder}",
+            f"Continue with: fedmosaic run --resume {folder or 'the run folder'}",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
-    _headline(result)
 
 
 @app.command()
@@ -253,22 +349,14 @@ def report(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="where comparison.md goes")] = None,
 ) -> None:
     """Rewrite a run's report.md, or compare several runs (table + overlaid curves)."""
-    from fedmosaic.reporting.report import (
-        ReportError,
-        compare_runs,
-        comparison_rows,
-        load_run,
-        write_run_report,
-    )
+    from fedmosaic.reporting.report import compare_runs, comparison_rows, load_run, write_run_report
 
-    try:
+    with _errors_as_lines(lambda: out_dir or runs[0]):
         if len(runs) == 1 and out_dir is None:
             path = write_run_report(runs[0])
         else:
             path = compare_runs(runs, out_dir or Path("comparison"))
         header, rows = comparison_rows([(str(p), load_run(p)[0]) for p in runs])
-    except ReportError as exc:
-        _fail(str(exc))
     table = Table()
     for h in header:
         table.add_column(h, justify="left" if h in ("run", "algorithm") else "right")
@@ -333,20 +421,17 @@ MinClientsOption = Annotated[
 
 
 def _pipeline_step(root: Path, action: Callable[[], Any]) -> Any:
-    """Run one pipeline step: errors are one line (exit 2); a step already done is not an error (exit 0)."""
-    from fedmosaic.config import ConfigError
-    from fedmosaic.data.registry import DataError
-    from fedmosaic.data.tasks import TaskSplitError
+    """Run one pipeline step: errors are lines (:func:`_errors_as_lines`); a step already done is not
+    an error (exit 0)."""
     from fedmosaic.engines.files import AlreadyDone
 
-    try:
-        return action()
-    except AlreadyDone as exc:
-        out.print(escape(str(exc)), highlight=False, soft_wrap=True)
-        _due(root)
-        raise typer.Exit(0) from None
-    except (ConfigError, TaskSplitError, DataError) as exc:
-        _fail(str(exc))
+    with _errors_as_lines(lambda: root):
+        try:
+            return action()
+        except AlreadyDone as exc:
+            out.print(escape(str(exc)), highlight=False, soft_wrap=True)
+            _due(root)
+            raise typer.Exit(0) from None
 
 
 def _due(root: Path) -> None:
@@ -370,8 +455,12 @@ def init_root(
     """
     from fedmosaic.config import load_config
     from fedmosaic.engines.files import FilePipeline
+    from fedmosaic.reporting.report import data_notes
 
     _pipeline_step(root, lambda: FilePipeline.init(root, load_config(config, set_ or [], plugin)))
+    published = json.loads((root / "server" / "server.json").read_text())
+    for line in data_notes(published["data"]):
+        _warning(line)
     out.print(f"built {root}", highlight=False, soft_wrap=True)
     _due(root)
 

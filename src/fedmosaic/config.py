@@ -85,6 +85,11 @@ class ClientsConfig(_Strict):
     mix: dict[str, Annotated[int, Field(ge=0)]] | None = None
     drop_rate: float | None = Field(None, ge=0, lt=1)
     per_round: int | None = Field(None, ge=1)
+    allow_lost: bool = Field(
+        False,
+        description="run on when a natural client is lost (every sample bad and skipped, or all taken by "
+        "the server's sets); without it a run whose clients.mix gives the lost client a group fails",
+    )
 
     _parse_mix = field_validator("mix", mode="before")(parse_mix)
 

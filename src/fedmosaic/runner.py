@@ -9,6 +9,7 @@ TensorBoard log in ``tensorboard/``; a resumed run appends to it from its next r
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -16,16 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.core.errors import FedmosaicWarning
 from fedmosaic.core.task import Task
-from fedmosaic.data.tasks import build_task
+from fedmosaic.data.tasks import build_task, task_outline
 from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
+from fedmosaic.engines.protocol import check_fit
 from fedmosaic.engines.run_folder import RunFolder
-from fedmosaic.reporting.report import compare_runs, write_run_report
+from fedmosaic.reporting.report import compare_runs, data_notes, write_run_report
 from fedmosaic.reporting.tracking import TensorBoardLogger, require_tensorboard
 
 ProgressFactory = Callable[[str, int], Callable[[int, dict[str, Any]], None]]
+Notify = Callable[[str], None]  # a line the user must see (the CLI prints it as a warning)
+
+
+def _warn(line: str) -> None:
+    warnings.warn(line, FedmosaicWarning, stacklevel=3)
 
 
 @dataclass
@@ -53,10 +61,18 @@ def baseline_config(cfg: RunConfig, name: str) -> RunConfig:
 
 
 def start(
-    cfg: RunConfig, out: Path | None = None, progress: ProgressFactory | None = None
+    cfg: RunConfig,
+    out: Path | None = None,
+    progress: ProgressFactory | None = None,
+    notify: Notify | None = None,
 ) -> ExperimentResult:
-    """Run a fresh experiment into ``out`` (default: a new timestamped folder), holding its lock."""
+    """Run a fresh experiment into ``out`` (default: a new timestamped folder), holding its lock.
+
+    What the data lost before training (skipped bad samples, lost clients) is said through ``notify``
+    (default: a :class:`FedmosaicWarning`) before the first round, and written into report.md."""
     folder = Path(out) if out is not None else default_folder(cfg)
+    if (outline := task_outline(cfg)) is not None:
+        check_fit(cfg)(outline)  # before the lock creates the folder (or its parents)
     with FolderLock(folder, "--out"):
         if RunFolder(folder).exists():
             raise ConfigError(
@@ -67,30 +83,49 @@ def start(
             raise ConfigError(f"--out: {folder} exists and is not empty; choose a new folder")
         check_extras(cfg)
         configure_threads(cfg.engine.threads)
-        task = build_task(cfg)  # before anything is written: bad data leaves no half-made folder
+        # Before anything is written: bad data, or an algorithm (main or baseline) that does not fit it,
+        # leaves no half-made folder; the fit is checked before the data is even loaded.
+        task = build_task(cfg, check=check_fit(cfg))
+        for line in data_notes(task.data_summary()):
+            (notify or _warn)(line)
         RunFolder(folder).write_config(cfg.to_toml_dict())
         return _execute(cfg, folder, progress, task)
 
 
 def resume(
-    folder: Path, progress: ProgressFactory | None = None, rounds: int | None = None
+    folder: Path,
+    progress: ProgressFactory | None = None,
+    rounds: int | None = None,
+    notify: Notify | None = None,
 ) -> ExperimentResult:
     """Continue the experiment in ``folder`` from its last committed round, under the config it
     started with (an edited ``config.toml`` is refused, naming the keys). ``rounds`` extends the run
-    and its baselines to that many rounds, recorded in each folder's fingerprint."""
+    and its baselines to that many rounds, recorded in each folder's fingerprint.
+
+    Before any data is loaded, every run folder's checkpoint is verified: a damaged last checkpoint
+    falls back to the previous round's, said through ``notify`` (default: a :class:`FedmosaicWarning`);
+    one that cannot is a one-line :class:`~fedmosaic.core.errors.CheckpointError` naming the file."""
     run = RunFolder(folder)
     if not run.exists():
         raise ConfigError(f"--resume: {folder} holds no run (no config.toml)")
+    notify = notify or _warn
     with FolderLock(folder, "--resume"):
+        baselines = [p for p in sorted((Path(folder) / "baselines").glob("*")) if RunFolder(p).exists()]
+        for path in [Path(folder), *baselines]:
+            if note := RunFolder(path).recover():
+                notify(note)
         if rounds is not None:
-            baselines = [p for p in (Path(folder) / "baselines").glob("*") if RunFolder(p).exists()]
             for path in [Path(folder), *baselines]:
                 RunFolder(path).check_config(load_config(RunFolder(path).config).to_toml_dict())
                 RunFolder(path).extend_rounds(rounds)
         cfg = load_config(run.config)
+        run.check_config(cfg.to_toml_dict())  # an edited config.toml is refused before loading, too
         check_extras(cfg)
         configure_threads(cfg.engine.threads)
-        return _execute(cfg, Path(folder), progress, build_task(cfg))
+        task = build_task(cfg, check=check_fit(cfg))
+        for line in data_notes(task.data_summary()):
+            notify(line)
+        return _execute(cfg, Path(folder), progress, task)
 
 
 def check_extras(cfg: RunConfig) -> None:

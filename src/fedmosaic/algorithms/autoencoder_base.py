@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import global_model_groups
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
-from fedmosaic.core.task import View
+from fedmosaic.core.task import TaskInfo, View
 from fedmosaic.models.autoencoder import SplitAutoencoder
 from fedmosaic.models.linear_probe import linear_evaluation
 from fedmosaic.models.params import load_arrays, to_arrays
@@ -39,17 +39,31 @@ class AutoencoderConfig(AlgorithmConfig):
     )
 
 
+def sensor_window_problems(algorithm: str, info: TaskInfo) -> list[str]:
+    """The split LSTM autoencoder reads every modality as a ``(channels, time)`` sensor window: one
+    line naming each modality that is not (``check_task`` of the autoencoder family)."""
+    wrong = [
+        f"modality {m.name!r} is {m.kind} of shape {m.shape}"
+        for m in info.modalities
+        if m.kind not in ("timeseries", "audio") or len(m.shape) != 2
+    ]
+    return [f"{algorithm} needs (channels, time) sensor windows; {', '.join(wrong)}"] if wrong else []
+
+
+class AutoencoderAlgorithm(Algorithm):
+    """Base of FedMEKT, mmFedAvg and mmFedProx: declares the sensor-window requirement."""
+
+    @classmethod
+    def check_task(cls, info: TaskInfo) -> list[str]:
+        return sensor_window_problems(cls.name, info)
+
+
 def channels_of(settings: Settings) -> dict[str, int]:
     """Channels per modality; every modality must be a ``(channels, time)`` sensor window."""
-    out = {}
-    for m in settings.info.modalities:
-        if m.kind not in ("timeseries", "audio") or len(m.shape) != 2:
-            raise ValueError(
-                f"algorithm.name: {settings.algorithm.name} needs (channels, time) sensor windows; "
-                f"modality {m.name!r} is {m.kind} of shape {m.shape}"
-            )
-        out[m.name] = m.shape[0]
-    return out
+    problems = sensor_window_problems(settings.algorithm.name, settings.info)
+    if problems:  # engines check first (Algorithm.check_task); this guards a hand-built Settings
+        raise ValueError(f"algorithm.name: {problems[0]}")
+    return {m.name: m.shape[0] for m in settings.info.modalities}
 
 
 def build_autoencoder(settings: Settings[AutoencoderConfig]) -> SplitAutoencoder:

@@ -9,14 +9,14 @@ import numpy as np
 from torch import nn
 
 from fedmosaic.algorithms.robust import Aggregation
-from fedmosaic.core.algorithm import Settings, Uploads
+from fedmosaic.core.algorithm import Algorithm, Settings, Uploads
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import global_model_groups
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, torch_seed, torch_seeded
-from fedmosaic.core.task import View
+from fedmosaic.core.task import TaskInfo, View
 from fedmosaic.core.validation import ReplySpec
-from fedmosaic.models.build import build_classifier
+from fedmosaic.models.build import build_classifier, encoder_problems
 from fedmosaic.models.params import load_arrays, to_arrays
 from fedmosaic.models.train import evaluate_subsets
 
@@ -27,6 +27,16 @@ SELF_EVALUATION = ("{g}/accuracy", "{g}/macro_f1", "{g}/weighted_f1")
 WEIGHT_UPLOADS = Uploads(
     fit_arrays=("encoders.{m}.*", "fusion.*", "head.*"), fit_meta=("n_train", "train_loss")
 )
+
+
+class EncoderAlgorithm(Algorithm):
+    """An algorithm whose model has one :func:`~fedmosaic.models.build.build_encoder` encoder per
+    modality (FedAvg, FedProx, local, centralized, FedCMI, GVF): it declares that every modality must
+    have one, so a data set of an unknown kind or shape is refused before any work."""
+
+    @classmethod
+    def check_task(cls, info: TaskInfo) -> list[str]:
+        return encoder_problems(cls.name, info)
 
 
 def initial_model(settings: Settings) -> nn.Module:

@@ -3,9 +3,9 @@ server, one model trained on it. Not federated; it shows what federation could a
 
 from __future__ import annotations
 
-from fedmosaic.algorithms.base import GlobalModelServer
+from fedmosaic.algorithms.base import EncoderAlgorithm, GlobalModelServer
 from fedmosaic.algorithms.registry import register
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -49,7 +49,7 @@ class CentralizedClient:
 
 
 @register
-class Centralized(Algorithm):
+class Centralized(EncoderAlgorithm):
     name = "centralized"
     Config = CentralizedConfig
     Server = CentralizedServer

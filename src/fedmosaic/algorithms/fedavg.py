@@ -11,6 +11,7 @@ import torch
 
 from fedmosaic.algorithms.base import (
     WEIGHT_UPLOADS,
+    EncoderAlgorithm,
     GlobalModelServer,
     ModelSlot,
     weighted_average,
@@ -18,7 +19,7 @@ from fedmosaic.algorithms.base import (
 )
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, sample_clients
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -83,7 +84,7 @@ class FedAvgServer(GlobalModelServer):
 
 
 @register
-class FedAvg(Algorithm):
+class FedAvg(EncoderAlgorithm):
     name = "fedavg"
     Config = FedAvgConfig
     Server = FedAvgServer

@@ -53,10 +53,10 @@ import torch
 from pydantic import ConfigDict, Field
 from torch.nn import functional as F
 
-from fedmosaic.algorithms.base import GlobalModelServer, weighted_average
+from fedmosaic.algorithms.base import EncoderAlgorithm, GlobalModelServer, weighted_average
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, Uploads, sample_clients
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
@@ -308,7 +308,7 @@ class FedCMIServer(GlobalModelServer):
 
 
 @register
-class FedCMI(Algorithm):
+class FedCMI(EncoderAlgorithm):
     name = "fedcmi"
     Config = FedCMIConfig
     Server = FedCMIServer

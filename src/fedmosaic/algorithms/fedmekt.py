@@ -72,6 +72,7 @@ from pydantic import Field, model_validator
 from torch.nn import functional as F
 
 from fedmosaic.algorithms.autoencoder_base import (
+    AutoencoderAlgorithm,
     AutoencoderConfig,
     LinearEvalServer,
     build_autoencoder,
@@ -82,7 +83,7 @@ from fedmosaic.algorithms.base import weighted_train_loss
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, Uploads, sample_clients
+from fedmosaic.core.algorithm import ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed
@@ -438,7 +439,7 @@ class FedMEKTServer(LinearEvalServer):
 
 
 @register
-class FedMEKT(Algorithm):
+class FedMEKT(AutoencoderAlgorithm):
     name = "fedmekt"
     Config = FedMEKTConfig
     Server = FedMEKTServer

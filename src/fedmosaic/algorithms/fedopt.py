@@ -25,11 +25,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from fedmosaic.algorithms.base import WEIGHT_UPLOADS, weighted_average, weighted_train_loss
+from fedmosaic.algorithms.base import WEIGHT_UPLOADS, EncoderAlgorithm, weighted_average, weighted_train_loss
 from fedmosaic.algorithms.fedavg import FedAvgClient, FedAvgServer
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import Rng
 from fedmosaic.models.params import load_arrays, to_arrays
@@ -126,7 +126,7 @@ class FedOptServer(FedAvgServer):
 
 
 @register
-class FedOpt(Algorithm):
+class FedOpt(EncoderAlgorithm):
     name = "fedopt"
     Config = FedOptConfig
     Server = FedOptServer

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedmosaic.algorithms.base import WEIGHT_UPLOADS
+from fedmosaic.algorithms.base import WEIGHT_UPLOADS, EncoderAlgorithm
 from fedmosaic.algorithms.fedavg import FedAvgClient, FedAvgServer
 from fedmosaic.algorithms.registry import register
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, Settings
+from fedmosaic.core.algorithm import AlgorithmConfig, Settings
 
 
 class FedProxConfig(AlgorithmConfig):
@@ -31,7 +31,7 @@ class FedProxServer(FedAvgServer):
 
 
 @register
-class FedProx(Algorithm):
+class FedProx(EncoderAlgorithm):
     name = "fedprox"
     Config = FedProxConfig
     Server = FedProxServer

@@ -57,12 +57,11 @@ from sklearn.metrics import silhouette_score
 from torch import nn
 from torch.nn import functional as F
 
-from fedmosaic.algorithms.base import SELF_EVALUATION, weighted_train_loss
+from fedmosaic.algorithms.base import SELF_EVALUATION, EncoderAlgorithm, weighted_train_loss
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import (
-    Algorithm,
     AlgorithmConfig,
     ServerData,
     Settings,
@@ -774,7 +773,7 @@ class GVFServer:
 
 
 @register
-class GVF(Algorithm):
+class GVF(EncoderAlgorithm):
     name = "gvf"
     Config = GVFConfig
     Server = GVFServer

@@ -7,9 +7,9 @@ averages those numbers (by test subset, by client group, overall).
 
 from __future__ import annotations
 
-from fedmosaic.algorithms.base import SELF_EVALUATION, ModelSlot, weighted_train_loss
+from fedmosaic.algorithms.base import SELF_EVALUATION, EncoderAlgorithm, ModelSlot, weighted_train_loss
 from fedmosaic.algorithms.registry import register
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings, Uploads, sample_clients
+from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
@@ -83,7 +83,7 @@ class LocalServer:
 
 
 @register
-class Local(Algorithm):
+class Local(EncoderAlgorithm):
     name = "local"
     Config = LocalConfig
     Server = LocalServer

@@ -14,6 +14,7 @@ import torch
 from pydantic import Field
 
 from fedmosaic.algorithms.autoencoder_base import (
+    AutoencoderAlgorithm,
     AutoencoderConfig,
     LinearEvalServer,
     build_autoencoder,
@@ -23,7 +24,7 @@ from fedmosaic.algorithms.autoencoder_base import (
 from fedmosaic.algorithms.base import weighted_average, weighted_train_loss
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
-from fedmosaic.core.algorithm import Algorithm, ServerData, Settings, Uploads, sample_clients
+from fedmosaic.core.algorithm import ServerData, Settings, Uploads, sample_clients
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -119,7 +120,7 @@ class MMFedAvgServer(LinearEvalServer):
 
 
 @register
-class MMFedAvg(Algorithm):
+class MMFedAvg(AutoencoderAlgorithm):
     name = "mmfedavg"
     Config = MMFedAvgConfig
     Server = MMFedAvgServer
@@ -138,7 +139,7 @@ class MMFedProxServer(MMFedAvgServer):
 
 
 @register
-class MMFedProx(Algorithm):
+class MMFedProx(AutoencoderAlgorithm):
     name = "mmfedprox"
     Config = MMFedProxConfig
     Server = MMFedProxServer

@@ -21,10 +21,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fedmosaic.algorithms.base import WEIGHT_UPLOADS, ModelSlot
+from fedmosaic.algorithms.base import WEIGHT_UPLOADS, EncoderAlgorithm, ModelSlot
 from fedmosaic.algorithms.fedavg import FedAvgServer
 from fedmosaic.algorithms.registry import register
-from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, Settings
+from fedmosaic.core.algorithm import AlgorithmConfig, Settings
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import ClientData
@@ -109,7 +109,7 @@ class MoonClient:
 
 
 @register
-class Moon(Algorithm):
+class Moon(EncoderAlgorithm):
     name = "moon"
     Config = MoonConfig
     Server = MoonServer

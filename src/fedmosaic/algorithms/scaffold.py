@@ -28,11 +28,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from fedmosaic.algorithms.base import GlobalModelServer, ModelSlot, weighted_average, weighted_train_loss
+from fedmosaic.algorithms.base import (
+    EncoderAlgorithm,
+    GlobalModelServer,
+    ModelSlot,
+    weighted_average,
+    weighted_train_loss,
+)
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import (
-    Algorithm,
     AlgorithmConfig,
     ServerData,
     Settings,
@@ -202,7 +207,7 @@ class ScaffoldServer(GlobalModelServer):
 
 
 @register
-class Scaffold(Algorithm):
+class Scaffold(EncoderAlgorithm):
     name = "scaffold"
     Config = ScaffoldConfig
     Server = ScaffoldServer

@@ -192,6 +192,23 @@ class Algorithm:
         """What a client may upload under ``config`` (default: :attr:`uploads`, whatever the config)."""
         return cls.uploads
 
+    @classmethod
+    def check_task(cls, info: TaskInfo) -> list[str]:
+        """What keeps this algorithm from running on a task described by ``info``: one line each.
+
+        Engines and the runner call it before any work (before the data is split, tokenised or encoded,
+        and before a run folder is written), for the main algorithm and every ``compare`` baseline, so
+        a mismatch is one line per problem instead of a failure deep inside the first round. A line
+        names the algorithm and the modality at fault, e.g. ``fedmekt needs (channels, time) sensor
+        windows; modality 'image' is image of shape (3, 24, 24)``; the caller prefixes the config key.
+
+        ``info`` may be an outline taken before loading: modalities as the data set declares them
+        (kind and shape; a text modality's ``vocab_size`` may still be ``None``) and ``num_classes``
+        0 when the classes are not known yet. The check runs again on the loaded data's description,
+        so it must be cheap and must not depend on the data itself. Default: no problems.
+        """
+        return []
+
 
 def sample_clients(clients: list[ClientSpec], k: int, rng: Rng) -> list[ClientSpec]:
     """``k`` clients drawn without replacement from a generator derived from the round (in list order)."""

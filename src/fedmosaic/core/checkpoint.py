@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -65,14 +66,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def save_message(path: Path, message: Message) -> None:
-    """Atomically write a Message as ``path`` (safetensors, metadata in its header).
+def save_message(path: Path, message: Message) -> str:
+    """Atomically write a Message as ``path`` (safetensors, metadata in its header); the SHA-256 of
+    the bytes written (a checkpoint records it, so damage is found when the file is read back).
 
     Metadata values keep their type through a JSON string in the safetensors header.
     """
     # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d)
     arrays = {k: np.require(v, requirements="C") for k, v in message.arrays.items()}
-    atomic_write_bytes(path, save(arrays, metadata={"fedmosaic_meta": json.dumps(message.meta)}))
+    data = save(arrays, metadata={"fedmosaic_meta": json.dumps(message.meta)})
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (read in chunks)."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_message(path: Path) -> Message:

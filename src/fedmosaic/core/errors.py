@@ -7,6 +7,14 @@ class ConfigError(ValueError):
     """A configuration problem, as one line: ``key: what was expected``."""
 
 
+class CheckpointError(ValueError):
+    """A run's checkpoint cannot be read and no earlier one can stand in; one line naming the file."""
+
+
+class FedmosaicWarning(UserWarning):
+    """Something the user must know that does not stop the run (a checkpoint fallback, lost clients)."""
+
+
 class MissingExtraError(ConfigError, ImportError):
     """An optional feature whose package is not installed, as one line naming the extra to install.
 

@@ -182,10 +182,12 @@ class Task:
         )
 
     def data_summary(self) -> dict[str, object]:
-        """Sizes of every part and the bad samples the loader skipped (for the run summary)."""
+        """Sizes of every part, the bad samples the loader skipped and the lost clients (natural owners
+        left without a client: ``{id, group, reason}``) for the run summary."""
         skipped = list(self.extras.get("skipped", []))  # type: ignore[call-overload]
         # {class: test samples} of test classes no client trains on (data/tasks.py): accuracy 0 at best
         unheld = dict(self.extras.get("test_classes_without_clients", {}))  # type: ignore[call-overload]
+        lost = list(self.extras.get("lost_clients", []))  # type: ignore[call-overload]
         return {
             "samples": len(self.labels),
             "client_train": sum(len(c.train) for c in self.clients),
@@ -196,6 +198,7 @@ class Task:
             "skipped": len(skipped),
             "skipped_examples": skipped[:5],
             "test_classes_without_clients": unheld,
+            "lost_clients": lost,
         }
 
     def check_disjoint(self) -> None:

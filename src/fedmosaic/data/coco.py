@@ -128,6 +128,12 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return ("image", "text")
 
 
+def _modalities(options: BaseModel) -> tuple[Modality, ...]:
+    assert isinstance(options, CocoOptions)
+    size = options.image_size
+    return (Modality("image", "image", (3, size, size)), Modality("text", "text", (options.max_tokens,)))
+
+
 def _read_json(path: Path, root: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     """A COCO annotation file (inside ``root``) as a dict holding ``keys``; a one-line ``DataError``
     otherwise."""
@@ -285,5 +291,13 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
 
 
 register_dataset(
-    DatasetEntry(DATASET, CocoOptions, _modality_names, load, needs_data_dir=True, natural_unit="")
+    DatasetEntry(
+        DATASET,
+        CocoOptions,
+        _modality_names,
+        load,
+        needs_data_dir=True,
+        natural_unit="",
+        modalities=_modalities,
+    )
 )

@@ -90,6 +90,15 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return ("image", "text")
 
 
+def _modalities(options: BaseModel) -> tuple[Modality, ...]:
+    assert isinstance(options, FolderOptions)
+    size = options.image_size
+    return (
+        Modality("image", "image", (options.channels, size, size)),
+        Modality("text", "text", (options.max_tokens,)),
+    )
+
+
 def natural_key(name: str) -> tuple[list[object], str]:
     """Sort key putting ``client_2`` before ``client_10`` (digit runs compare as numbers)."""
     # re.split with a capturing group alternates text, digits, text...: positions always align.
@@ -299,5 +308,13 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
 
 
 register_dataset(
-    DatasetEntry(DATASET, FolderOptions, _modality_names, load, needs_data_dir=True, natural_unit="client")
+    DatasetEntry(
+        DATASET,
+        FolderOptions,
+        _modality_names,
+        load,
+        needs_data_dir=True,
+        natural_unit="client",
+        modalities=_modalities,
+    )
 )

@@ -78,6 +78,14 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return ("image", "audio")
 
 
+def _modalities(options: BaseModel) -> tuple[Modality, ...]:
+    assert isinstance(options, FsddDigitsOptions)
+    return (
+        Modality("image", "image", (1, 8, 8)),
+        Modality("audio", "audio", (1, options.n_mels, options.frames)),
+    )
+
+
 def _recordings_dir(ctx: LoadContext) -> Path:
     root = data_root(ctx, DATASET)
     folder = confined(root / "recordings", root) if (root / "recordings").is_dir() else root
@@ -203,6 +211,12 @@ def _file_key(path: Path) -> tuple[object, ...]:
 
 register_dataset(
     DatasetEntry(
-        DATASET, FsddDigitsOptions, _modality_names, load, needs_data_dir=True, natural_unit="speaker"
+        DATASET,
+        FsddDigitsOptions,
+        _modality_names,
+        load,
+        needs_data_dir=True,
+        natural_unit="speaker",
+        modalities=_modalities,
     )
 )

@@ -94,6 +94,11 @@ def _modality_names(options: BaseModel) -> tuple[str, ...]:
     return tuple(options.modalities)
 
 
+def _modalities(options: BaseModel) -> tuple[Modality, ...]:
+    assert isinstance(options, MhealthOptions)
+    return tuple(Modality(m, "timeseries", (len(COLUMNS[m]), options.window)) for m in options.modalities)
+
+
 def find_logs(data_dir: Path) -> list[tuple[int, Path]]:
     """``(subject number, path)`` of every ``mHealth_subjectN.log``, by subject number."""
     for folder in (data_dir, data_dir / "MHEALTHDATASET"):
@@ -181,6 +186,12 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
 
 register_dataset(
     DatasetEntry(
-        "mhealth", MhealthOptions, _modality_names, load, needs_data_dir=True, natural_unit="subject"
+        "mhealth",
+        MhealthOptions,
+        _modality_names,
+        load,
+        needs_data_dir=True,
+        natural_unit="subject",
+        modalities=_modalities,
     )
 )

@@ -134,6 +134,9 @@ class DatasetEntry:
     load: Callable[[BaseModel, LoadContext], LoadedData]
     needs_data_dir: bool = False
     natural_unit: str = ""  # what one natural client is ("user", "speaker", ...); "" = no natural split
+    # The modalities the loader returns (kind and shape) from the options alone, without reading data:
+    # lets an algorithm's fit to the data be checked before loading. None: known only after loading.
+    modalities: Callable[[BaseModel], tuple[Modality, ...]] | None = None
 
 
 # Modules under fedmosaic.data that register a built-in data set when imported.

@@ -14,6 +14,14 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return ("image", "text")
 
 
+def _modalities(options: BaseModel) -> tuple[Modality, ...]:
+    assert isinstance(options, synthetic.SyntheticOptions)
+    return (
+        Modality("image", "image", (3, options.image_size, options.image_size)),
+        Modality("text", "text", (options.max_tokens,)),
+    )
+
+
 def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     """Generate the task's samples from ``ctx.seed`` (nothing is read from disk)."""
     assert isinstance(options, synthetic.SyntheticOptions)
@@ -33,4 +41,6 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     )
 
 
-register_dataset(DatasetEntry("synthetic", synthetic.SyntheticOptions, _modality_names, load))
+register_dataset(
+    DatasetEntry("synthetic", synthetic.SyntheticOptions, _modality_names, load, modalities=_modalities)
+)

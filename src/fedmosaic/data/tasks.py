@@ -6,7 +6,10 @@ Order of work, and why:
    recording segment, the captions of one photo, the pairs of one image never straddle two parts),
    unless the data fixes a sample's role (official test users, a ``server/test`` folder);
 3. clients from what is left: natural owners, IID or Dirichlet over labels; which modalities each
-   holds (a mix of counts or a drop rate), intersected with what each sample really has;
+   holds (a mix of counts or a drop rate), intersected with what each sample really has. A natural
+   owner that ends up with no client (every sample bad and skipped, or all taken by the server's sets)
+   is a *lost client*: recorded in the task (``data_summary()["lost_clients"]``), and an error when
+   ``clients.mix`` gave it a group, unless ``clients.allow_lost``;
 4. text tokenised with the model's tokenizer (a WordPiece trained on client data only for the
    small random BERT); sensor and audio channels standardised with client-training statistics only;
 5. optionally the frozen-encoder mode replaces pretrained modalities by cached embeddings.
@@ -21,11 +24,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedmosaic.core.modality import ClientSpec, Modality
+from fedmosaic.core.modality import ClientSpec, Modality, group_name
 from fedmosaic.core.seeding import numpy_rng
 from fedmosaic.core.task import ClientData, Task, TaskInfo, View
 from fedmosaic.data.partition import (
@@ -51,6 +55,9 @@ from fedmosaic.data.registry import (
 if TYPE_CHECKING:
     from fedmosaic.config import RunConfig
 
+# Called with the task's description before the heavy work (see build_task); raises to stop the build.
+InfoCheck = Callable[[TaskInfo], None]
+
 # Per-channel standardisation applies to these kinds (images are bytes, text ids, embeddings as given).
 STANDARDISED_KINDS = ("timeseries", "audio")
 
@@ -72,13 +79,43 @@ def load_data(cfg: RunConfig) -> LoadedData:
     return loaded
 
 
-def build_task(cfg: RunConfig) -> Task:
+def task_outline(cfg: RunConfig) -> TaskInfo | None:
+    """The task's description from the config alone, before any data is read; ``None`` when the data
+    set does not declare its modalities (``DatasetEntry.modalities``).
+
+    Modalities as the loader will return them (frozen encoders already applied); the classes are not
+    known yet (``num_classes`` 0).
+    """
+    entry = get_dataset(cfg.task.dataset)
+    if entry.modalities is None:
+        return None
+    return _outline(cfg, entry.modalities(cfg.dataset_options()), ())
+
+
+def _outline(cfg: RunConfig, modalities: tuple[Modality, ...], class_names: tuple[str, ...]) -> TaskInfo:
+    if cfg.model.freeze_encoders:
+        from fedmosaic.models.frozen import freezable, frozen_modality
+
+        model = cfg.model
+        modalities = tuple(frozen_modality(m, model) if freezable(m, model) else m for m in modalities)
+    return TaskInfo(cfg.task.dataset, modalities, len(class_names), class_names)
+
+
+def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
     """Load ``cfg.task.dataset`` and split it from ``cfg.seed`` into test, proxy, labelled, clients.
 
     Every part is a disjoint index array into one store; each client's mask holds the modalities its
     group names and its samples have.
+
+    ``check`` (the engines pass their algorithms' ``check_task``) is called with the task's
+    description before the heavy work: with its outline before loading when the data set declares its
+    modalities, and with the loaded data's description before splitting, tokenising and encoding.
     """
+    if check is not None and (outline := task_outline(cfg)) is not None:
+        check(outline)  # nothing read yet: a misfit costs no loading
     loaded = load_data(cfg)
+    if check is not None:
+        check(_outline(cfg, loaded.modalities, loaded.class_names))
     names = tuple(m.name for m in loaded.modalities)
     n, m = len(loaded), len(names)
     rng = numpy_rng(cfg.seed, 0, "task", "split")
@@ -87,8 +124,10 @@ def build_task(cfg: RunConfig) -> Task:
     present = loaded.present if loaded.present is not None else np.ones((n, m), dtype=bool)
 
     server, pool = _server_parts(cfg, role, blocks, rng)
-    owners, parts = _client_parts(cfg, loaded, pool, rng)
-    holdings = _holdings(cfg, names, len(parts), rng)
+    owners, parts, lost = _client_parts(cfg, loaded, role, pool, rng)
+    holdings, lost_clients = _lost_holdings(cfg, loaded, names, owners, len(parts), lost, rng)
+    if lost_clients and cfg.clients.mix is not None and not cfg.clients.allow_lost:
+        raise TaskSplitError(_lost_message(lost_clients, len(parts) + len(lost), cfg))
 
     modalities, store = _prepare_store(cfg, loaded, np.concatenate(parts))
     info = TaskInfo(cfg.task.dataset, modalities, len(loaded.class_names), loaded.class_names)
@@ -129,6 +168,7 @@ def build_task(cfg: RunConfig) -> Task:
         **loaded.extras,
         "skipped": loaded.skipped,
         "test_classes_without_clients": unheld,
+        "lost_clients": lost_clients,
     }
     task = Task(
         info, store, loaded.labels, clients, view(server["proxy"]), view(server["labelled"]), test, extras
@@ -204,9 +244,13 @@ def _server_parts(
 
 
 def _client_parts(
-    cfg: RunConfig, loaded: LoadedData, pool: np.ndarray, rng: np.random.Generator
-) -> tuple[list[int], list[np.ndarray]]:
-    """The samples of each client: ``(natural owner ids or [], parts)``."""
+    cfg: RunConfig, loaded: LoadedData, role: np.ndarray, pool: np.ndarray, rng: np.random.Generator
+) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]]]:
+    """The samples of each client: ``(natural owner ids or [], parts, lost owners)``.
+
+    Lost owners (natural split only) are ``(owner id, why)``; a lost owner still counts for the mix,
+    which is written for every owner the data has.
+    """
     names = tuple(m.name for m in loaded.modalities)
     if cfg.task.partition == "natural":
         if loaded.groups is None:
@@ -214,15 +258,16 @@ def _client_parts(
                 f"task.partition: data set {cfg.task.dataset!r} has no natural clients; use iid or dirichlet"
             )
         owners, parts = split_natural(pool, loaded.groups)
-        wanted = _configured_count(cfg, names)
-        if wanted is not None and wanted != len(parts):
+        lost = _lost_owners(cfg, loaded, role, owners)
+        wanted, expected = _configured_count(cfg, names), len(parts) + len(lost)
+        if wanted is not None and wanted != expected:
             unit = get_dataset(cfg.task.dataset).natural_unit or "owner"
             raise TaskSplitError(
-                f"clients.mix: the natural split of {cfg.task.dataset!r} gives {len(parts)} clients (one per "
+                f"clients.mix: the natural split of {cfg.task.dataset!r} gives {expected} clients (one per "
                 f"{unit} outside the server's sets), but the config asks for {wanted}; give a mix that sums "
-                f'to {len(parts)}, or clients.mix="" for every modality at every client'
+                f'to {expected}, or clients.mix="" for every modality at every client'
             )
-        return owners, parts
+        return owners, parts, lost
     n_clients = _configured_count(cfg, names) or 10
     per_client_min = 2 if cfg.task.val_fraction == 0 else 3
     if len(pool) < per_client_min * n_clients:
@@ -231,8 +276,76 @@ def _client_parts(
             f"samples, but only {len(pool)} are left for clients"
         )
     if cfg.task.partition == "dirichlet":
-        return [], split_dirichlet(pool, loaded.labels, n_clients, cfg.task.alpha, rng, per_client_min)
-    return [], split_iid(pool, n_clients, rng)
+        return [], split_dirichlet(pool, loaded.labels, n_clients, cfg.task.alpha, rng, per_client_min), []
+    return [], split_iid(pool, n_clients, rng), []
+
+
+def _lost_owners(
+    cfg: RunConfig, loaded: LoadedData, role: np.ndarray, kept: list[int]
+) -> list[tuple[int, str]]:
+    """Natural owners the data names (``group_names``) that got no client, and why.
+
+    An owner whose every sample has a server role fixed by the data (official test users) is the
+    server's by design, not lost. The others had samples meant for training, or none at all: every
+    one bad and skipped, or an empty samples file.
+    """
+    assert loaded.groups is not None
+    n_owners = max(len(loaded.group_names), int(loaded.groups.max(initial=-1)) + 1)
+    owned = loaded.groups >= 0
+    total = np.bincount(loaded.groups[owned], minlength=n_owners)
+    server_role = np.isin(role, (ROLE_TEST, ROLE_PROXY, ROLE_LABELLED))
+    fixed = np.bincount(loaded.groups[owned & server_role], minlength=n_owners)
+    skip = cfg.task.on_bad_sample == "skip"
+    lost = []
+    for owner in sorted(set(range(n_owners)) - set(kept)):
+        if total[owner] == 0:
+            why = (
+                'no sample of it loaded (every one was bad and skipped: task.on_bad_sample = "skip")'
+                if skip
+                else "no sample of it loaded (its data holds none)"
+            )
+            lost.append((owner, why))
+        elif fixed[owner] < total[owner]:
+            lost.append(
+                (owner, f"all {total[owner]} of its samples went to the server's test/proxy/labelled sets")
+            )
+    return lost
+
+
+def _lost_holdings(
+    cfg: RunConfig,
+    loaded: LoadedData,
+    names: tuple[str, ...],
+    owners: list[int],
+    n_parts: int,
+    lost: list[tuple[int, str]],
+    rng: np.random.Generator,
+) -> tuple[list[frozenset[str]], list[dict[str, str]]]:
+    """What each kept client holds, and the lost clients as records ``{id, group, reason}``.
+
+    With a mix, the modalities are dealt over every owner the data has, lost ones included (the mix
+    counts them), so a lost client takes its own group with it. Without a mix they are dealt over the
+    kept clients only, exactly as before lost clients were recorded (the same numbers as before).
+    """
+    if not lost or cfg.clients.mix is None:
+        holdings = _holdings(cfg, names, n_parts, rng)
+        return holdings, [{"id": _client_id(loaded, k), "group": "", "reason": why} for k, why in lost]
+    everyone = sorted([*owners, *(k for k, _ in lost)])
+    by_owner = dict(zip(everyone, _holdings(cfg, names, len(everyone), rng), strict=True))
+    records = [
+        {"id": _client_id(loaded, k), "group": group_name(by_owner[k], names), "reason": why}
+        for k, why in lost
+    ]
+    return [by_owner[k] for k in owners], records
+
+
+def _lost_message(lost: list[dict[str, str]], expected: int, cfg: RunConfig) -> str:
+    which = "; ".join(f"{c['id']} (group {c['group']}): {c['reason']}" for c in lost)
+    verb, pronoun = ("was", "it") if len(lost) == 1 else ("were", "them")
+    return (
+        f"clients.mix: {len(lost)} of the {expected} clients {verb} lost, {which}; fix the data, or set "
+        f"clients.allow_lost = true to run without {pronoun}"
+    )
 
 
 def _configured_count(cfg: RunConfig, names: tuple[str, ...]) -> int | None:

@@ -115,6 +115,11 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return SENSORS
 
 
+def _modalities(options: BaseModel) -> tuple[Modality, ...]:
+    assert isinstance(options, HaptOptions)
+    return tuple(Modality(s, "timeseries", (3, options.window)) for s in SENSORS)
+
+
 def find_raw_dir(data_dir: Path) -> Path:
     """The ``RawData`` folder: ``data_dir`` itself or ``data_dir/RawData``; DataError otherwise."""
     if (data_dir / "RawData" / "labels.txt").is_file():
@@ -277,5 +282,13 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
 
 
 register_dataset(
-    DatasetEntry("uci-hapt", HaptOptions, _modality_names, load, needs_data_dir=True, natural_unit="user")
+    DatasetEntry(
+        "uci-hapt",
+        HaptOptions,
+        _modality_names,
+        load,
+        needs_data_dir=True,
+        natural_unit="user",
+        modalities=_modalities,
+    )
 )

@@ -67,6 +67,10 @@ def _modality_names(_: BaseModel) -> tuple[str, ...]:
     return SENSORS
 
 
+def _modalities(_: BaseModel) -> tuple[Modality, ...]:
+    return tuple(Modality(m, "timeseries", (3, WINDOW)) for m in SENSORS)
+
+
 def find_root(data_dir: Path) -> Path:
     """The ``UCI HAR Dataset`` folder: ``data_dir`` itself or ``data_dir/UCI HAR Dataset``."""
     for root in (data_dir, data_dir / "UCI HAR Dataset"):
@@ -156,5 +160,13 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
 
 
 register_dataset(
-    DatasetEntry("uci-har", HarOptions, _modality_names, load, needs_data_dir=True, natural_unit="subject")
+    DatasetEntry(
+        "uci-har",
+        HarOptions,
+        _modality_names,
+        load,
+        needs_data_dir=True,
+        natural_unit="subject",
+        modalities=_modalities,
+    )
 )

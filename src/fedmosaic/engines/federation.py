@@ -20,12 +20,14 @@ Messages are intercepted only by wrappers: ``client_wrappers`` and ``server_wrap
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.errors import ConfigError, FedmosaicWarning
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
@@ -96,6 +98,9 @@ class Federation:
     ) -> None:
         self.algorithm = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
         self.config = _algorithm_config(self.algorithm, config)
+        # Before any half is built: a misfit is one line per problem, not a failure inside a model.
+        if problems := self.algorithm.check_task(task.info):
+            raise ConfigError("\n".join(f"algorithm: {line}" for line in problems))
         self.task = task
         self.specs = list(task.specs if specs is None else specs)
         self.seed, self.total_rounds, self.eval_every = int(seed), int(rounds), int(eval_every)
@@ -321,6 +326,10 @@ class Federation:
         """Continue after the folder's last committed round (0 in memory or in a new folder)."""
         if self.folder is None:
             return 0
+        # A damaged last checkpoint falls back to the one before it (the runner recovers first and
+        # prints its line; a Federation used from Python says it as a warning).
+        if note := self.folder.recover():
+            warnings.warn(note, FedmosaicWarning, stacklevel=3)
         checkpoint = self.folder.last_checkpoint()
         committed = 0
         if checkpoint is not None:

@@ -76,6 +76,7 @@ from fedmosaic.engines.protocol import (
     aggregate_round,
     build_client,
     build_server,
+    check_fit,
     eval_due,
     evaluate_round,
     nbytes,
@@ -186,7 +187,8 @@ class FilePipeline:
                     "reply is lost when it does not come back (close the round with --min-clients)"
                 )
             algorithm = get_algorithm(cfg.algorithm.name)
-            task = build_task(cfg)  # before anything is written: bad data leaves no half-made tree
+            # Before anything is written: bad data or an algorithm that does not fit it leaves no tree.
+            task = build_task(cfg, check=check_fit(cfg, baselines=False))
             _write_toml(root / "config.toml", cfg.to_toml_dict())
             for client in task.clients:
                 export_node(task, [client.spec.id], root / client.spec.id)
@@ -349,6 +351,19 @@ class FilePipeline:
     def _client(self) -> ClientSide:
         settings = settings_from_config(self.cfg, self.info, self.n_clients)
         return build_client(self.algorithm, settings, self.cfg.privacy)
+
+    def _require_files(self, step: str, files: dict[str, str]) -> None:
+        """One line naming the first missing file ``{client: file name}`` (its folder, if that is what is
+        missing): checked before the task is built, so a site that lacks its folder learns it at once."""
+        for cid, name in files.items():
+            folder = self._dir(cid)
+            if not folder.is_dir():
+                raise PipelineError(
+                    f"{step}: client folder {folder} is missing; a site needs its own folder from the "
+                    f"pipeline root (init-root wrote it) to run {step}"
+                )
+            if not (folder / name).is_file():
+                raise PipelineError(f"{step}: {folder / name} is missing (client {cid}'s part of round)")
 
     def _state(self, cid: str) -> Message:
         self._settle(cid)

@@ -81,7 +81,7 @@ from fedmosaic.engines.node_data import (
     parse_modalities,
     site_node,
 )
-from fedmosaic.engines.protocol import Exchanged, build_client, settings_from_config
+from fedmosaic.engines.protocol import Exchanged, build_client, check_fit, settings_from_config
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 
 # Flower message types: the ClientApp answers "query" (which clients do you host?), "train", "evaluate".
@@ -350,7 +350,9 @@ def _serve(grid: Grid, rc: dict[str, Any], cfg: RunConfig, folder: RunFolder) ->
         raise ConfigError(f"out: {folder.path} already holds a run; pick a new results folder")
     if rc["on-node-failure"] not in NODE_FAILURE:  # before anything is written
         raise ConfigError(f"on-node-failure: {rc['on-node-failure']!r} is not one of {NODE_FAILURE}")
-    task = build_task(cfg)  # the coordinator's proxy, labelled and test sets (and the task description)
+    # The coordinator's proxy, labelled and test sets (and the task description); the algorithm's fit
+    # to the data is checked first, before anything is written or any node is waited for.
+    task = build_task(cfg, check=check_fit(cfg, baselines=False))
     folder.write_config(cfg.to_toml_dict())
     drop = rc["on-node-failure"] == "drop"
     exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]), tolerate=drop)
@@ -501,7 +503,7 @@ def prepare_nodes(cfg: RunConfig, out: Path, nodes: int) -> list[Path]:
     """Build the task of ``cfg`` and write its clients into ``nodes`` node folders (contiguous blocks)."""
     from fedmosaic.data.tasks import build_task
 
-    task = build_task(cfg)
+    task = build_task(cfg, check=check_fit(cfg, baselines=False))
     ids = [c.spec.id for c in task.clients]
     if not 1 <= nodes <= len(ids):
         raise ConfigError(f"--nodes: {nodes} must be between 1 and the {len(ids)} clients")

@@ -20,7 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import Algorithm, ClientSide, ServerData, ServerSide, Settings
+from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng
@@ -67,6 +69,30 @@ def settings_from_config(cfg: Any, info: TaskInfo, n_clients: int) -> Settings:
         clients_per_round=cfg.clients.per_round or n_clients,
         robustness=cfg.robustness,
     )
+
+
+def fit_problems(cfg: Any, info: TaskInfo, baselines: bool = True) -> list[str]:
+    """Why the run's algorithms cannot run on a task described by ``info``, one line per problem.
+
+    The main algorithm's lines are keyed ``algorithm.name``, each ``compare`` baseline's ``compare``
+    (``baselines=False`` for engines that run the main algorithm only). Each algorithm declares its
+    own requirements (:meth:`~fedmosaic.core.algorithm.Algorithm.check_task`).
+    """
+    named = [("algorithm.name", cfg.algorithm.name)]
+    if baselines:
+        named += [("compare", name) for name in dict.fromkeys(cfg.compare) if name != cfg.algorithm.name]
+    return [f"{key}: {line}" for key, name in named for line in get_algorithm(name).check_task(info)]
+
+
+def check_fit(cfg: Any, baselines: bool = True) -> Callable[[TaskInfo], None]:
+    """A ``build_task`` check: raise :class:`ConfigError` with every :func:`fit_problems` line at once."""
+
+    def check(info: TaskInfo) -> None:
+        problems = fit_problems(cfg, info, baselines)
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    return check
 
 
 def wrap(half: Any, wrappers: Sequence[Callable[[Any], Any]]) -> Any:

@@ -7,7 +7,9 @@ Layout::
     timings.jsonl      seconds per round and peak memory (kept apart: they differ run to run)
     summary.json       final metrics, bytes up/down, wall time
     checkpoints/       checkpoint.json (the commit marker), server_rNNNNN.safetensors, clients/,
-                       config.json (the config the run started with: what a resume must match)
+                       config.json (the config the run started with: what a resume must match),
+                       checkpoint.prev.json (the previous round's marker: a damaged last checkpoint
+                       falls back to it; its server state is kept too)
     tensorboard/       TensorBoard event files, with ``output.tensorboard = true``
 """
 
@@ -27,15 +29,18 @@ from fedmosaic.core.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     ensure_dir,
+    file_sha256,
     load_message,
     save_message,
 )
-from fedmosaic.core.errors import ConfigError
+from fedmosaic.core.errors import CheckpointError, ConfigError
 from fedmosaic.core.message import Message
 
 # Keys that change how a run is carried out but none of its numbers: a resume may change them.
+# (clients.allow_lost only decides whether a task with lost clients may run at all.)
 OPERATIONAL_KEYS = frozenset(
     {
+        "clients.allow_lost",
         "engine.progress",
         "engine.workers",
         "engine.threads",
@@ -89,6 +94,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+class _Damaged(Exception):
+    """A checkpoint file that cannot be used: ``path`` and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0][:200] if lines else "") or type(exc).__name__
+
+
 class RunFolder:
     """Paths and atomic writers for one run's outputs."""
 
@@ -100,6 +118,7 @@ class RunFolder:
         self.summary = self.path / "summary.json"
         self.checkpoints = self.path / "checkpoints"
         self.marker = self.checkpoints / "checkpoint.json"
+        self.previous_marker = self.checkpoints / "checkpoint.prev.json"
         self.fingerprint = self.checkpoints / "config.json"
         self.client_states = self.checkpoints / "clients"
         self.tensorboard = self.path / "tensorboard"
@@ -126,7 +145,15 @@ class RunFolder:
         """
         if not self.fingerprint.exists():
             return
-        recorded = json.loads(self.fingerprint.read_text())
+        try:
+            recorded = json.loads(self.fingerprint.read_text())
+            if not isinstance(recorded, dict) or not {"sha256", "config"} <= recorded.keys():
+                raise ValueError("no sha256 or config recorded")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"checkpoints: {self.fingerprint} is damaged ({_first_line(exc)}); it records the config "
+                "the run started with, so the run cannot be continued safely: start it again"
+            ) from None
         if recorded["sha256"] == config_sha256(tree):
             return
         changed = [k for k in config_diff(recorded["config"], tree) if k not in OPERATIONAL_KEYS]
@@ -187,15 +214,26 @@ class RunFolder:
     def commit(self, round: int, server_state: Message, totals: dict[str, Any]) -> None:
         """Checkpoint the end of ``round``: server state first, then the marker that names it.
 
-        Both writes are atomic and durable (directory fsync included), so the old server state is
-        deleted only once the marker naming the new one is on disk. Client states of the round were
-        written (versioned) during it; see :class:`~fedmosaic.engines.state_store.ClientStateStore`.
+        Every write is atomic and durable (directory fsync included). The marker records the server
+        state's SHA-256, so damage is found on resume. The previous marker is kept as
+        ``checkpoint.prev.json`` with its server state: a damaged last checkpoint falls back to the
+        round before it (:meth:`recover`); older server states are deleted once the new marker is on
+        disk. Client states of the round were written (versioned) during it; see
+        :class:`~fedmosaic.engines.state_store.ClientStateStore`, which keeps what that fallback needs.
         """
         name = f"server_r{round:05d}.safetensors"
-        save_message(self.checkpoints / name, server_state)
-        atomic_write_json(self.marker, {"round": round, "server_state": name, **totals})
+        digest = save_message(self.checkpoints / name, server_state)
+        keep = {name}
+        try:
+            previous = self._read_marker(self.marker)
+        except _Damaged:
+            previous = None  # nothing committed yet (or a damaged marker: never kept as a fallback)
+        if previous is not None and int(previous["round"]) < round:
+            atomic_write_json(self.previous_marker, previous)
+            keep.add(previous["server_state"])
+        atomic_write_json(self.marker, {"round": round, "server_state": name, "sha256": digest, **totals})
         for old in self.checkpoints.glob("server_r*.safetensors"):
-            if old.name != name:
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
 
     def discard_partial_writes(self) -> int:
@@ -207,11 +245,82 @@ class RunFolder:
         return len(stale)
 
     def last_checkpoint(self) -> tuple[dict[str, Any], Message] | None:
-        """The committed marker and server state, or ``None`` before the first commit."""
-        if not self.marker.exists():
+        """The committed marker and server state, or ``None`` before the first commit.
+
+        Call :meth:`recover` first: a damaged checkpoint raises :class:`CheckpointError` here.
+        """
+        if not self.marker.exists() and not self.previous_marker.exists():
             return None
-        marker = json.loads(self.marker.read_text())
-        return marker, load_message(self.checkpoints / marker["server_state"])
+        try:
+            return self._checked(self.marker)
+        except _Damaged as exc:
+            raise CheckpointError(f"checkpoints: {exc.path} is damaged ({exc.reason})") from None
+
+    def recover(self) -> str | None:
+        """Make a damaged last checkpoint fall back to the previous round's; a warning line if it did.
+
+        Damage is a marker that is not JSON or lacks its keys, a missing or unreadable server state, or
+        one whose SHA-256 differs from the marker's. The damaged files are kept beside as
+        ``*.damaged``, the previous marker becomes the last one, and the rounds after it are redone on
+        resume (metrics, timings and client states are rolled back to it as after any interruption),
+        with the same numbers as an uninterrupted run. :class:`CheckpointError` (one line naming the
+        file) when no previous checkpoint can stand in; ``None`` when nothing was wrong.
+        """
+        if not self.marker.exists() and not self.previous_marker.exists():
+            return None  # nothing committed yet
+        try:
+            self._checked(self.marker)
+            return None
+        except _Damaged as exc:
+            damage = exc
+        try:
+            marker, _ = self._checked(self.previous_marker)
+        except _Damaged:
+            raise CheckpointError(
+                f"checkpoints: {damage.path} is damaged ({damage.reason}) and no earlier checkpoint can "
+                "stand in; the run cannot be continued: start it again"
+            ) from None
+        for path in (damage.path, self.marker):
+            if path.exists():
+                path.replace(path.with_name(path.name + ".damaged"))
+        atomic_write_json(self.marker, marker)
+        self.previous_marker.unlink()  # no round before this one is kept
+        return (
+            f"{damage.path} is damaged ({damage.reason}); continuing from round {marker['round']}, the "
+            f"checkpoint before it (the damaged file is kept as {damage.path.name}.damaged)"
+        )
+
+    def _read_marker(self, path: Path) -> dict[str, Any]:
+        try:
+            marker = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise _Damaged(path, "missing") from None
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+            raise _Damaged(path, f"not a checkpoint marker: {_first_line(exc)}") from None
+        if not isinstance(marker, dict):
+            raise _Damaged(path, "not a checkpoint marker: not a JSON object")
+        state = marker.get("server_state")
+        # Only a file name in checkpoints/: a marker never points the resume anywhere else.
+        if (
+            not isinstance(marker.get("round"), int)
+            or not isinstance(state, str)
+            or Path(state).name != state
+        ):
+            raise _Damaged(path, "not a checkpoint marker: no round or server state named")
+        return marker
+
+    def _checked(self, marker_path: Path) -> tuple[dict[str, Any], Message]:
+        """The marker at ``marker_path`` and the server state it names, both verified."""
+        marker = self._read_marker(marker_path)
+        state = self.checkpoints / marker["server_state"]
+        if not state.is_file():
+            raise _Damaged(state, "missing")
+        if "sha256" in marker and file_sha256(state) != marker["sha256"]:
+            raise _Damaged(state, "its bytes differ from those committed (SHA-256 mismatch)")
+        try:
+            return marker, load_message(state)
+        except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
+            raise _Damaged(state, f"unreadable: {_first_line(exc)}") from None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.summary, summary)

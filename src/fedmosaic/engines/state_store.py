@@ -1,8 +1,10 @@
 """Client states on disk, versioned by round, with a small in-memory cache.
 
-A state written in round r is kept beside the newest state from before r until round r is
-committed, so a run killed mid-round resumes from states that match its last checkpoint. Only a
-bounded number of states stay in memory: 1,000 clients fit in one process.
+A state written in round r is kept beside the client's states from before it back to the newest one
+from before round r - 1: a run killed mid-round resumes from states that match its last checkpoint
+(round r - 1), and when that checkpoint turns out damaged, from the one before it (round r - 2, see
+:meth:`~fedmosaic.engines.run_folder.RunFolder.recover`). So at most three versions per client are on
+disk. Only a bounded number of states stay in memory: 1,000 clients fit in one process.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class ClientStateStore:
             self._remember(client, state)
             return
         save_message(self.root / client / f"r{round:05d}.safetensors", state)
-        older = [(r, p) for r, p in self._versions(client) if r < round]
-        for _, path in older[:-1]:  # keep the newest pre-round version until this round commits
+        # Kept: everything from round - 1 on, and the newest version before it, which is the client's
+        # state at the end of round - 2: the round a damaged checkpoint of round - 1 falls back to.
+        older = [(r, p) for r, p in self._versions(client) if r < round - 1]
+        for _, path in older[:-1]:
             path.unlink(missing_ok=True)
         self._remember(client, state)
 

@@ -19,11 +19,41 @@ from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.text import BertEncoder, PretrainedTextEncoder
 from fedmosaic.models.timeseries import Conv1dEncoder, LSTMEncoder
 
+# The per-sample shape each kind's encoder takes: (number of axes, how to say it).
+ENCODER_SHAPES = {
+    "image": (3, "(C, H, W)"),
+    "audio": (3, "(1, n_mels, frames)"),
+    "timeseries": (2, "(channels, window)"),
+    "embedding": (1, "(dim,)"),
+    "text": (1, "(max_tokens,)"),
+}
 
-def _shape_error(modality: Modality, expected: str) -> ValueError:
-    return ValueError(
-        f"modality {modality.name!r}: a {modality.kind} modality needs shape {expected}, got {modality.shape}"
-    )
+
+def encoder_problem(modality: Modality) -> str | None:
+    """Why :func:`build_encoder` could not build an encoder for ``modality`` (``None``: it can).
+
+    Only kind and shape are checked, so it also answers for a task outline taken before loading
+    (a text modality's ``vocab_size`` is set when the text is tokenised).
+    """
+    if modality.kind not in ENCODER_SHAPES:
+        return f"modality {modality.name!r}: no encoder for kind {modality.kind!r}"
+    axes, expected = ENCODER_SHAPES[modality.kind]
+    if len(modality.shape) != axes:
+        got = modality.shape
+        return f"modality {modality.name!r}: a {modality.kind} modality needs shape {expected}, got {got}"
+    return None
+
+
+def encoder_problems(algorithm: str, info: TaskInfo) -> list[str]:
+    """:meth:`~fedmosaic.core.algorithm.Algorithm.check_task` of an algorithm whose model has one
+    :func:`build_encoder` encoder per modality: one line per modality no encoder takes."""
+    return [f"{algorithm}: {p}" for m in info.modalities if (p := encoder_problem(m)) is not None]
+
+
+def _require_encoder(modality: Modality) -> None:
+    problem = encoder_problem(modality)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def embedding_projection(dim: int, embed_dim: int) -> nn.Module:
@@ -32,15 +62,6 @@ def embedding_projection(dim: int, embed_dim: int) -> nn.Module:
     The LayerNorm puts cached features of any scale (MiniLM, MobileNet) on a common footing first.
     """
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, embed_dim))
-
-
-# What each kind's input looks like per sample; checked before any encoder (built-in or plug-in) is built.
-_KIND_SHAPES: dict[str, tuple[int, str]] = {
-    "image": (3, "(C, H, W)"),
-    "audio": (3, "(1, n_mels, frames)"),
-    "timeseries": (2, "(channels, window)"),
-    "embedding": (1, "(dim,)"),
-}
 
 
 @register_encoder("image", "cnn")
@@ -107,11 +128,8 @@ def build_encoder(modality: Modality, cfg: Any) -> nn.Module:
     is a Hugging Face hub id or a local model folder, loaded with AutoModel. See
     :mod:`fedmosaic.models.encoders` for the registry and the built-ins' names.
     """
-    kind, shape = modality.kind, modality.shape
-    if kind not in ENCODER_FIELDS:
-        raise ValueError(f"modality {modality.name!r}: no encoder for kind {kind!r}")
-    if kind in _KIND_SHAPES and len(shape) != _KIND_SHAPES[kind][0]:
-        raise _shape_error(modality, _KIND_SHAPES[kind][1])
+    _require_encoder(modality)  # kind and shape: the same rule check_task reports before any work
+    kind = modality.kind
     name = getattr(cfg, ENCODER_FIELDS[kind])
     if kind == "text" and not has_encoder("text", name):
         return PretrainedTextEncoder(name, cfg.embed_dim, pretrained=True)

@@ -89,6 +89,28 @@ def freezable(modality: Modality, cfg: Any) -> bool:
     return False
 
 
+# Pooled feature sizes of the MobileNetV3 backbones (the classifier's first in_features).
+MOBILENET_FEATURES = {"small": 576, "large": 960}
+
+
+def frozen_modality(modality: Modality, cfg: Any) -> Modality:
+    """The ``"embedding"`` modality :func:`freeze_store` will make of ``modality``, without encoding.
+
+    For checking an algorithm against the task before any work: the size is read from the encoder's
+    description (a text model's config, MobileNetV3's known feature width), not from running it.
+    """
+    if modality.kind == "image":
+        variant = cfg.image_encoder.removeprefix("mobilenet_v3_")
+        dim = MOBILENET_FEATURES.get(variant, 0)
+    else:
+        from transformers import AutoConfig
+
+        from fedmosaic.data.text import load_pretrained
+
+        dim = int(load_pretrained(AutoConfig.from_pretrained, cfg.text_encoder, "model config").hidden_size)
+    return Modality(modality.name, "embedding", (dim,))
+
+
 def freeze_store(
     modalities: tuple[Modality, ...] | list[Modality],
     store: dict[str, np.ndarray],

@@ -34,6 +34,29 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
+def data_notes(data: dict[str, Any]) -> list[str]:
+    """What the data lost before training, one line each: skipped bad samples, lost clients.
+
+    ``data`` is a summary's ``data`` block (``Task.data_summary()``). The same lines go to the
+    terminal when a run starts and into report.md: a client that vanished is news, not a number only
+    summary.json knows.
+    """
+    lines = []
+    skipped = int(data.get("skipped", 0))
+    if skipped:
+        examples = list(data.get("skipped_examples", []))
+        first = f"; the first: {examples[0]}" if examples else ""
+        counted = f"summary.json counts them and lists the first {len(examples)}"
+        lines.append(
+            f"{skipped} bad sample{'s were' if skipped != 1 else ' was'} skipped "
+            f'(task.on_bad_sample = "skip"){first}; {counted}'
+        )
+    for client in data.get("lost_clients", []):
+        group = f" (group {client['group']})" if client.get("group") else ""
+        lines.append(f"client {client['id']}{group} was lost, the run goes on without it: {client['reason']}")
+    return lines
+
+
 def metrics_table(final: dict[str, dict[str, float]]) -> str:
     """Markdown table: one row per evaluation key, one column per metric."""
     lines = ["| evaluated on | " + " | ".join(METRIC_NAMES) + " |", "|---|" + "---:|" * len(METRIC_NAMES)]
@@ -66,6 +89,7 @@ def _write_run_report(path: Path, plots: bool, comparison: Path | None) -> Path:
         "clients of group g of their deployed model on the modalities they hold. `overall`: the mean "
         "over all clients.",
         "",
+        *_data_section(summary.get("data", {})),
         "## Final metrics",
         "",
         metrics_table(summary["final"]) if summary["final"] else "(no evaluation)",
@@ -94,6 +118,11 @@ def _write_run_report(path: Path, plots: bool, comparison: Path | None) -> Path:
     out = path / "report.md"
     out.write_text("\n".join(parts))
     return out
+
+
+def _data_section(data: dict[str, Any]) -> list[str]:
+    notes = data_notes(data)
+    return ["## Data lost before training", "", *(f"- {line}" for line in notes), ""] if notes else []
 
 
 def _relative(target: Path, start: Path) -> str:
