@@ -133,7 +133,8 @@ class NeedsAudio(FedAvg):
 
 
 def test_a_plugin_declares_its_own_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(algorithms._ALGORITHMS, NeedsAudio.name, NeedsAudio)
+    algorithms.ensure_loaded()
+    monkeypatch.setitem(algorithms.ALGORITHMS._items, NeedsAudio.name, NeedsAudio)  # for this test only
     no_loading(monkeypatch)
     result = run_cli(tmp_path, 'compare=["needs-audio"]')
     assert result.exit_code == 2, result.output
