@@ -90,7 +90,7 @@ def test_the_check_runs_after_loading_when_the_data_set_declares_nothing(
 ) -> None:
     """A plug-in data set without declared modalities is checked on the loaded data, before the split."""
     entry = datasets.get_dataset("synthetic")
-    monkeypatch.setitem(datasets._DATASETS, "synthetic", dataclasses.replace(entry, modalities=None))
+    monkeypatch.setitem(datasets.DATASETS._items, "synthetic", dataclasses.replace(entry, modalities=None))
 
     def no_split(*args: Any) -> Any:
         raise AssertionError("the task was split before the algorithm's fit was checked")
