@@ -352,19 +352,6 @@ class FilePipeline:
         settings = settings_from_config(self.cfg, self.info, self.n_clients)
         return build_client(self.algorithm, settings, self.cfg.privacy)
 
-    def _require_files(self, step: str, files: dict[str, str]) -> None:
-        """One line naming the first missing file ``{client: file name}`` (its folder, if that is what is
-        missing): checked before the task is built, so a site that lacks its folder learns it at once."""
-        for cid, name in files.items():
-            folder = self._dir(cid)
-            if not folder.is_dir():
-                raise PipelineError(
-                    f"{step}: client folder {folder} is missing; a site needs its own folder from the "
-                    f"pipeline root (init-root wrote it) to run {step}"
-                )
-            if not (folder / name).is_file():
-                raise PipelineError(f"{step}: {folder / name} is missing (client {cid}'s part of round)")
-
     def _state(self, cid: str) -> Message:
         self._settle(cid)
         path = self.root / cid / "model.safetensors"
