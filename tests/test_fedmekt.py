@@ -459,3 +459,28 @@ def test_controls_score_the_round0_encoder_and_raw_statistics_with_the_same_prob
     assert torch.equal(window_statistics(x, "acc")[:, 6:9], x[:, :, 0])  # min of an increasing row
     _, off, _ = parts(config(mhealth_dir, "mmfedavg", "algorithm.eval_controls=false"))
     assert not any(k.startswith("control/") for k in off.evaluate(0, task.specs, {}))
+
+
+def test_benchmark_says_when_trivial_controls_are_not_clearly_below_the_methods(monkeypatch):
+    import sys
+
+    from benchmark_runs import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("fedmekt", None)
+    import fedmekt as bench
+
+    def digest(f1: float, raw: float = 0.3, untrained: float = 0.2) -> dict:
+        controls = {
+            f"{prefix}/{s}": {"weighted_f1": value}
+            for prefix, value in (("control/raw_stats", raw), ("control/untrained", untrained))
+            for s in ("acc", "gyro")
+        }
+        return {"median": {s: {"weighted_f1": f1} for s in bench.SUBSETS}, "controls": controls}
+
+    results = {label: [digest(0.6)] for label in bench.ALGORITHMS}
+    assert "Every method beats every trivial control" in bench.controls_check(results)
+    results["FedMEKT-C"] = [digest(0.33)]  # above raw statistics (0.30), but by less than the margin
+    text = bench.controls_check(results)
+    assert "Not clearly above it" in text and "FedMEKT-C (33.0)" in text and "mmFedAvg" not in text
+    assert "raw statistics" in text  # names the best trivial control
