@@ -417,7 +417,8 @@ def controls_check(results: dict) -> str:
             "comparison below measures representation learning."
         )
     return head + (
-        f"**Not clearly above it (margin < {100 * CLEAR_MARGIN:.0f} points): {', '.join(failing)}.** For "
+        f"**Not clearly above it (below it, or less than {100 * CLEAR_MARGIN:.0f} points above): "
+        f"{', '.join(failing)}.** For "
         "these, the table cannot show that federated representation learning added anything; a "
         "ranking among them says little about the methods."
     )
