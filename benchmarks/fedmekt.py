@@ -49,14 +49,23 @@ ALGORITHMS = {
     "FedMEKT-S": ["algorithm.name=fedmekt", "algorithm.variant=S"],
     "mmFedAvg": ["algorithm.name=mmfedavg"],
     "mmFedProx": ["algorithm.name=mmfedprox"],
+    # control: the same clients with their labels, a supervised model (what labels alone reach)
+    "supervised FedAvg": ["algorithm.name=fedavg"],
 }
+METHODS = ("FedMEKT-C", "FedMEKT-S", "mmFedAvg", "mmFedProx")
+# Controls every autoencoder run scores with the same probe and labels (eval key prefix -> row label)
+CONTROLS = {
+    "control/untrained": "untrained encoder (round-0 weights)",
+    "control/raw_stats": "raw statistics (mean, std, min, max per channel)",
+}
+CLEAR_MARGIN = 0.05  # weighted-F1: a method must beat every trivial control by this much to count
 # The target is wall seconds per round on a 2-core CPU, judged on the last row: both cores training
 # clients (engine.workers=2). The one-worker rows give the CPU split.
 SPEED_RUNS = ("FedMEKT-C", "mmFedAvg", "FedMEKT-C, 2 workers")
 SUBSETS = ("test/acc", "test/gyro")
 LAST = 10  # rounds whose median is reported
 # --smoke: the same code path on a sliver of the work (CI checks that the script runs, not the numbers)
-SMOKE = ["clients.per_round=3", "training.local_epochs=1", "algorithm.probe_epochs=2"]
+SMOKE = ["clients.per_round=3", "training.local_epochs=1"]
 # Paper (Le et al. 2023), mHealth acc/gyro: FedMEKT-C beats mmFedAvg by 1-4 F1 points.
 
 
@@ -102,11 +111,19 @@ def digest(result: dict) -> dict:
     rows = result["rows"]
     evaluated = [r["eval"] for r in rows if "eval" in r][-LAST:]
     med = {s: {k: float(np.median([e[s][k] for e in evaluated])) for k in evaluated[-1][s]} for s in SUBSETS}
+    # the controls do not change from round to round: the last evaluated row holds them
+    controls = {
+        f"{prefix}/{s.split('/', 1)[1]}": evaluated[-1][f"{prefix}/{s.split('/', 1)[1]}"]
+        for prefix in CONTROLS
+        for s in SUBSETS
+        if f"{prefix}/{s.split('/', 1)[1]}" in evaluated[-1]
+    }
     proxy = sum(r["train"].get("proxy_bytes", 0.0) for r in rows)
     n = len(rows)
     s = result["summary"]
     return {
         "median": med,
+        "controls": controls,
         "up": s["bytes_up"] / n,
         "down": s["bytes_down"] / n,
         "down_steady": (s["bytes_down"] - proxy) / n,
@@ -233,6 +250,7 @@ def speed_row(workdir: Path, rounds: int, scale: float, seeds: list[int]) -> dic
         "clients.per_round=9",
         "training.local_epochs=2",
         "training.batch_size=32",
+        "algorithm.eval_controls=false",  # the controls' one-off cost is not a round's
     ]
     out: dict = {"seeds": seeds, "rounds": rounds, "scale": scale}
     for seed in seeds:
@@ -308,7 +326,12 @@ def table(results: dict, majority: dict, sizes: dict, seeds: list[int], rounds: 
         f"proxy {sizes['proxy']} and labelled {sizes['labelled']} windows held by the server; "
         f"{sizes['client_train']} client training windows, never labelled. Split LSTM autoencoder "
         "(rep_size 4) for every algorithm; F1 (%) of a fresh linear probe on the frozen global encoder, "
-        f"median of the last {LAST} rounds, mean ± std over seeds. Command: `{command}`",
+        f"median of the last {LAST} rounds, mean ± std over seeds. Controls: supervised FedAvg trains "
+        "the default sensor classifier on the same clients *with* their labels (scored by its own head); "
+        "the untrained encoder (the round-0 weights every autoencoder run starts from) and the raw "
+        "statistics are scored by the same probe on the same labelled windows (constant over rounds; "
+        "their one-off probe cost is in the autoencoder rows' CPU seconds). "
+        f"Command: `{command}`",
         "",
         "| algorithm | weighted-F1 acc | macro-F1 acc | weighted-F1 gyro | macro-F1 gyro "
         "| MB up / round | MB down / round | s / round (wall) | CPU s / round |",
@@ -327,11 +350,20 @@ def table(results: dict, majority: dict, sizes: dict, seeds: list[int], rounds: 
         wall = mean_std([d["wall"] for d in digests], 2)
         cpu = mean_std([d["cpu"] for d in digests], 2)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {mb(up)} | {down_cell} | {wall} | {cpu} |")
+    for prefix, name in CONTROLS.items():
+        digests = results["mmFedAvg"]  # every autoencoder run scores the same controls (same seed, init)
+        cells = [
+            mean_std([100 * d["controls"][f"{prefix}/{s.split('/', 1)[1]}"][k] for d in digests], 1)
+            for s in SUBSETS
+            for k in ("weighted_f1", "macro_f1")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | 0 | 0 | – | – |")
     m = majority["all"]
     lines.append(
         f"| majority class | {100 * m['weighted_f1']:.1f} | {100 * m['macro_f1']:.1f} | "
         f"{100 * m['weighted_f1']:.1f} | {100 * m['macro_f1']:.1f} | 0 | 0 | – | – |"
     )
+    lines += ["", controls_check(results)]
     c = np.mean([d["median"][s]["weighted_f1"] for d in results["FedMEKT-C"] for s in SUBSETS])
     a = np.mean([d["median"][s]["weighted_f1"] for d in results["mmFedAvg"] for s in SUBSETS])
     cm = np.mean([d["up"] + d["down_steady"] for d in results["FedMEKT-C"]])
@@ -348,6 +380,48 @@ def table(results: dict, majority: dict, sizes: dict, seeds: list[int], rounds: 
         "encoder and decoder.",
     ]
     return "\n".join(lines)
+
+
+def _mean_f1(digests: list[dict], key: str = "") -> float:
+    """Weighted-F1 averaged over acc-only and gyro-only and over seeds (a method, or a control key)."""
+    if key:
+        return float(
+            np.mean(
+                [
+                    d["controls"][f"{key}/{s.split('/', 1)[1]}"]["weighted_f1"]
+                    for d in digests
+                    for s in SUBSETS
+                ]
+            )
+        )
+    return float(np.mean([d["median"][s]["weighted_f1"] for d in digests for s in SUBSETS]))
+
+
+def controls_check(results: dict) -> str:
+    """Whether the trivial controls score clearly below every method, said before any comparison."""
+    trivial = {name: _mean_f1(results["mmFedAvg"], prefix) for prefix, name in CONTROLS.items()}
+    best_name = max(trivial, key=trivial.__getitem__)
+    failing = [
+        f"{label} ({100 * _mean_f1(results[label]):.1f})"
+        for label in METHODS
+        if _mean_f1(results[label]) < trivial[best_name] + CLEAR_MARGIN
+    ]
+    head = (
+        f"**Controls first.** Best trivial control: {best_name}, {100 * trivial[best_name]:.1f} weighted-F1 "
+        "(mean of acc-only and gyro-only); supervised FedAvg on the same clients' labels: "
+        f"{100 * _mean_f1(results['supervised FedAvg']):.1f}. "
+    )
+    if not failing:
+        return head + (
+            f"Every method beats every trivial control by at least {100 * CLEAR_MARGIN:.0f} points, so the "
+            "comparison below measures representation learning."
+        )
+    return head + (
+        f"**Not clearly above it (below it, or less than {100 * CLEAR_MARGIN:.0f} points above): "
+        f"{', '.join(failing)}.** For "
+        "these, the table cannot show that federated representation learning added anything; a "
+        "ranking among them says little about the methods."
+    )
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def config(data_dir: Path, algorithm: str = "fedmekt", *extra: str) -> RunConfig
             "clients.per_round=4",
             f"algorithm.name={algorithm}",
             "algorithm.proxy_batch=12" if algorithm == "fedmekt" else "algorithm.rep_size=4",
-            "algorithm.probe_epochs=5",
+            "algorithm.probe_max_iter=500",
             *extra,
         ],
     )
@@ -374,3 +374,113 @@ def test_resume_continues_with_the_same_metrics_and_does_not_resend_the_proxy(tm
         read_jsonl(tmp_path / "cut" / "metrics.jsonl"),
     )
     assert full == cut  # the same metrics and the same byte counts (proxy_bytes included) per round
+
+
+def _separable(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = gen.normal(size=(n, 5)) + 2.0 * np.eye(3, 5)[y]
+    return x, y
+
+
+def test_probe_is_trained_to_its_tolerance_and_records_steps_and_loss():
+    from sklearn.linear_model import LogisticRegression
+
+    from fedmosaic.models.linear_probe import fit_probe
+
+    x, y = _separable(120)
+    probe, record = fit_probe(x, y, tol=1e-8, max_iter=10_000, c=1.0)
+    assert record["probe_converged"] == 1.0 and 1 <= record["probe_steps"] < 10_000
+    # at the optimum: a much longer run of the same objective finds the same weights and loss
+    ref = LogisticRegression(tol=1e-12, max_iter=100_000).fit(x, y)
+    assert np.allclose(probe.coef_, ref.coef_, atol=1e-4)
+    assert record["probe_train_loss"] == pytest.approx(
+        float(-np.log(ref.predict_proba(x)[np.arange(len(y)), y]).mean()), abs=1e-6
+    )
+    _, short = fit_probe(x, y, tol=1e-8, max_iter=2, c=1.0)
+    assert short["probe_converged"] == 0.0 and short["probe_steps"] == 2
+    assert short["probe_train_loss"] > record["probe_train_loss"]
+
+
+def test_evaluation_rows_carry_the_probe_record_and_warn_when_it_stops_early(mhealth_dir, caplog):
+    task, server, _ = parts(config(mhealth_dir, "mmfedavg", "algorithm.eval_controls=false"))
+    with caplog.at_level("WARNING", logger="fedmosaic.algorithms.autoencoder_base"):
+        out = server.evaluate(1, task.specs, {})
+    assert not caplog.records  # converged: nothing to say
+    for key in ("test/acc", "test/gyro", "test/acc+gyro"):
+        assert out[key]["probe_converged"] == 1.0 and out[key]["probe_steps"] >= 1
+        assert math.isfinite(out[key]["probe_train_loss"]) and out[key]["probe_train_loss"] > 0
+    assert set(out["overall"]) == {"accuracy", "macro_f1", "weighted_f1"}  # no means of probe records
+    _, capped, _ = parts(
+        config(mhealth_dir, "mmfedavg", "algorithm.probe_max_iter=1", "algorithm.eval_controls=false")
+    )
+    with caplog.at_level("WARNING", logger="fedmosaic.algorithms.autoencoder_base"):
+        out = capped.evaluate(3, task.specs, {})
+    assert out["test/acc"]["probe_steps"] == 1 and out["test/acc"]["probe_converged"] == 0.0
+    assert len(caplog.records) == 1  # once per evaluation, naming the keys and the config fields
+    assert "round 3" in caplog.text and "algorithm.probe_tol" in caplog.text and "test/acc" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("algorithm.probe_tol=0", "algorithm.probe_tol"),
+        ("algorithm.probe_tol=0.5", "algorithm.probe_tol"),
+        ("algorithm.probe_max_iter=0", "algorithm.probe_max_iter"),
+        ("algorithm.probe_c=0", "algorithm.probe_c"),
+    ],
+)
+def test_probe_bounds_are_one_line_errors(setting, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["algorithm.name=mmfedavg", setting])
+    assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+def test_controls_score_the_round0_encoder_and_raw_statistics_with_the_same_probe(mhealth_dir):
+    from fedmosaic.models.linear_probe import linear_evaluation, window_statistics
+
+    task, server, client = parts(config(mhealth_dir, "mmfedavg"))
+    before = server.evaluate(0, task.specs, {})
+    states: dict[str, Message] = {}
+    play_round(task, server, client, 1, states)
+    after = server.evaluate(1, task.specs, {})
+    for subset in ("acc", "gyro", "acc+gyro"):
+        # round 0: the trained encoder is the untrained one, so the two rows agree exactly
+        assert before[f"control/untrained/{subset}"] == before[f"test/{subset}"]
+        # the controls do not move with training; the encoder's own row does
+        assert after[f"control/untrained/{subset}"] == before[f"control/untrained/{subset}"]
+        assert after[f"control/raw_stats/{subset}"] == before[f"control/raw_stats/{subset}"]
+    assert after["test/acc"] != before["test/acc"]
+    # raw statistics are exactly the documented features under the same probe
+    raw = linear_evaluation(window_statistics, task.labelled, task.test, task.info, 1e-6, 500)
+    assert raw["acc"] == after["control/raw_stats/acc"]
+    x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    assert window_statistics(x, "acc").shape == (2, 12)
+    assert torch.equal(window_statistics(x, "acc")[:, 6:9], x[:, :, 0])  # min of an increasing row
+    _, off, _ = parts(config(mhealth_dir, "mmfedavg", "algorithm.eval_controls=false"))
+    assert not any(k.startswith("control/") for k in off.evaluate(0, task.specs, {}))
+
+
+def test_benchmark_says_when_trivial_controls_are_not_clearly_below_the_methods(monkeypatch):
+    import sys
+
+    from benchmark_runs import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("fedmekt", None)
+    import fedmekt as bench
+
+    def digest(f1: float, raw: float = 0.3, untrained: float = 0.2) -> dict:
+        controls = {
+            f"{prefix}/{s}": {"weighted_f1": value}
+            for prefix, value in (("control/raw_stats", raw), ("control/untrained", untrained))
+            for s in ("acc", "gyro")
+        }
+        return {"median": {s: {"weighted_f1": f1} for s in bench.SUBSETS}, "controls": controls}
+
+    results = {label: [digest(0.6)] for label in bench.ALGORITHMS}
+    assert "Every method beats every trivial control" in bench.controls_check(results)
+    results["FedMEKT-C"] = [digest(0.33)]  # above raw statistics (0.30), but by less than the margin
+    text = bench.controls_check(results)
+    assert "Not clearly above it" in text and "FedMEKT-C (33.0)" in text and "mmFedAvg" not in text
+    assert "raw statistics" in text  # names the best trivial control

@@ -14,7 +14,17 @@ def test_fedmekt_benchmark_smoke(tmp_path: Path) -> None:
         pytest.skip("real HAPT archive not available")
     target = tmp_path / "BENCHMARKS.md"
     proc = run_benchmark("fedmekt.py", "--smoke", "--output", str(target), timeout=600)
-    for text in ("| FedMEKT-C |", "| FedMEKT-S |", "| mmFedAvg |", "| mmFedProx |", "| majority class |"):
+    for text in (
+        "| FedMEKT-C |",
+        "| FedMEKT-S |",
+        "| mmFedAvg |",
+        "| mmFedProx |",
+        "| majority class |",
+        "| supervised FedAvg |",
+        "| untrained encoder (round-0 weights) |",
+        "| raw statistics (mean, std, min, max per channel) |",
+        "**Controls first.**",
+    ):
         assert text in proc.stdout
     assert "FedMEKT speed at mHealth-like sizes" in proc.stdout and "benchmarks/fedmekt.py" in proc.stdout
     assert "| clients (fit) | server (configure + aggregate) | linear evaluation |" in proc.stdout

@@ -175,7 +175,7 @@ def fedmekt_cfg(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
             *mhealth_overrides(data, rounds=1),
             "algorithm.name=fedmekt",
             "algorithm.proxy_batch=12",
-            "algorithm.probe_epochs=5",
+            "algorithm.probe_max_iter=500",
         ],
     )
 

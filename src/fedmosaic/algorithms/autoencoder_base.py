@@ -8,6 +8,7 @@ labelled set ever meets a label (through a fresh linear probe on the frozen glob
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -21,8 +22,10 @@ from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
 from fedmosaic.core.task import TaskInfo, View
 from fedmosaic.models.autoencoder import SplitAutoencoder
-from fedmosaic.models.linear_probe import linear_evaluation
+from fedmosaic.models.linear_probe import PROBE_KEYS, linear_evaluation, unconverged, window_statistics
 from fedmosaic.models.params import load_arrays, to_arrays
+
+log = logging.getLogger(__name__)
 
 
 class AutoencoderConfig(AlgorithmConfig):
@@ -32,8 +35,18 @@ class AutoencoderConfig(AlgorithmConfig):
         4, ge=1, description="top encoder layer width (4 for mHealth-like data, 10 for Opportunity)"
     )
     lr_local: float = Field(0.004, gt=0, description="clients' Adam learning rate")
-    lr_probe: float = Field(0.006, gt=0, description="the linear probe's Adam learning rate")
-    probe_epochs: int = Field(30, ge=1, description="epochs of the fresh linear probe over the labelled set")
+    probe_tol: float = Field(
+        1e-6, gt=0, le=1e-2, description="gradient tolerance of the L-BFGS logistic-regression probe"
+    )
+    probe_max_iter: int = Field(
+        5000, ge=1, le=1_000_000, description="at most this many L-BFGS iterations of the probe"
+    )
+    probe_c: float = Field(1.0, gt=0, description="inverse L2 strength of the probe (standardised features)")
+    eval_controls: bool = Field(
+        True,
+        description="also score the untrained (round-0) encoder and raw window statistics with the same "
+        "probe and labels (eval keys control/untrained/<subset>, control/raw_stats/<subset>)",
+    )
     reverse_target: bool = Field(
         True, description="reconstruct the window time-reversed (the reference's choice)"
     )
@@ -132,6 +145,7 @@ class LinearEvalServer:
         self.settings = settings
         self.data = data
         self.model = build_autoencoder(settings)
+        self._controls: dict[str, dict[str, float]] | None = None
 
     def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
         return {}  # one global encoder: the server evaluates it on its own labelled and test sets
@@ -140,22 +154,61 @@ class LinearEvalServer:
     def _features(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         return self.model.represent(x, modality)
 
-    def evaluate(
-        self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
-    ) -> dict[str, dict[str, float]]:
+    def _probe(self, featurize: Callable[[torch.Tensor, str], torch.Tensor]) -> dict[str, dict[str, float]]:
         cfg = self.settings.algorithm
-        self.model.eval()
-        results = linear_evaluation(
-            self._features,
+        return linear_evaluation(
+            featurize,
             self.data.labelled,
             self.data.test,
             self.settings.info,
-            Rng(self.settings.seed, round, SERVER),
-            lr=cfg.lr_probe,
-            epochs=cfg.probe_epochs,
+            tol=cfg.probe_tol,
+            max_iter=cfg.probe_max_iter,
+            c=cfg.probe_c,
         )
-        subsets = {f"test/{k}": v for k, v in results.items()}
-        return {**subsets, **global_model_groups(subsets, clients)}
+
+    def controls(self) -> dict[str, dict[str, float]]:
+        """The same probe and labels on features that involve no federated learning.
+
+        ``control/untrained/<subset>``: the run's initial encoder (the round-0 weights every party
+        starts from); ``control/raw_stats/<subset>``: mean, std, min and max per channel. Neither
+        depends on the round, so they are computed once per server object and repeated in every
+        evaluated row (a reloaded server recomputes the same numbers: the probe has no seed).
+        """
+        if self._controls is None:
+            initial = build_autoencoder(self.settings).eval()
+
+            @torch.no_grad()
+            def untrained(x: torch.Tensor, modality: str) -> torch.Tensor:
+                return initial.represent(x, modality)
+
+            self._controls = {
+                **{f"control/untrained/{k}": v for k, v in self._probe(untrained).items()},
+                **{f"control/raw_stats/{k}": v for k, v in self._probe(window_statistics).items()},
+            }
+        return self._controls
+
+    def evaluate(
+        self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
+    ) -> dict[str, dict[str, float]]:
+        self.model.eval()
+        subsets = {f"test/{k}": v for k, v in self._probe(self._features).items()}
+        # group/* and overall are means over clients of their group's metrics, not of probe records
+        metrics_only = {k: {m: x for m, x in v.items() if m not in PROBE_KEYS} for k, v in subsets.items()}
+        out = {**subsets, **global_model_groups(metrics_only, clients)}
+        if self.settings.algorithm.eval_controls:
+            out.update(self.controls())
+        missed = unconverged(out)
+        if missed:
+            cfg = self.settings.algorithm
+            log.warning(
+                "round %d: the linear probe did not reach algorithm.probe_tol=%g within "
+                "algorithm.probe_max_iter=%d iterations for %s; its scores understate the features",
+                round,
+                cfg.probe_tol,
+                cfg.probe_max_iter,
+                ", ".join(missed),
+            )
+        return out
 
     def model_state(self) -> dict[str, np.ndarray]:
         """The global autoencoder's arrays, for checkpoints."""
