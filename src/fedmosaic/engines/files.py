@@ -446,14 +446,21 @@ class FilePipeline:
     def _hint(self, step: str) -> str:
         return f"fedmosaic {step} --root {self.root}"
 
-    def _coordinator(self, step: str) -> dict[str, Any]:
-        """The coordinator's progress for ``step``; :class:`AlreadyDone` once every round is done."""
+    def _coordinator(self, step: str, during: str | None = None) -> dict[str, Any]:
+        """The coordinator's progress for ``step``; :class:`AlreadyDone` once every round is done, or
+        (with ``during``) once the round has moved past that phase."""
         progress = self.progress
         if progress["due"] == "plan":  # init-root was interrupted after writing the tree
             self._plan(progress["round"])
             progress = self.progress
         if progress["due"] == "done":
             raise AlreadyDone(f"{step}: already done: the pipeline finished all {self.cfg.rounds} rounds")
+        if during is not None and progress["due"] != during:
+            nxt = self.next_step()
+            raise AlreadyDone(
+                f"{step}: already done in round {progress['round']}; "
+                f"the next step is {nxt} ({self._hint(nxt)})"
+            )
         return progress
 
     def _check_client(self, step: str, cid: str, listed: list[str], r: int) -> None:
@@ -506,13 +513,8 @@ class FilePipeline:
         return todo
 
     def _coordinator_train_todo(self, client: str | None) -> list[str]:
-        progress = self._coordinator("train-clients")
+        progress = self._coordinator("train-clients", during="train-clients")
         r, planned = progress["round"], progress["planned"]
-        if progress["due"] != "train-clients":
-            nxt = self.next_step()
-            raise AlreadyDone(
-                f"train-clients: already done in round {r}; the next step is {nxt} ({self._hint(nxt)})"
-            )
         pending = [c for c in planned if not self._answered(c, "outbox", r)]
         if client is not None:
             self._check_client("train-clients", client, planned, r)
@@ -580,13 +582,8 @@ class FilePipeline:
         come later, are ignored.
         """
         t0 = time.perf_counter()
-        progress = self._coordinator("aggregate-vectors")
+        progress = self._coordinator("aggregate-vectors", during="train-clients")
         r, planned = progress["round"], progress["planned"]
-        if progress["due"] != "train-clients":
-            nxt = self.next_step()
-            raise AlreadyDone(
-                f"aggregate-vectors: already done in round {r}; the next step is {nxt} ({self._hint(nxt)})"
-            )
         self._check_min(min_clients, len(planned))
         answered = [c for c in planned if self._answered(c, "outbox", r)]
         missing = [c for c in planned if c not in answered]
