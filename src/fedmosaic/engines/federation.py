@@ -140,7 +140,11 @@ class Federation:
         self.history: list[RoundResult] = []
         self._totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "wall_s": 0.0}
         self._timings: list[dict[str, Any]] = []
-        self.round = self._restore()
+        try:
+            self.round = self._restore()
+        except BaseException:
+            self.close()  # a folder that cannot be resumed is not kept locked by this process
+            raise
 
     @classmethod
     def from_config(
