@@ -136,9 +136,7 @@ def test_anchor_loss_pulls_a_clients_proxy_vectors_to_the_anchor(tiny_cfg: RunCo
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     for epoch in range(30):
         model.train()
-        client._anchor_epoch(
-            model, optimizer, {"text": x}, {"text": anchor}, np.random.default_rng(epoch)
-        )
+        client._anchor_epoch(model, optimizer, {"text": x}, {"text": anchor}, np.random.default_rng(epoch))
     assert before < 0.2 and matched() > 0.75  # measured: 0.04 before, 0.92-1.0 after (4 torch seeds)
 
 

@@ -27,7 +27,16 @@ from fedmosaic.algorithms.gvf.config import GVFConfig
 from fedmosaic.algorithms.gvf.maths import choose_k as silhouette_k
 from fedmosaic.algorithms.gvf.maths import contribution_weights, global_vectors, sample_means, weighted_sum
 from fedmosaic.algorithms.gvf.model import ENCODERS, SHARED, build_model, shared_names
-from fedmosaic.algorithms.gvf.wire import PRIV, VEC, FitInstruction, FitReply, Update
+from fedmosaic.algorithms.gvf.wire import (
+    BANK,
+    PRIV,
+    VEC,
+    FitInstruction,
+    FitReply,
+    Update,
+    named,
+    split_names,
+)
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import ServerData, Settings, sample_clients
@@ -39,7 +48,7 @@ from fedmosaic.core.validation import ArraySpec, ReplySpec
 from fedmosaic.models.params import load_arrays, to_arrays
 
 # Server state names besides the model's parameters (the global vectors use the wire's ``gv/<m>``).
-BANK_STATE, PSEUDO_STATE, ANCHOR_STATE, DELIVERED = "gv/", "pseudo", "anchor", "delivered"
+PSEUDO_STATE, ANCHOR_STATE, DELIVERED = "pseudo", "anchor", "delivered"
 
 
 class GVFServer:
@@ -239,7 +248,7 @@ class GVFServer:
 
     def state(self) -> Message:
         arrays = to_arrays(self.model, self.aggregated)
-        arrays.update({BANK_STATE + m: v for m, v in self.bank.items()})
+        arrays.update(named(BANK, self.bank))
         if self.pseudo is not None:
             arrays[PSEUDO_STATE] = self.pseudo
         if self.anchor is not None:
@@ -247,11 +256,11 @@ class GVFServer:
         return Message(arrays, self.delivery.to_meta(DELIVERED))
 
     def load_state(self, state: Message) -> None:
-        parameters = {k: v for k, v in state.arrays.items() if k.startswith(self.aggregated)}
+        parameters, kinds = split_names(state.arrays, (BANK,))
+        self.pseudo = parameters.pop(PSEUDO_STATE, None)
+        self.anchor = parameters.pop(ANCHOR_STATE, None)
         load_arrays(self.model, parameters)
-        self.bank = {k[len(BANK_STATE) :]: v for k, v in state.arrays.items() if k.startswith(BANK_STATE)}
-        self.pseudo = state.arrays.get(PSEUDO_STATE)
-        self.anchor = state.arrays.get(ANCHOR_STATE)
+        self.bank = kinds[BANK]
         self.delivery.load_meta(state, DELIVERED)
 
 
