@@ -131,7 +131,7 @@ class GVFServer:
         if self.cfg.global_vectors:
             stats.update(self.build_global_vectors(parsed, rng))
         if self.cfg.anchor_weight > 0:
-            self.anchor = self.build_anchor([FitReply.from_message(r) for r in replies.values()])
+            self.anchor = self.build_anchor([parsed[c] for c in replies])  # in the replies' order
         if self.cfg.proxy_weight > 0:
             self.pseudo = self.build_proxy_labels(parsed, trained_with)
             stats["pseudo_labelled"] = float((self.pseudo >= 0).mean())
