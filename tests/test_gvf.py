@@ -306,13 +306,13 @@ def test_only_proxy_vectors_and_shared_weights_leave_a_client(tiny_cfg: RunConfi
 
 
 def test_local_only_variant_exchanges_nothing(tmp_path: Path) -> None:
-    # the 4-client task of the conformance battery: two runs here, each a third of a 10-client one
+    # the conformance battery's 4-client task (a third of a 10-client run), which also runs gvf itself
     record: list = []
     summary = _run(tiny_config("gvf-local", ["algorithm.dim=16"]), tmp_path / "run", record)
     assert record and all(not m.arrays and not r.arrays for _, m, r in record)  # nothing down, nothing up
+    assert {k for _, _, r in record for k in r.meta} == set(gvf.FitReply.META)  # the training scalars
     assert summary["bytes_up"] == 0 and summary["bytes_down"] == 0
-    federated = _run(tiny_config("gvf", ["algorithm.dim=16"]), tmp_path / "federated")
-    assert federated["final"] != summary["final"]  # the exchange changes the clients' models
+    assert all(math.isfinite(v["accuracy"]) for k, v in summary["final"].items() if k.startswith("group/"))
 
 
 def test_private_vectors_leave_only_when_allowed(tiny_cfg: RunConfig, tmp_path: Path) -> None:
