@@ -33,7 +33,8 @@ from fedmosaic.config import load_config
 SECTION = "gvf"
 BASELINES = ("local", "fedavg")
 # Each ablation switches one part of gvf's defaults (alignment and the proxy-label extension are off
-# by default since they measured worse; their rows switch them on).
+# by default since they measured worse; their rows switch them on); the last two rows are variants
+# (algorithm.name, set after the main row's "gvf").
 ABLATIONS = {
     "random pairing": ["algorithm.pairing=random"],
     "with alignment (InfoNCE)": ["algorithm.alignment=true"],
@@ -44,11 +45,12 @@ ABLATIONS = {
     "personal classifier": ["algorithm.shared_classifier=false"],
     "no update step (own fine-tuned shared part)": ["algorithm.update_clients=false"],
     "with proxy labels (extension)": ["algorithm.proxy_weight=1"],
-    # The like-for-like local-only control: gvf's own model, trained on each client's data alone.
-    "no federation (gvf's model, local only)": ["algorithm.federate=false"],
-    # Not an ablation: it breaks the design (encoders leave the clients) to measure what keeping them
-    # private costs.
-    "diagnostic: encoders shared too": ["algorithm.share_encoders=true"],
+    # The like-for-like local-only control (a variant, not a switch): gvf's own model, trained on each
+    # client's data alone.
+    "no federation (gvf's model, local only)": ["algorithm.name=gvf-local"],
+    # Not an ablation: the diagnostic variant breaks the design (encoders leave the clients) to
+    # measure what keeping them private costs.
+    "diagnostic: encoders shared too": ["algorithm.name=gvf-shared-encoders"],
 }
 SMOKE = [
     "task.options.n_samples=300",

@@ -46,7 +46,7 @@ SMOKE = [
 
 def retrieval(a: np.ndarray, b: np.ndarray) -> float:
     """How often row i of ``a``'s nearest row of ``b`` (cosine) is row i."""
-    sim = gvf._unit(a) @ gvf._unit(b).T
+    sim = gvf.unit_rows(a) @ gvf.unit_rows(b).T
     return float((sim.argmax(1) == np.arange(len(a))).mean())
 
 
@@ -94,8 +94,9 @@ def report(fed: Federation, task) -> None:
         state = fed.client_state(spec.id)
         # a copy: the client reuses one model object for every client it evaluates
         models[spec.id] = copy.deepcopy(client.evaluated_model(update[spec.id], state))
+        inputs = gvf.ClientState.from_message(state).proxy
         for m in spec.modalities:
-            vectors[spec.id, m] = client._vectors(models[spec.id], m, state.arrays[gvf.PROXY + m])
+            vectors[spec.id, m] = client._vectors(models[spec.id], m, inputs[m])
     complete = [s.id for s in fed.specs if len(s.modalities) == len(names)]
     labels = proxy.labels
     print(f"2./3. one space? (retrieval, chance {1 / len(labels):.3f}) and class information (probe)")

@@ -61,7 +61,8 @@ SETTINGS = [
     ("fedcmi", "fedcmi", False, []),
     ("gvf", "gvf", False, ["algorithm.proxy_weight=1"]),
     ("gvf allow_private_vectors=true", "gvf", False, ["algorithm.allow_private_vectors=true"]),
-    ("gvf share_encoders=true", "gvf", False, ["algorithm.share_encoders=true"]),
+    ("gvf-local", "gvf-local", False, []),
+    ("gvf-shared-encoders", "gvf-shared-encoders", False, []),
     ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12"]),
     ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12", 'algorithm.variant="S"']),
     ("mmfedavg", "mmfedavg", True, []),
@@ -340,7 +341,7 @@ def test_no_private_sample_and_nothing_undocumented_leaves_a_client(
     assert {s.client for s in fits} and len(fits) >= cfg.rounds  # the recorder saw every round
     assert audit_leaks(task, log) == []
     assert undocumented(log, task, documented_names()[setting]) == []
-    if setting.startswith("gvf"):  # the switch decides whether private-sample vectors leave
+    if setting.startswith("gvf"):  # the switch decides whether private-sample vectors leave (any variant)
         sent_priv = any(n.startswith("priv/") for s in fits for n in s.message.arrays)
         assert sent_priv == cfg.algorithm.allow_private_vectors
 
