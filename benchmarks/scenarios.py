@@ -135,6 +135,29 @@ def baselines(data_dir: Path, seed: int) -> dict[str, float]:
     }
 
 
+def defaults() -> str:
+    """Each compared algorithm's default hyperparameters, as its config class declares them."""
+    from fedmosaic.algorithms.registry import get_algorithm
+
+    parts = []
+    for name in ALGORITHMS:
+        fields = {k: v for k, v in get_algorithm(name).Config(name=name).model_dump().items() if k != "name"}
+        if fields:
+            parts.append(f"{name} " + ", ".join(f"{k} {v}" for k, v in fields.items()))
+    return "; ".join(parts)
+
+
+def paired(results: dict[str, list[dict]], a: tuple[str, str], b: tuple[str, str]) -> str:
+    """``F1(a) - F1(b)`` paired by seed, ``(setting, algorithm)`` each: mean ± std and how often a wins."""
+    runs_a = {r["_seed"]: r for r in results.get(a[0], [])}
+    runs_b = {r["_seed"]: r for r in results.get(b[0], [])}
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not seeds:
+        return "n/a"
+    diff = [f1(runs_a[s][a[1]]) - f1(runs_b[s][b[1]]) for s in seeds]
+    return f"{mean_std(diff, 1)} F1 points (ahead in {sum(d > 0 for d in diff)}/{len(seeds)} seeds)"
+
+
 def f1(summary: dict) -> float:
     return 100 * summary["final"]["test/acc+gyro"]["macro_f1"]
 
@@ -160,10 +183,14 @@ def table(
         f"training windows, {per_round} clients per round, {rounds} rounds, SGD lr 0.05, batch 16, "
         f"1 local epoch, seeds {', '.join(map(str, seeds))}; macro-F1 (%) of the global model on the "
         f"{first['data']['test']} test windows with both sensors, mean ± std over seeds. Algorithms at "
-        "their defaults (fedprox mu 0.01, fedopt adam server lr 0.01, scaffold server lr 1, moon mu 1 "
-        f"tau 0.5). Script: `{script}` (total {cpu:.0f} CPU s, {wall_s:.0f} s wall).",
+        f"their defaults ({defaults()}). Script: `{script}` (total {cpu:.0f} CPU s"
+        + (f", {wall_s:.0f} s wall" if wall_s else "")
+        + " of the runs). Each row is one command per seed, the five algorithms on the same task "
+        f"(fedavg with the others as `compare` baselines): `{command([], seeds[0], rounds, per_round)}` "
+        "(HAPT unpacked into ./HAPT from ../shared/datasets/uci-hapt) plus the row's `--set`, with "
+        "`--set seed=1`, `2` for the other seeds.",
         "",
-        "| setting | " + " | ".join(ALGORITHMS) + " | command (seed 0; --set seed=1, 2 for the others) |",
+        "| setting | " + " | ".join(ALGORITHMS) + " | row's extra `--set` |",
         "|---|" + "---:|" * len(ALGORITHMS) + "---|",
     ]
     for label, runs in results.items():
@@ -172,8 +199,8 @@ def table(
         cells = [mean_std([f1(r[a]) for r in runs], 1) for a in ALGORITHMS]
         if len(runs) < len(seeds):
             cells[0] += f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-        cmd = command(chosen[label], seeds[0], rounds, per_round)
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | `{cmd}` |")
+        extra = " ".join(f"--set {x}" for x in chosen[label]) or "(none)"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | `{extra}` |")
     for name, value in trivial.items():
         lines.append(
             f"| {name} (seed {seeds[0]}) | " + " | ".join([f"{value:.1f}"] * len(ALGORITHMS)) + " | |"
@@ -183,6 +210,28 @@ def table(
         + " | ".join(str(PUBLISHED.get(a, "–")) for a in ALGORITHMS)
         + " | |"
     )
+    clean, attention = "clean, fusion mean", "clean, fusion attention"
+    lines += [
+        "",
+        "Paired by seed (macro-F1 points):",
+        "",
+        f"- fedopt − fedavg, clean: {paired(results, (clean, 'fedopt'), (clean, 'fedavg'))}; "
+        f"published: {PUBLISHED['fedopt'] - PUBLISHED['fedavg']:+.2f}",
+        *(
+            f"- attention − mean fusion, {a}: {paired(results, (attention, a), (clean, a))}"
+            for a in ALGORITHMS
+        ),
+        "",
+        "Loss against the clean run (clean − corrupted, paired by seed; positive = the corruption hurts):",
+        "",
+        "| corruption | " + " | ".join(ALGORITHMS) + " |",
+        "|---|" + "---:|" * len(ALGORITHMS),
+    ]
+    for label in results:
+        if label.startswith("clean") or not results[label]:
+            continue
+        cells = [paired(results, (clean, a), (label, a)).replace(" F1 points", "") for a in ALGORITHMS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Effective corruption (seed 0, from summary.json `data.scenarios`):", ""]
     for label, runs in results.items():
         rec = runs[0]["fedavg"]["data"].get("scenarios") if runs else None
@@ -205,8 +254,12 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--keep", type=Path, help="keep the run folders and results.json in this folder")
+    parser.add_argument("--only", nargs="+", help="run only these settings (labels as in the table)")
     parser.add_argument(
-        "--from-results", type=Path, help="write the section from a stored results.json (no training)"
+        "--from-results",
+        type=Path,
+        nargs="+",
+        help="write the section from stored results.json files (no training); their wall times are added",
     )
     args = parser.parse_args()
     seeds = args.seeds[:1] if args.smoke else args.seeds
@@ -215,13 +268,21 @@ def main() -> None:
     chosen = settings(rates)
     if args.smoke:  # one clean and one corrupted setting prove the script works (CI time is scarce)
         chosen = {k: v for k, v in chosen.items() if k in ("clean, fusion mean", "label noise 0.5")}
+    if args.only:
+        unknown = sorted(set(args.only) - set(chosen))
+        if unknown:
+            parser.error(f"--only: unknown setting {unknown[0]!r} (known: {', '.join(chosen)})")
+        chosen = {k: v for k, v in chosen.items() if k in args.only}
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = unpack_hapt(args.shared, Path(tmp))
         if args.from_results:
-            stored = json.loads(args.from_results.read_text())
-            results = {k: stored.get(k, []) for k in chosen}
-            wall = float(stored.get("_wall_s", [0.0])[0]) if "_wall_s" in stored else 0.0
+            # several stored files (runs split over processes) are merged setting by setting
+            stored = [json.loads(Path(p).read_text()) for p in args.from_results]
+            results = {
+                k: sorted((r for s in stored for r in s.get(k, [])), key=lambda r: r["_seed"]) for k in chosen
+            }
+            wall = sum(float(s.get("_wall_s", [0.0])[0]) for s in stored)
         else:
             workdir = args.keep or Path(tmp) / "runs"
             workdir.mkdir(parents=True, exist_ok=True)
