@@ -1,4 +1,4 @@
-"""The scenarios benchmark in smoke mode (one corrupted setting, 1 round, a fraction of HAPT), so it never rots."""
+"""The scenarios benchmark in smoke mode (one setting, 1 round, part of HAPT), so it never rots."""
 
 from __future__ import annotations
 
