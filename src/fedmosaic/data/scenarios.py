@@ -127,7 +127,7 @@ def apply_scenarios(
         train = View(train.info, train.store, client_labels, train.indices, mask)
         spec = ClientSpec(cid, client.spec.modalities, len(train), client.spec.group)
         out.append(ClientData(spec, train, client.val, client.test))
-    names = train.info.class_names if clients else ()
+    names = clients[0].train.info.class_names if clients else ()
     record: dict[str, Any] = {
         "label_missing_rate": scenario.label_missing_rate,
         "label_noise_rate": scenario.label_noise_rate,
