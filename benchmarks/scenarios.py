@@ -283,6 +283,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--keep", type=Path, help="keep the run folders and results.json in this folder")
+    parser.add_argument("--note", default="", help="a sentence added to the section (how the runs were made)")
     parser.add_argument("--only", nargs="+", help="run only these settings (labels as in the table)")
     parser.add_argument(
         "--from-results",
@@ -311,7 +312,7 @@ def main() -> None:
             results = {
                 k: sorted((r for s in stored for r in s.get(k, [])), key=lambda r: r["_seed"]) for k in chosen
             }
-            wall = sum(float(s.get("_wall_s", [0.0])[0]) for s in stored)
+            wall = 0.0  # runs split over processes (some stopped by hand): their wall times go in --note
         else:
             workdir = args.keep or Path(tmp) / "runs"
             workdir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +326,8 @@ def main() -> None:
     if (rounds, per_round, rates) != (10, 10, RATES):
         script += f" --rounds {rounds} --per-round {per_round} --rates {' '.join(map(str, rates))}"
     section = table(results, chosen, trivial, seeds, rounds, per_round, script, wall)
+    if args.note:
+        section += "\n\n" + args.note
     publish(section, args.output, SECTION, args.smoke)
 
 
