@@ -36,6 +36,9 @@ KINDS = {
     "label missing": "task.label_missing_rate",
     "label noise": "task.label_noise_rate",
 }
+# Extra columns run as their own pass (--variant): SCAFFOLD's option-II rule assumes plain SGD
+# (docs/scaffold.md), while the shared training block uses momentum 0.9 as FedMultimodal does.
+VARIANTS = {"scaffold, momentum 0": ["algorithm.name=scaffold", "compare=[]", "training.momentum=0"]}
 # FedMultimodal (Feng et al., KDD 2023), UCI-HAR, macro-F1 %, Dirichlet alpha 5.0, complete data,
 # attention fusion (their Table 4); the scenario tables are figures in the paper, not numbers.
 PUBLISHED = {"fedavg": 77.74, "fedopt": 85.17}
@@ -50,7 +53,8 @@ DIFFERENCES = (
     "users). Clients: they split each of the 21 training users' windows into 5 clients by a "
     "Dirichlet(α) over labels (105 clients, each holding one user's data); we split all training "
     "windows into 105 clients by one Dirichlet(α = 5.0), so a client mixes users. Training: they run "
-    "200 rounds with 10% of the clients per round, SGD lr 0.05, batch 16, 1 local epoch, a Conv + GRU "
+    "200 rounds with 10% of the clients per round, SGD lr 0.05 with momentum 0.9 (fed_avg_trainer.py), "
+    "batch 16, 1 local epoch, a Conv + GRU "
     "encoder per sensor with attention fusion (hidden size 128), FedOpt with global lr 0.025; we run "
     "{rounds} rounds (the budget of a shared 2-core machine: ~45 minutes for the whole table) with the "
     "same client rate, lr, batch and epochs, a small 1-D CNN per sensor, mean fusion unless the row "
@@ -123,6 +127,7 @@ def run(
     per_round: int,
     chosen: dict[str, list[str]],
     workdir: Path,
+    variant: str | None = None,
 ) -> dict[str, list[dict]]:
     """``{setting: [{algorithm: summary} per seed]}``, written to ``workdir/results.json`` after every run.
 
@@ -131,12 +136,14 @@ def run(
     out: dict[str, list[dict]] = {label: [] for label in chosen}
     for seed in seeds:
         for k, (label, extra) in enumerate(chosen.items()):
-            cfg = load_config(None, [*overrides(data_dir, seed, rounds, per_round), *extra])
+            more = VARIANTS[variant] if variant else []
+            cfg = load_config(None, [*overrides(data_dir, seed, rounds, per_round), *extra, *more])
             start = time.process_time()
             result = runner.start(cfg, workdir / f"{k}-{seed}")
-            summaries: dict = {"_seed": seed, "_cpu_s": time.process_time() - start, **result.summaries}
+            runs = {variant: result.summaries[cfg.algorithm.name]} if variant else result.summaries
+            summaries: dict = {"_seed": seed, "_cpu_s": time.process_time() - start, **runs}
             out[label].append(summaries)
-            f1s = {a: round(f1(summaries[a]), 1) for a in ALGORITHMS}
+            f1s = {a: round(f1(v), 1) for a, v in runs.items()}
             print(f"{label} seed {seed}: {f1s} ({summaries['_cpu_s']:.0f} CPU s)", flush=True)
             (workdir / "results.json").write_text(json.dumps(out))
     return out
@@ -177,13 +184,23 @@ def defaults() -> str:
 
 def paired(results: dict[str, list[dict]], a: tuple[str, str], b: tuple[str, str]) -> str:
     """``F1(a) - F1(b)`` paired by seed, ``(setting, algorithm)`` each: mean ± std and how often a wins."""
-    runs_a = {r["_seed"]: r for r in results.get(a[0], [])}
-    runs_b = {r["_seed"]: r for r in results.get(b[0], [])}
+    runs_a = {r["_seed"]: r for r in results.get(a[0], []) if a[1] in r}
+    runs_b = {r["_seed"]: r for r in results.get(b[0], []) if b[1] in r}
     seeds = sorted(set(runs_a) & set(runs_b))
     if not seeds:
         return "n/a"
     diff = [f1(runs_a[s][a[1]]) - f1(runs_b[s][b[1]]) for s in seeds]
     return f"{mean_std(diff, 1)} F1 points (ahead in {sum(d > 0 for d in diff)}/{len(seeds)} seeds)"
+
+
+def merge(runs: list[dict]) -> list[dict]:
+    """Runs of one setting from several stored files, one dict per seed (algorithms merged, CPU added)."""
+    by_seed: dict[int, dict] = {}
+    for r in runs:
+        into = by_seed.setdefault(r["_seed"], {"_seed": r["_seed"], "_cpu_s": 0.0})
+        into.update({k: v for k, v in r.items() if not k.startswith("_")})
+        into["_cpu_s"] += r["_cpu_s"]
+    return [by_seed[s] for s in sorted(by_seed)]
 
 
 def f1(summary: dict) -> float:
@@ -201,41 +218,51 @@ def table(
     wall_s: float,
 ) -> str:
     """The markdown section."""
-    first = next(iter(results.values()))[0]["fedavg"]
+    first = next(r["fedavg"] for runs in results.values() for r in runs if "fedavg" in r)
+    present = {k for runs in results.values() for r in runs for k in r}
+    columns = [*ALGORITHMS, *(v for v in VARIANTS if v in present)]
     cpu = sum(s["_cpu_s"] for runs in results.values() for s in runs)  # the runs only, not the baselines
     lines = [
         "## Scenarios: missing modalities, missing labels, noisy labels, fusion (issue 21)",
         "",
         f"UCI-HAR equivalent (HAPT raw data, acc + gyro, 6 activities, official test users): "
         f"{first['clients']} clients from a Dirichlet(α = 5.0) split of {first['data']['client_train']} "
-        f"training windows, {per_round} clients per round, {rounds} rounds, SGD lr 0.05, batch 16, "
-        f"1 local epoch, seeds {', '.join(map(str, seeds))}; macro-F1 (%) of the global model on the "
-        f"{first['data']['test']} test windows with both sensors, mean ± std over seeds. Algorithms at "
-        f"their defaults ({defaults()}). Script: `{script}` (total {cpu:.0f} CPU s"
+        f"training windows, {per_round} clients per round, {rounds} rounds, SGD lr 0.05 momentum 0.9, "
+        f"batch 16, 1 local epoch, seeds {', '.join(map(str, seeds))}; macro-F1 (%) of the global model "
+        f"on the {first['data']['test']} test windows with both sensors, mean ± std over seeds. "
+        f"Algorithms at their defaults ({defaults()}). Script: `{script}` (total {cpu:.0f} CPU s"
         + (f", {wall_s:.0f} s wall" if wall_s else "")
         + " of the runs). Each row is one command per seed, the five algorithms on the same task "
         f"(fedavg with the others as `compare` baselines): `{command([], seeds[0], rounds, per_round)}` "
         "(HAPT unpacked into ./HAPT from ../shared/datasets/uci-hapt) plus the row's `--set`, with "
         "`--set seed=1`, `2` for the other seeds.",
         "",
-        "| setting | " + " | ".join(ALGORITHMS) + " | row's extra `--set` |",
-        "|---|" + "---:|" * len(ALGORITHMS) + "---|",
+        *(
+            f"Column '{v}': the same command with `{' '.join('--set ' + x for x in VARIANTS[v])}` "
+            "(`python benchmarks/scenarios.py --variant '" + v + "'`)."
+            for v in columns[len(ALGORITHMS) :]
+        ),
+        "",
+        "| setting | " + " | ".join(columns) + " | row's extra `--set` |",
+        "|---|" + "---:|" * len(columns) + "---|",
     ]
     for label, runs in results.items():
         if not runs:
             continue
-        cells = [mean_std([f1(r[a]) for r in runs], 1) for a in ALGORITHMS]
-        if len(runs) < len(seeds):
-            cells[0] += f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        cells = []
+        for a in columns:
+            values = [f1(r[a]) for r in runs if a in r]
+            cell = mean_std(values, 1) if values else "–"
+            if values and len(values) < len(seeds):
+                cell += f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+            cells.append(cell)
         extra = " ".join(f"--set {x}" for x in chosen[label]) or "(none)"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | `{extra}` |")
     for name, value in trivial.items():
-        lines.append(
-            f"| {name} (seed {seeds[0]}) | " + " | ".join([f"{value:.1f}"] * len(ALGORITHMS)) + " | |"
-        )
+        lines.append(f"| {name} (seed {seeds[0]}) | " + " | ".join([f"{value:.1f}"] * len(columns)) + " | |")
     lines.append(
         "| FedMultimodal, published (clean, attention fusion, 200 rounds) | "
-        + " | ".join(str(PUBLISHED.get(a, "–")) for a in ALGORITHMS)
+        + " | ".join(str(PUBLISHED.get(a, "–")) for a in columns)
         + " | |"
     )
     clean, attention = "clean, fusion mean", "clean, fusion attention"
@@ -245,25 +272,23 @@ def table(
         "",
         f"- fedopt − fedavg, clean: {paired(results, (clean, 'fedopt'), (clean, 'fedavg'))}; "
         f"published: {PUBLISHED['fedopt'] - PUBLISHED['fedavg']:+.2f}",
-        *(
-            f"- attention − mean fusion, {a}: {paired(results, (attention, a), (clean, a))}"
-            for a in ALGORITHMS
-        ),
+        *(f"- attention − mean fusion, {a}: {paired(results, (attention, a), (clean, a))}" for a in columns),
         "",
         "Loss against the clean run (clean − corrupted, paired by seed; positive = the corruption hurts):",
         "",
-        "| corruption | " + " | ".join(ALGORITHMS) + " |",
-        "|---|" + "---:|" * len(ALGORITHMS),
+        "| corruption | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for label in results:
         if label.startswith("clean") or not results[label]:
             continue
-        cells = [paired(results, (clean, a), (label, a)).replace(" F1 points", "") for a in ALGORITHMS]
+        cells = [paired(results, (clean, a), (label, a)).replace(" F1 points", "") for a in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", DIFFERENCES.format(rounds=rounds)]
     lines += ["", "Effective corruption (seed 0, from summary.json `data.scenarios`):", ""]
     for label, runs in results.items():
-        rec = runs[0]["fedavg"]["data"].get("scenarios") if runs else None
+        first_run = next((r["fedavg"] for r in runs if "fedavg" in r), None)
+        rec = first_run["data"].get("scenarios") if first_run else None
         if rec:
             lines.append(
                 f"- {label}: {rec['labels_dropped']} labels dropped, {rec['labels_flipped']} flipped of "
@@ -284,6 +309,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--keep", type=Path, help="keep the run folders and results.json in this folder")
     parser.add_argument("--note", default="", help="a sentence added to the section (how the runs were made)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="run only this extra column's algorithm")
     parser.add_argument("--only", nargs="+", help="run only these settings (labels as in the table)")
     parser.add_argument(
         "--from-results",
@@ -316,7 +342,7 @@ def main() -> None:
         else:
             workdir = args.keep or Path(tmp) / "runs"
             workdir.mkdir(parents=True, exist_ok=True)
-            results = run(data_dir, seeds, rounds, per_round, chosen, workdir)
+            results = run(data_dir, seeds, rounds, per_round, chosen, workdir, args.variant)
             wall = time.perf_counter() - wall
             (workdir / "results.json").write_text(json.dumps({**results, "_wall_s": [wall]}))
         trivial = baselines(data_dir, seeds[0], SMOKE if args.smoke else [])
