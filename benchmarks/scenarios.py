@@ -182,7 +182,9 @@ def defaults() -> str:
     return "; ".join(parts)
 
 
-def paired(results: dict[str, list[dict]], a: tuple[str, str], b: tuple[str, str]) -> str:
+def paired(
+    results: dict[str, list[dict]], a: tuple[str, str], b: tuple[str, str], wins: str = "ahead"
+) -> str:
     """``F1(a) - F1(b)`` paired by seed, ``(setting, algorithm)`` each: mean ± std and how often a wins."""
     runs_a = {r["_seed"]: r for r in results.get(a[0], []) if a[1] in r}
     runs_b = {r["_seed"]: r for r in results.get(b[0], []) if b[1] in r}
@@ -190,7 +192,7 @@ def paired(results: dict[str, list[dict]], a: tuple[str, str], b: tuple[str, str
     if not seeds:
         return "n/a"
     diff = [f1(runs_a[s][a[1]]) - f1(runs_b[s][b[1]]) for s in seeds]
-    return f"{mean_std(diff, 1)} F1 points (ahead in {sum(d > 0 for d in diff)}/{len(seeds)} seeds)"
+    return f"{mean_std(diff, 1)} F1 points ({wins} in {sum(d > 0 for d in diff)}/{len(seeds)} seeds)"
 
 
 def merge(runs: list[dict]) -> list[dict]:
@@ -282,7 +284,7 @@ def table(
     for label in results:
         if label.startswith("clean") or not results[label]:
             continue
-        cells = [paired(results, (clean, a), (label, a)).replace(" F1 points", "") for a in columns]
+        cells = [paired(results, (clean, a), (label, a), "hurts").replace(" F1 points", "") for a in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", DIFFERENCES.format(rounds=rounds)]
     lines += ["", "Effective corruption (seed 0, from summary.json `data.scenarios`):", ""]

@@ -55,7 +55,7 @@ def test_table_pairs_seeds_and_names_each_rows_settings() -> None:
     assert "`--set task.label_noise_rate=0.5`" in text
     # paired by seed: attention - mean is +5 in both seeds; clean - noisy is 10 and 8
     assert "- attention − mean fusion, fedavg: 5.0 ± 0.0 F1 points (ahead in 2/2 seeds)" in text
-    assert "| label noise 0.5 | 9.0 ± 1.0 (ahead in 2/2 seeds) |" in text
+    assert "| label noise 0.5 | 9.0 ± 1.0 (hurts in 2/2 seeds) |" in text
     assert "published: +7.43" in text and "| majority class (seed 0) | 5.2 |" in text
     assert "- label noise 0.5: 0 labels dropped, 40 flipped of 100 training windows" in text
     assert "modality missing" not in text.split("Paired by seed")[1]  # settings without runs are left out
