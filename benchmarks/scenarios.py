@@ -8,9 +8,9 @@ labels, 10 clients sampled per round, SGD (lr 0.05, batch 16, 1 local epoch). fe
 fedprox, fedopt (adam), scaffold and moon as ``compare`` baselines on the same task, so one command
 gives five rows. Writes the ``scenarios`` section of BENCHMARKS.md.
 
-    python benchmarks/scenarios.py            # full: 3 seeds x 11 settings x 5 algorithms (1219 CPU s of runs here)
+    python benchmarks/scenarios.py            # 3 seeds x 11 settings x 5 algorithms (1219 CPU s of runs here)
     python benchmarks/scenarios.py --variant 'scaffold, momentum 0'   # the extra column (258 CPU s here)
-    python benchmarks/scenarios.py --smoke    # 1 round, 1 seed, 2 settings, prints only (CI)
+    python benchmarks/scenarios.py --smoke    # 1 round, 1 seed, 1 setting on part of HAPT, prints only
 """
 
 from __future__ import annotations
