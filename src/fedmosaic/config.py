@@ -65,6 +65,20 @@ class TaskConfig(_Strict):
     on_bad_sample: Literal["error", "skip"] = Field(
         "error", description="a bad sample stops the run with a one-line error, or is skipped and counted"
     )
+    label_missing_rate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="scenario: this share of each client's training samples is unlabelled and not trained "
+        "on (docs/scenarios.md)",
+    )
+    label_noise_rate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="scenario: this share of each client's labelled training samples gets a wrong label "
+        "through a sparse seeded confusion rule; test and server sets stay clean (docs/scenarios.md)",
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -85,6 +99,13 @@ class ClientsConfig(_Strict):
     mix: dict[str, Annotated[int, Field(ge=0)]] | None = None
     drop_rate: float | None = Field(None, ge=0, lt=1)
     per_round: int | None = Field(None, ge=1)
+    sample_drop_rate: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="scenario: each training sample of a client holding several modalities loses each "
+        "with this probability, never all of them (docs/scenarios.md)",
+    )
     allow_lost: bool = Field(
         False,
         description="run on when a natural client is lost (every sample bad and skipped, or all taken by "
@@ -254,6 +275,22 @@ class RunConfig(_Strict):
             except KeyError as exc:
                 raise ValueError(f"model.{key}: {exc.args[0]}") from None
         return value
+
+    @model_validator(mode="after")
+    def _masks_honoured(self) -> RunConfig:
+        # Per-sample masks change what a client's batches hold; an algorithm that has not declared
+        # it trains on them correctly must refuse rather than silently ignore or misuse them.
+        from fedmosaic.algorithms.registry import get_algorithm
+
+        if self.clients.sample_drop_rate > 0:
+            names = dict.fromkeys([self.algorithm.name, *self.compare])
+            refused = [name for name in names if not get_algorithm(name).per_sample_masks]
+            if refused:
+                raise ValueError(
+                    f"clients.sample_drop_rate: {', '.join(map(repr, refused))} cannot train on per-sample "
+                    "modality masks (fedavg, fedprox, fedopt, scaffold, moon, local and centralized can)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _fits_dataset(self) -> RunConfig:

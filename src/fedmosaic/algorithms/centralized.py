@@ -51,6 +51,7 @@ class CentralizedClient:
 @register
 class Centralized(EncoderAlgorithm):
     name = "centralized"
+    per_sample_masks = True  # trains through View.batches: absent modalities are absent keys
     Config = CentralizedConfig
     Server = CentralizedServer
     Client = CentralizedClient

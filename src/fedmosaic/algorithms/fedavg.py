@@ -86,6 +86,7 @@ class FedAvgServer(GlobalModelServer):
 @register
 class FedAvg(EncoderAlgorithm):
     name = "fedavg"
+    per_sample_masks = True  # trains through View.batches: absent modalities are absent keys
     Config = FedAvgConfig
     Server = FedAvgServer
     Client = FedAvgClient

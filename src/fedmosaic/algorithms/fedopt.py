@@ -128,6 +128,7 @@ class FedOptServer(FedAvgServer):
 @register
 class FedOpt(EncoderAlgorithm):
     name = "fedopt"
+    per_sample_masks = True  # trains through View.batches: absent modalities are absent keys
     Config = FedOptConfig
     Server = FedOptServer
     Client = FedAvgClient

@@ -33,6 +33,7 @@ class FedProxServer(FedAvgServer):
 @register
 class FedProx(EncoderAlgorithm):
     name = "fedprox"
+    per_sample_masks = True  # trains through View.batches: absent modalities are absent keys
     Config = FedProxConfig
     Server = FedProxServer
     Client = FedAvgClient

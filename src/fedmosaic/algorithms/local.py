@@ -85,6 +85,7 @@ class LocalServer:
 @register
 class Local(EncoderAlgorithm):
     name = "local"
+    per_sample_masks = True  # trains through View.batches: absent modalities are absent keys
     Config = LocalConfig
     Server = LocalServer
     Client = LocalClient

@@ -111,6 +111,7 @@ class MoonClient:
 @register
 class Moon(EncoderAlgorithm):
     name = "moon"
+    per_sample_masks = True  # trains through View.batches: absent modalities are absent keys
     Config = MoonConfig
     Server = MoonServer
     Client = MoonClient

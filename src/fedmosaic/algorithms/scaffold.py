@@ -209,6 +209,7 @@ class ScaffoldServer(GlobalModelServer):
 @register
 class Scaffold(EncoderAlgorithm):
     name = "scaffold"
+    per_sample_masks = True  # trains through View.batches: absent modalities are absent keys
     Config = ScaffoldConfig
     Server = ScaffoldServer
     Client = ScaffoldClient

@@ -173,6 +173,8 @@ class Algorithm:
 
     ``personalised``: clients keep models of their own, so they evaluate themselves.
     ``needs_pooled_data``: the server trains on pooled client data (only the centralized baseline).
+    ``per_sample_masks``: its clients train correctly when samples of one client hold different
+    modalities (``clients.sample_drop_rate``); the config refuses the option for the others.
     ``uploads``: the names its clients may upload (:class:`Uploads`); ``None`` declares nothing,
     which only an algorithm without client messages (``needs_pooled_data``) may do. When switches of
     the config change what is uploaded, override :meth:`declared_uploads`.
@@ -184,6 +186,7 @@ class Algorithm:
     Client: ClassVar[type]
     personalised: ClassVar[bool] = False
     needs_pooled_data: ClassVar[bool] = False
+    per_sample_masks: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     uploads: ClassVar[Uploads | None] = None
 

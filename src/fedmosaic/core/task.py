@@ -171,12 +171,13 @@ class Task:
         return self._by_id[client_id]
 
     def pooled_train(self) -> View:
-        """All clients' training samples with their masks (the centralized upper bound's data)."""
+        """All clients' training samples with their masks and training labels (the centralized upper
+        bound's data; a label-noise scenario gives client training views their own label store)."""
         views = [c.train for c in self.clients]
         return View(
             self.info,
             self.store,
-            self.labels,
+            views[0].labels_store if views else self.labels,
             np.concatenate([v.indices for v in views]),
             np.concatenate([v.mask for v in views]),
         )
@@ -199,6 +200,8 @@ class Task:
             "skipped_examples": skipped[:5],
             "test_classes_without_clients": unheld,
             "lost_clients": lost,
+            # effective counts of data/scenarios.py, only when one is set (default summaries unchanged)
+            **({"scenarios": self.extras["scenarios"]} if "scenarios" in self.extras else {}),
         }
 
     def check_disjoint(self) -> None:

@@ -12,7 +12,9 @@ Order of work, and why:
    ``clients.mix`` gave it a group, unless ``clients.allow_lost``;
 4. text tokenised with the model's tokenizer (a WordPiece trained on client data only for the
    small random BERT); sensor and audio channels standardised with client-training statistics only;
-5. optionally the frozen-encoder mode replaces pretrained modalities by cached embeddings.
+5. optionally the frozen-encoder mode replaces pretrained modalities by cached embeddings;
+6. the scenarios (missing or noisy labels, per-sample missing modalities: data/scenarios.py) change
+   the clients' training views only, after everything above, so the split itself is the same.
 
 Once the parts exist, test classes that no client has a single training sample of are named: no
 federated model can learn them, so their test accuracy can only be 0 and they lower every overall
@@ -52,6 +54,7 @@ from fedmosaic.data.registry import (
     LoadedData,
     get_dataset,
 )
+from fedmosaic.data.scenarios import Scenario, apply_scenarios
 
 if TYPE_CHECKING:
     from fedmosaic.config import RunConfig
@@ -167,6 +170,11 @@ def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
         "test_classes_without_clients": unheld,
         "lost_clients": lost_clients,
     }
+    scenario = Scenario.from_config(cfg)
+    if scenario.active:  # after the split, on client training views only (data/scenarios.py)
+        clients, extras["scenarios"] = apply_scenarios(
+            clients, loaded.labels, info.num_classes, scenario, cfg.seed
+        )
     task = Task(
         info, store, loaded.labels, clients, view(server["proxy"]), view(server["labelled"]), test, extras
     )

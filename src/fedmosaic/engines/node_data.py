@@ -87,7 +87,10 @@ def export_views(task: Task, views: dict[str, View], path: Path) -> None:
     what the file pipeline's server keeps of the task (its proxy, labelled and test sets).
     """
     rows = np.unique(np.concatenate([v.indices for v in views.values()]))  # sorted: searchsorted maps
-    arrays: dict[str, np.ndarray] = {"labels": task.labels[rows]}
+    labels = task.labels[rows]
+    for view in views.values():  # each view's own labels: client training views may hold noisy ones
+        labels[np.searchsorted(rows, view.indices)] = view.labels
+    arrays: dict[str, np.ndarray] = {"labels": labels}
     for name, array in task.store.items():
         arrays[f"store/{name}"] = np.ascontiguousarray(array[rows])
     for key, view in views.items():
