@@ -22,16 +22,13 @@ changes another's draws, and the same seed gives the same data whatever else cha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import numpy_rng
 from fedmosaic.core.task import ClientData, View
-
-if TYPE_CHECKING:
-    from fedmosaic.config import RunConfig
 
 NOISE_TARGETS = 2  # wrong classes per true class in the confusion rule (fewer when there are fewer)
 
@@ -43,11 +40,6 @@ class Scenario:
     label_missing_rate: float = 0.0
     label_noise_rate: float = 0.0
     sample_drop_rate: float = 0.0
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig) -> Scenario:
-        """The rates a run config asks for."""
-        return cls(cfg.task.label_missing_rate, cfg.task.label_noise_rate, cfg.clients.sample_drop_rate)
 
     @property
     def active(self) -> bool:

@@ -170,7 +170,7 @@ def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
         "test_classes_without_clients": unheld,
         "lost_clients": lost_clients,
     }
-    scenario = Scenario.from_config(cfg)
+    scenario = Scenario(cfg.task.label_missing_rate, cfg.task.label_noise_rate, cfg.clients.sample_drop_rate)
     if scenario.active:  # after the split, on client training views only (data/scenarios.py)
         clients, extras["scenarios"] = apply_scenarios(
             clients, loaded.labels, info.num_classes, scenario, cfg.seed
