@@ -68,6 +68,7 @@ from fedmosaic.core.algorithm import (
     Uploads,
     sample_clients,
 )
+from fedmosaic.core.device import to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import aggregate_client_evaluations, flatten_eval
 from fedmosaic.core.modality import ClientSpec
@@ -201,7 +202,7 @@ def build_model(settings: Settings[GVFConfig]) -> GVFModel:
     info = settings.info
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
         encoders = {m.name: build_encoder(m, settings.model) for m in info.modalities}
-        return GVFModel(
+        return GVFModel(  # built on the CPU generator, then moved: the same weights on every device
             encoders,
             settings.model.embed_dim,
             cfg.dim,
@@ -210,7 +211,7 @@ def build_model(settings: Settings[GVFConfig]) -> GVFModel:
             gated=cfg.gating,
             fill=cfg.fill,
             fill_temperature=cfg.fill_temperature,
-        )
+        ).to(settings.device)
 
 
 def shared_names(
@@ -332,7 +333,7 @@ def global_vectors(
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of ``a`` and ``b`` (CLIP's loss)."""
     logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / temperature
-    target = torch.arange(len(a))
+    target = torch.arange(len(a), device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
@@ -415,7 +416,7 @@ class GVFClient:
         )
         own = to_arrays(model, tuple(f"encoders.{m}." for m in sorted(held)) + shared_names(model, held))
         # (shared_names with the classifier: a personal classifier is part of the client's own state)
-        bank = {BANK + m: model.bank(m).numpy() for m in model.order if len(model.bank(m))}
+        bank = {BANK + m: model.bank(m).cpu().numpy() for m in model.order if len(model.bank(m))}
         new_state = Message({**own, **proxy, **bank})
         return reply, new_state
 
@@ -438,6 +439,10 @@ class GVFClient:
             for epoch in range(tcfg.local_epochs):
                 order = rng.numpy(f"batches-{epoch}")
                 for inputs, labels in view.batches(tcfg.batch_size, order, drop_singletons=True):
+                    inputs, labels = (
+                        to_device(inputs, self.settings.device),
+                        to_device(labels, self.settings.device),
+                    )
                     projected = model.project(inputs)
                     loss = F.cross_entropy(model.fuse(projected), labels)
                     names = [m for m in model.order if m in projected]
@@ -486,9 +491,11 @@ class GVFClient:
         known = _known_anchor  # a proxy sample no client sent a vector of is NaN
         for m, x, target in self._proxy_batches(proxy, anchor, known, order):
             h = model.project({m: x})[m]
-            a = torch.from_numpy(target).float()
+            a = torch.from_numpy(target).float().to(h.device)
             logits = F.normalize(h, dim=1) @ F.normalize(a, dim=1).T / cfg.align_temperature
-            _descend(optimizer, cfg.anchor_weight * F.cross_entropy(logits, torch.arange(len(a))))
+            _descend(
+                optimizer, cfg.anchor_weight * F.cross_entropy(logits, torch.arange(len(a), device=h.device))
+            )
 
     def _proxy_epoch(
         self,
@@ -506,7 +513,9 @@ class GVFClient:
         """
         labelled = _is_labelled  # -1: the federation was unsure
         for m, x, target in self._proxy_batches(proxy, pseudo, labelled, order):
-            loss = self.cfg.proxy_weight * F.cross_entropy(model({m: x}), torch.from_numpy(target))
+            loss = self.cfg.proxy_weight * F.cross_entropy(
+                model({m: x}), torch.from_numpy(target).to(x.device)
+            )
             _descend(optimizer, loss)
 
     def _proxy_batches(
@@ -529,13 +538,14 @@ class GVFClient:
                 rows = np.sort(kept[start : start + bs])
                 if len(rows) < 2:  # batch norm cannot train on one sample
                     continue
-                yield m, to_tensor(np.asarray(x[rows])), target[rows]
+                yield m, to_device(to_tensor(np.asarray(x[rows])), self.settings.device), target[rows]
 
     @torch.no_grad()
     def _val_loss(self, model: GVFModel, view: View) -> float:
         model.eval()
         total, count = 0.0, 0
         for inputs, labels in view.batches(256):
+            inputs, labels = to_device(inputs, self.settings.device), to_device(labels, self.settings.device)
             total += float(F.cross_entropy(model(inputs), labels, reduction="sum"))
             count += len(labels)
         return total / count if count else float("nan")
@@ -544,10 +554,16 @@ class GVFClient:
     def _vectors(self, model: GVFModel, modality: str, x: np.ndarray) -> np.ndarray:
         model.eval()
         out = [
-            model.project({modality: to_tensor(np.asarray(x[s : s + 256]))})[modality]
+            model.project({modality: to_device(to_tensor(np.asarray(x[s : s + 256])), self.settings.device)})[
+                modality
+            ]
             for s in range(0, len(x), 256)
         ]
-        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.cfg.dim), np.float32)
+        return (
+            torch.cat(out).cpu().numpy().astype(np.float32)
+            if out
+            else np.zeros((0, self.cfg.dim), np.float32)
+        )
 
     def evaluated_model(self, message: Message, state: Message) -> GVFModel:
         """The model a client is evaluated with: its own, under what the update step sent (if anything)."""
@@ -712,7 +728,9 @@ class GVFServer:
             for m in held[c]:  # samples holding every one of the teacher's modalities
                 rows = np.intersect1d(rows, self._proxy_rows(m))
             projected = {
-                m: torch.from_numpy(reply.arrays[VEC + m][np.searchsorted(self._proxy_rows(m), rows)])
+                m: torch.from_numpy(reply.arrays[VEC + m][np.searchsorted(self._proxy_rows(m), rows)]).to(
+                    self.settings.device
+                )
                 for m in sorted(held[c])
             }
             if len(rows):
@@ -720,7 +738,7 @@ class GVFServer:
                 # adapters, and the aggregate fits them worse (33-74 % of labels right on fsdd-digits).
                 own = {k: v for k, v in reply.arrays.items() if k.startswith(SHARED)}
                 load_arrays(teacher, {**aggregate, **own})
-                probs[rows] += torch.softmax(teacher.fuse(projected), 1).numpy()
+                probs[rows] += torch.softmax(teacher.fuse(projected), 1).cpu().numpy()
                 votes[rows] += 1
         probs /= np.maximum(votes, 1)[:, None]
         labels = probs.argmax(1)
