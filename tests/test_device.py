@@ -171,3 +171,31 @@ def test_batches_follow_the_model_and_stay_put_on_the_cpu() -> None:
     assert {t.device.type for t in moved.values()} == {"meta"}
     assert model_device(torch.nn.Linear(2, 2).to("meta")).type == "meta"
     assert model_device(torch.nn.Identity()).type == "cpu"
+
+
+def test_a_flower_node_takes_its_device_from_its_node_config(
+    no_gpu: None, tiny_cfg: RunConfig, tmp_path: Path
+) -> None:
+    import tomli_w
+    from flwr.app import Context, RecordDict
+
+    from fedmosaic.engines.flower import RUN, _run_settings
+    from fedmosaic.engines.flower_records import put_json
+    from fedmosaic.engines.node_data import export_node
+
+    task = build_task(tiny_cfg)
+    folder = export_node(task, [task.specs[0].id], tmp_path / "node")
+    content = RecordDict()
+    # the coordinator's config asks for auto: a node's own hardware is its node config's business
+    tree = tiny_cfg.to_toml_dict()
+    tree["engine"]["device"] = "auto"
+    put_json(content, RUN, round=1, config=tomli_w.dumps(tree))
+
+    def settings_on(node_config: dict[str, str]):
+        context = Context(0, 0, {"data-dir": str(folder), **node_config}, RecordDict(), {})
+        return _run_settings(content, context)[1]
+
+    assert settings_on({}).device == "cpu"
+    assert settings_on({"device": "auto"}).device == "cpu"
+    with pytest.raises(ConfigError, match=r"^node-config device: cuda is not available"):
+        settings_on({"device": "cuda"})
