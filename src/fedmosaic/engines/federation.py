@@ -171,9 +171,8 @@ class Federation:
         """
         configure_threads(cfg.engine.threads)
         workers = cfg.engine.workers if transport is None else 1
-        device = resolve_device(
-            cfg.engine.device, workers=workers
-        )  # before the data is built or config.toml written
+        # before the data is built or config.toml written
+        device = resolve_device(cfg.engine.device, workers=workers)
         if task is None:
             from fedmosaic.data.tasks import build_task
 
