@@ -199,3 +199,15 @@ def test_a_flower_node_takes_its_device_from_its_node_config(
     assert settings_on({"device": "auto"}).device == "cpu"
     with pytest.raises(ConfigError, match=r"^node-config device: cuda is not available"):
         settings_on({"device": "cuda"})
+
+
+@pytest.mark.parametrize("fusion", ["mean", "concat", "attention"])
+def test_fusion_makes_no_cpu_tensor_beside_a_device_model(fusion: str) -> None:
+    # a mask made on the CPU beside device embeddings would fail on a GPU; meta fails the same way
+    from fedmosaic.models.multimodal import MultimodalClassifier
+
+    encoders = {"image": torch.nn.Identity(), "text": torch.nn.Identity()}
+    model = MultimodalClassifier(encoders, 8, 3, fusion=fusion).to("meta")
+    both = {m: torch.ones(4, 8, device="meta") for m in ("image", "text")}
+    for embeddings in (both, {"image": both["image"]}):
+        assert model.classify(embeddings).device.type == "meta"
