@@ -182,9 +182,9 @@ def table(
         f"{', '.join(map(str, seeds))}, each size and seed in its own process; mean ± std over seeds. "
         f"Seconds per round are rounds 2..{rounds} (round 1 also builds the client's model). "
         f"`engine.device = {device}`. Live torch objects are counted at the end of the last round "
-        "(`live_torch()` in the script): models = live modules that are no other module's child, "
-        "parameters = elements of the live `nn.Parameter`s, tensor MiB = the distinct storages of every "
-        f"live tensor{'; peak CUDA MiB = torch.cuda.max_memory_allocated' if cuda else ''}. "
+        "(`live_torch()` in the script): models = live modules with parameters that are no other "
+        "module's child, parameters = elements of the live `nn.Parameter`s, tensor MiB = the distinct "
+        f"storages of every live tensor{'; peak CUDA MiB = cuda.max_memory_allocated' if cuda else ''}. "
         f"Command: `{command}`",
         "",
         "| clients | task setup CPU s | s / round (wall) | CPU s / round | peak RSS MiB | live models "
