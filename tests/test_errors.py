@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from conftest import TINY_OVERRIDES
 from fedmosaic import runner
 from fedmosaic.cli import app
+from fedmosaic.core.errors import RoundFailed
 from fedmosaic.data import tasks
 
 # Built at run time, so it can only reach an output as the value of a variable, never as source code.
@@ -68,6 +69,23 @@ def test_an_unexpected_error_in_a_run_is_one_line_and_its_traceback_is_in_the_ru
     assert "Traceback (most recent call last)" in text and "RuntimeError: boom after 4 steps" in text
     assert "in explode" in text  # where it happened: file, line, function
     assert SECRET not in text and SECRET not in result.output
+
+
+def test_any_fedmosaic_error_in_a_run_is_its_one_line_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI catches the one base class: a RoundFailed from deep in an engine is a line like a
+    ConfigError, not an unexpected error with a traceback file."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RoundFailed("robustness.min_clients: round 1: 1 usable of 4 replies")
+
+    monkeypatch.setattr(runner, "_execute", fail)
+    out = tmp_path / "run"
+    result = run_cli("--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == ["error: robustness.min_clients: round 1: 1 usable of 4 replies"]
+    assert not (out / "error.log").exists()
 
 
 def test_without_a_run_folder_the_traceback_goes_to_a_temporary_file(

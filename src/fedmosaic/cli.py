@@ -91,14 +91,11 @@ def _warning(line: str) -> None:
     err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
-def _known_errors() -> tuple[type[Exception], ...]:
+def _known_errors() -> type[Exception]:
     """Failures whose message is the whole story (one line naming a key or path): no traceback."""
-    from fedmosaic.core.errors import CheckpointError, ConfigError
-    from fedmosaic.data.registry import DataError
-    from fedmosaic.data.tasks import TaskSplitError
-    from fedmosaic.reporting.report import ReportError
+    from fedmosaic.core.errors import FedmosaicError
 
-    return (ConfigError, TaskSplitError, DataError, CheckpointError, ReportError)
+    return FedmosaicError
 
 
 def _one_line(exc: BaseException) -> str:
@@ -434,6 +431,13 @@ def _pipeline_step(root: Path, action: Callable[[], Any]) -> Any:
             raise typer.Exit(0) from None
 
 
+def _write_report(folder: Path, cfg: Any) -> None:
+    """report.md (and plots) of a finished pipeline root, as a run folder has them."""
+    from fedmosaic.reporting.report import write_run_report
+
+    write_run_report(folder, plots=cfg.output.plots)
+
+
 def _due(root: Path) -> None:
     """Where the pipeline stands: the coordinator's next step and whom it waits for, or a site's state."""
     from fedmosaic.engines.files import FilePipeline
@@ -500,7 +504,9 @@ def update_clients(
     """Clients evaluate (client_k/eval_outbox.*); in the coordinator's root the round then closes."""
     from fedmosaic.engines.files import FilePipeline
 
-    row = _pipeline_step(root, lambda: FilePipeline(root).update_clients(client, min_clients))
+    row = _pipeline_step(
+        root, lambda: FilePipeline(root, on_finish=_write_report).update_clients(client, min_clients)
+    )
     if row is not None:
         missing = row.get("dropped", []) + row.get("eval_dropped", [])
         closed = f"round {row['round']} closed"

@@ -125,8 +125,8 @@ class EngineConfig(_Strict):
         1,
         ge=0,
         description="torch intra-op threads (0 = torch's default). 1 by default: clients train small models "
-        "on small batches, where thread synchronisation costs more than it gains (on the 2-core CI machine "
-        "one FedAvg round of the UCI-HAR task took 129 s with 2 threads and 5.4 s with 1)",
+        "on small batches, where thread synchronisation costs more than it gains (BENCHMARKS.md, "
+        "'Torch threads')",
     )
     workers: int = Field(
         1,

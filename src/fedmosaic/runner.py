@@ -8,7 +8,6 @@ TensorBoard log in ``tensorboard/``; a resumed run appends to it from its next r
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -25,7 +24,7 @@ from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.protocol import check_fit
-from fedmosaic.engines.run_folder import RunFolder
+from fedmosaic.engines.run_folder import RunFolder, default_folder
 from fedmosaic.reporting.report import compare_runs, data_notes, write_run_report
 from fedmosaic.reporting.tracking import TensorBoardLogger, require_tensorboard
 
@@ -45,12 +44,6 @@ class ExperimentResult:
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     folders: dict[str, Path] = field(default_factory=dict)
     comparison: Path | None = None
-
-
-def default_folder(cfg: RunConfig) -> Path:
-    """``<output.dir>/<algorithm>-<dataset>-<timestamp>``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return cfg.output.dir / f"{cfg.algorithm.name}-{cfg.task.dataset}-{stamp}"
 
 
 def baseline_config(cfg: RunConfig, name: str) -> RunConfig:

@@ -18,22 +18,12 @@ import librosa
 import numpy as np
 import soundfile
 
-from fedmosaic.data.registry import DataError
+from fedmosaic.core.errors import AudioReadError
 
 # libsndfile still reads a WAV whose data chunk is cut short, returning the frames that exist; its
 # log then reports the declared length as "data : 4768 (should be 2362)". That line is the only
 # sign that the file was truncated (a wrong RIFF size alone is common and harmless, so not checked).
 _TRUNCATED_DATA = re.compile(r"^data\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
-
-
-class AudioReadError(DataError):
-    """An audio file that is missing, truncated, empty or unreadable; ``path`` and ``reason`` kept
-    apart so that a loader can hand them to ``LoadContext.bad``."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
-from fedmosaic.data.registry import DataError
+from fedmosaic.core.errors import ImageReadError
 
 _MODES = {1: "L", 3: "RGB"}
 
@@ -34,16 +34,6 @@ DEFAULT_MAX_MEGAPIXELS = 40.0
 # that. A cap above it could not be honoured without changing Pillow's process-wide setting, so the
 # loaders' max_megapixels option stops here.
 PILLOW_MAX_MEGAPIXELS = 89.0
-
-
-class ImageReadError(DataError):
-    """An image file that is missing or does not decode; ``path`` and ``reason`` kept apart so that a
-    loader can hand them to ``LoadContext.bad``."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def read_image(

@@ -18,17 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmosaic.data.registry import DataError, LoadContext
-
-
-class PathEscapeError(DataError):
-    """A path that resolves outside its root (or cannot be resolved). ``path`` and ``reason`` are kept
-    apart so that a loader can hand the reason to ``LoadContext.bad`` under the row that named it."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+from fedmosaic.core.errors import PathEscapeError
+from fedmosaic.data.registry import LoadContext
 
 
 def data_root(ctx: LoadContext, dataset: str) -> Path:

@@ -19,15 +19,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel
 
+from fedmosaic.core.errors import DataError
 from fedmosaic.core.modality import Modality
 from fedmosaic.core.plugins import Registry
 
 # What a sample's role in the split is, when the data itself fixes it (``LoadedData.role``).
 ROLE_FREE, ROLE_TEST, ROLE_PROXY, ROLE_LABELLED, ROLE_VAL = 0, 1, 2, 3, 4
-
-
-class DataError(ValueError):
-    """Bad input data, as one line naming the file (and line): ``path:12: reason``."""
 
 
 @dataclass

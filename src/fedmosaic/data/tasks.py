@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedmosaic.core.errors import TaskSplitError
 from fedmosaic.core.modality import ClientSpec, Modality, group_name
 from fedmosaic.core.seeding import numpy_rng
 from fedmosaic.core.task import ClientData, Task, TaskInfo, View
@@ -62,10 +63,6 @@ InfoCheck = Callable[[TaskInfo], None]
 STANDARDISED_KINDS = ("timeseries", "audio")
 
 log = logging.getLogger("fedmosaic.data")
-
-
-class TaskSplitError(ValueError):
-    """The data set cannot be split as configured (message names the config key)."""
 
 
 def load_data(cfg: RunConfig) -> LoadedData:

@@ -52,10 +52,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedmosaic.algorithms.registry import get_algorithm
-from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.config import RunConfig, load_config
 from fedmosaic.core.algorithm import ClientSide, ServerData, ServerSide
 from fedmosaic.core.checkpoint import atomic_write_bytes, atomic_write_json, load_message, save_message
 from fedmosaic.core.device import resolve_device
+from fedmosaic.core.errors import AlreadyDone, NotDue, PipelineError
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -91,18 +92,6 @@ T = TypeVar("T")
 FORMAT = 1
 STEPS = ("train-clients", "aggregate-vectors", "update-clients")
 PUBLISHED = ("config.toml", "server/task.json")  # what every site needs beside its own client_k/
-
-
-class PipelineError(ConfigError):
-    """A step that cannot run (missing files, an unknown client); one line naming what to do."""
-
-
-class NotDue(PipelineError):
-    """The step must wait: for another step, or for replies (the clients still pending are named)."""
-
-
-class AlreadyDone(PipelineError):
-    """Nothing is left for this step: it already happened. Not a failure (the CLI exits 0)."""
 
 
 def _locked(step: Callable[..., T]) -> Callable[..., T]:
@@ -142,11 +131,20 @@ def _spec_from_json(data: dict[str, Any]) -> ClientSpec:
     return ClientSpec(data["id"], frozenset(data["modalities"]), int(data["n_train"]), str(data["group"]))
 
 
-class FilePipeline:
-    """One federation in a folder tree (a coordinator's root or a site's copy); each step is a method."""
+# Called with the root and the config once the last round is closed and summary.json is written: the
+# CLI passes one that writes report.md (the reporting layer sits above the engines, so they take it).
+OnFinish = Callable[[Path, RunConfig], object]
 
-    def __init__(self, root: Path | str) -> None:
+
+class FilePipeline:
+    """One federation in a folder tree (a coordinator's root or a site's copy); each step is a method.
+
+    ``on_finish(root, cfg)`` runs when the last round closes, before the pipeline is marked done.
+    """
+
+    def __init__(self, root: Path | str, on_finish: OnFinish | None = None) -> None:
         self.root = Path(root)
+        self.on_finish = on_finish
         published = self.root / "server" / "task.json"
         if not (self.root / "config.toml").is_file():
             raise PipelineError(
@@ -724,14 +722,14 @@ class FilePipeline:
         )
 
     def _finish(self) -> None:
-        """``summary.json`` and ``report.md`` as a run folder has them, then mark the pipeline done.
+        """``summary.json`` as a run folder has it and ``on_finish`` (the CLI's writes ``report.md``),
+        then mark the pipeline done.
 
         In this order: a crash in between leaves the last round due, and the rerun writes both again.
         """
-        from fedmosaic.reporting.report import write_run_report
-
         atomic_write_json(self.root / "summary.json", self.summary())
-        write_run_report(self.root, plots=self.cfg.output.plots)
+        if self.on_finish is not None:
+            self.on_finish(self.root, self.cfg)
         self._set_progress(due="done")
 
     def summary(self) -> dict[str, Any]:

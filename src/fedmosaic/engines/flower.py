@@ -60,6 +60,7 @@ from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import ConfigError, RunConfig, load_config, parse_value, validate
 from fedmosaic.core.algorithm import Settings
 from fedmosaic.core.device import resolve_device
+from fedmosaic.core.errors import FlowerRunError
 from fedmosaic.core.message import Message as FMessage
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -86,7 +87,7 @@ from fedmosaic.engines.node_data import (
     site_node,
 )
 from fedmosaic.engines.protocol import Exchanged, build_client, check_fit, settings_from_config
-from fedmosaic.engines.run_folder import RunFolder, read_jsonl
+from fedmosaic.engines.run_folder import RunFolder, default_folder, read_jsonl
 
 # Flower message types: the ClientApp answers "query" (which clients do you host?), "train", "evaluate".
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
@@ -104,10 +105,6 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "on-node-failure": "drop",
     "poll-s": 0.05,
 }
-
-
-class FlowerRunError(RuntimeError):
-    """The federation did not behave: too few nodes, a node failed or did not answer in time."""
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -333,8 +330,6 @@ def query_nodes(
 
 def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     """The ServerApp's work: wait for nodes, learn their clients, run every round, write the outputs."""
-    from fedmosaic.runner import default_folder
-
     rc = {**DEFAULT_RUN_CONFIG, **run_config}
     path = Path(str(rc["config"])) if rc["config"] else None
     cfg = load_config(path, parse_overrides(str(rc["set"])))

@@ -25,16 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-from fedmosaic.core.errors import ConfigError
+from fedmosaic.core.errors import ConfigError, FolderInUse
 
 LOCK_NAME = ".fedmosaic.lock"
 
 # Locks this process holds: resolved folder -> [file descriptor, depth, created the folder?].
 _HELD: dict[Path, list[int]] = {}
-
-
-class FolderInUse(ConfigError):
-    """Another live process holds the folder's lock; one line naming it."""
 
 
 def _holder(path: Path) -> str:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedmosaic.core.errors import NodeDataError
 from fedmosaic.core.modality import ClientSpec, Modality
 from fedmosaic.core.task import ClientData, Task, TaskInfo, View
 
@@ -41,10 +42,6 @@ if TYPE_CHECKING:
 FORMAT = 1
 NODE_FILE = "node.json"
 DATA_FILE = "data.npz"
-
-
-class NodeDataError(ValueError):
-    """A node folder is missing, malformed, or cannot provide the requested modalities."""
 
 
 @dataclass

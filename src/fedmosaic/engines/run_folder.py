@@ -19,9 +19,10 @@ import hashlib
 import json
 import os
 import resource
+import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
@@ -35,6 +36,9 @@ from fedmosaic.core.checkpoint import (
 )
 from fedmosaic.core.errors import CheckpointError, ConfigError
 from fedmosaic.core.message import Message
+
+if TYPE_CHECKING:
+    from fedmosaic.config import RunConfig
 
 # Keys that change how a run is carried out but none of its numbers: a resume may change them.
 # (clients.allow_lost only decides whether a task with lost clients may run at all.)
@@ -50,6 +54,12 @@ OPERATIONAL_KEYS = frozenset(
         "output.tensorboard",
     }
 )
+
+
+def default_folder(cfg: RunConfig) -> Path:
+    """``<output.dir>/<algorithm>-<dataset>-<timestamp>``: where a run goes when no folder is given."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return cfg.output.dir / f"{cfg.algorithm.name}-{cfg.task.dataset}-{stamp}"
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

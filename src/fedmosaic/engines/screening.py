@@ -14,15 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedmosaic.core.errors import RoundFailed
 from fedmosaic.core.message import Message
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.validation import ReplySpec, check_norms, check_reply
 
 log = logging.getLogger("fedmosaic.robustness")
-
-
-class RoundFailed(RuntimeError):
-    """Too few usable replies in a round under ``robustness.below_min = "fail"``."""
 
 
 @dataclass

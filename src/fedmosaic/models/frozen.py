@@ -42,9 +42,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.modality import Modality
 from fedmosaic.core.task import to_tensor  # the exact conversion training batches get (uint8 -> [0, 1])
-from fedmosaic.data.text import resolve_source
 from fedmosaic.models.encoders import has_encoder
 from fedmosaic.models.image import MobileNetEncoder, mobilenet_weights
+from fedmosaic.models.pretrained import resolve_source
 from fedmosaic.models.text import PretrainedTextEncoder
 
 CACHE_FORMAT = 1  # bump when the pooling or preprocessing changes: old cache files stop matching
@@ -105,7 +105,7 @@ def frozen_modality(modality: Modality, cfg: Any) -> Modality:
     else:
         from transformers import AutoConfig
 
-        from fedmosaic.data.text import load_pretrained
+        from fedmosaic.models.pretrained import load_pretrained
 
         dim = int(load_pretrained(AutoConfig.from_pretrained, cfg.text_encoder, "model config").hidden_size)
     return Modality(modality.name, "embedding", (dim,))

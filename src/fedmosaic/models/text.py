@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
-from fedmosaic.data.text import load_pretrained
+from fedmosaic.models.pretrained import load_pretrained
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

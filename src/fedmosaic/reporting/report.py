@@ -7,15 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedmosaic.core.errors import ReportError
 from fedmosaic.core.metrics import METRIC_NAMES
 from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 from fedmosaic.privacy.accounting import privacy_markdown
 from fedmosaic.reporting.plots import eval_keys, plot_bytes, plot_comparison, plot_run_metrics
-
-
-class ReportError(ValueError):
-    """A folder given to the report is not a finished run."""
 
 
 def load_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
