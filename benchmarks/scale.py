@@ -8,9 +8,13 @@ memory is that run's alone. Writes the ``scale`` section of BENCHMARKS.md.
 
     python benchmarks/scale.py              # full: 10 / 100 / 1,000 clients x 3 seeds, 5 rounds (~6 min)
     python benchmarks/scale.py --smoke      # 10 and 30 clients, 1 seed, 2 rounds, prints only (CI)
+    python benchmarks/scale.py --device cuda   # the same on a GPU (engine.device), adds peak device memory
 
 Targets (issue 8): 1,000 clients in one process under 2 GB peak, and seconds per round with 1,000
-clients within 1.2x of those with 10.
+clients within 1.2x of those with 10. Issue 20: device memory flat in the number of clients, because
+every client of a process trains in the same model instances (their states are numpy, on the CPU):
+at the end of the last round the worker counts the live torch models, their parameters and the bytes
+of every live tensor (and, on CUDA, ``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -36,10 +40,13 @@ TARGET_MB = 2048
 TARGET_RATIO = 1.2
 
 
-def overrides(n_clients: int, seed: int, rounds: int, test_size: int = TEST_SIZE) -> list[str]:
+def overrides(
+    n_clients: int, seed: int, rounds: int, test_size: int = TEST_SIZE, device: str = "cpu"
+) -> list[str]:
     """The scale task for ``n_clients`` clients: fixed samples per client, fixed test set."""
     n_samples = n_clients * SAMPLES_PER_CLIENT + test_size
     return [
+        f"engine.device={device}",
         f"seed={seed}",
         f"rounds={rounds}",
         "compare=[]",
@@ -57,23 +64,67 @@ def overrides(n_clients: int, seed: int, rounds: int, test_size: int = TEST_SIZE
     ]
 
 
-def worker(n_clients: int, seed: int, rounds: int, test_size: int) -> dict[str, Any]:
-    """One run in this process: task build time, wall and CPU seconds per round, peak RSS."""
+def live_torch() -> dict[str, float]:
+    """What torch holds right now in this process: root models, parameters, tensor bytes.
+
+    ``models``: live ``nn.Module`` objects with parameters that are no other live module's child
+    (the server's global model, the client half's model slot; transformers' parameter-free
+    activation singletons are not models); ``parameters``: elements of the distinct live
+    ``nn.Parameter`` objects; ``tensor_mib``: bytes of the distinct storages of every live tensor
+    (CPU torch keeps no allocator statistics, so this is its counter). With CUDA also the bytes
+    allocated on the GPU now and at the peak (``torch.cuda.memory_allocated``/``max_memory_allocated``).
+    """
+    import gc
+    import warnings
+
+    import torch
+
+    gc.collect()
+    objects = gc.get_objects()
+    with warnings.catch_warnings():  # isinstance on deprecated torch.distributed aliases warns
+        warnings.simplefilter("ignore")
+        modules = [o for o in objects if isinstance(o, torch.nn.Module)]
+        tensors = [o for o in objects if isinstance(o, torch.Tensor)]
+    children = {id(c) for m in modules for c in m.children()}
+    params = {id(o): o for o in tensors if isinstance(o, torch.nn.Parameter)}
+    storages: dict[tuple[str, int], int] = {}
+    for o in tensors:
+        if o.device.type != "meta":
+            storage = o.untyped_storage()
+            storages[(str(o.device), storage.data_ptr())] = storage.nbytes()
+    roots = [m for m in modules if id(m) not in children]
+    out = {
+        "models": float(sum(1 for m in roots if next(m.parameters(), None) is not None)),
+        "parameters": float(sum(p.numel() for p in params.values())),
+        "tensor_mib": sum(storages.values()) / 2**20,
+    }
+    if torch.cuda.is_available():
+        out["cuda_mib"] = torch.cuda.memory_allocated() / 2**20
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def worker(n_clients: int, seed: int, rounds: int, test_size: int, device: str = "cpu") -> dict[str, Any]:
+    """One run in this process: task build time, wall and CPU seconds per round, peak RSS, and what
+    torch holds at the end of the last round (:func:`live_torch`)."""
     from fedmosaic import runner
     from fedmosaic.config import load_config
     from fedmosaic.engines.run_folder import peak_rss_mb
 
     marks: list[tuple[float, float]] = []
+    held: dict[str, float] = {}
 
     def progress(_name: str, _rounds: int):
         marks.append((time.perf_counter(), time.process_time()))  # the task is built: the engine starts
 
-        def on_round(_r: int, _row: dict[str, Any]) -> None:
+        def on_round(r: int, _row: dict[str, Any]) -> None:
             marks.append((time.perf_counter(), time.process_time()))
+            if r == rounds:  # the federation is still alive here; counted after the round's timing mark
+                held.update(live_torch())
 
         return on_round
 
-    cfg = load_config(None, overrides(n_clients, seed, rounds, test_size))
+    cfg = load_config(None, overrides(n_clients, seed, rounds, test_size, device))
     with tempfile.TemporaryDirectory() as tmp:
         start = (time.perf_counter(), time.process_time())
         result = runner.start(cfg, Path(tmp) / "run", progress=progress)
@@ -92,10 +143,12 @@ def worker(n_clients: int, seed: int, rounds: int, test_size: int) -> dict[str, 
         "cpu_s_per_round": float(np.mean(cpu)),
         "peak_rss_mb": peak_rss_mb(),
         "accuracy": summary["final"]["overall"]["accuracy"],
+        "device": device,
+        **held,
     }
 
 
-def measure(n_clients: int, seed: int, rounds: int, test_size: int) -> dict[str, Any]:
+def measure(n_clients: int, seed: int, rounds: int, test_size: int, device: str = "cpu") -> dict[str, Any]:
     """Run :func:`worker` in a fresh interpreter (so its peak RSS is its own)."""
     cmd = [
         sys.executable,
@@ -107,7 +160,7 @@ def measure(n_clients: int, seed: int, rounds: int, test_size: int) -> dict[str,
         "--rounds",
         str(rounds),
     ]
-    cmd += ["--test-size", str(test_size)]
+    cmd += ["--test-size", str(test_size), "--device", device]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{n_clients} clients, seed {seed} failed:\n{proc.stderr[-2000:]}")
@@ -117,27 +170,38 @@ def measure(n_clients: int, seed: int, rounds: int, test_size: int) -> dict[str,
 def table(
     rows: dict[int, list[dict[str, Any]]], seeds: list[int], rounds: int, test_size: int, command: str
 ) -> str:
-    """The markdown section: one row per size, and the two targets checked against the measurements."""
+    """The markdown section: one row per size, and the targets checked against the measurements."""
+    device = next(iter(rows.values()))[0]["device"]
+    cuda = "cuda_peak_mib" in next(iter(rows.values()))[0]
     lines = [
-        "### Scale: 10, 100 and 1,000 clients in one process (issue 8)",
+        "### Scale: 10, 100 and 1,000 clients in one process (issues 8 and 20)",
         "",
         f"Local engine, synthetic image+text task, fedavg, every client holding both modalities, "
         f"{PER_ROUND} clients sampled per round, {SAMPLES_PER_CLIENT} samples per client, a fixed "
         f"{test_size}-sample test set evaluated every round; {rounds} rounds, seeds "
         f"{', '.join(map(str, seeds))}, each size and seed in its own process; mean ± std over seeds. "
         f"Seconds per round are rounds 2..{rounds} (round 1 also builds the client's model). "
+        f"`engine.device = {device}`. Live torch objects are counted at the end of the last round "
+        "(`live_torch()` in the script): models = live modules with parameters that are no other "
+        "module's child, parameters = elements of the live `nn.Parameter`s, tensor MiB = the distinct "
+        f"storages of every live tensor{'; peak CUDA MiB = cuda.max_memory_allocated' if cuda else ''}. "
         f"Command: `{command}`",
         "",
-        "| clients | task setup CPU s | s / round (wall) | CPU s / round | peak RSS MiB | accuracy |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| clients | task setup CPU s | s / round (wall) | CPU s / round | peak RSS MiB | live models "
+        f"| live parameters | live tensor MiB |{' peak CUDA MiB |' if cuda else ''} accuracy |",
+        f"|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|' if cuda else ''}---:|",
     ]
     for n, runs in rows.items():
+        cuda_cell = f" {mean_std([r['cuda_peak_mib'] for r in runs], 1)} |" if cuda else ""
         lines.append(
             f"| {n:,} | {mean_std([r['setup_cpu_s'] for r in runs], 2)} "
             f"| {mean_std([r['s_per_round'] for r in runs], 3)} "
             f"| {mean_std([r['cpu_s_per_round'] for r in runs], 3)} "
             f"| {mean_std([r['peak_rss_mb'] for r in runs], 0)} "
-            f"| {mean_std([r['accuracy'] for r in runs], 3)} |"
+            f"| {mean_std([r['models'] for r in runs], 0)} "
+            f"| {mean_std([r['parameters'] for r in runs], 0)} "
+            f"| {mean_std([r['tensor_mib'] for r in runs], 2)} |{cuda_cell}"
+            f" {mean_std([r['accuracy'] for r in runs], 3)} |"
         )
     small, large = min(rows), max(rows)
     cpu = {n: np.mean([r["cpu_s_per_round"] for r in rows[n]]) for n in (small, large)}
@@ -151,12 +215,26 @@ def table(
         f"{'met' if ratio <= TARGET_RATIO else 'NOT met'}.",
         f"- Peak resident memory with {large:,} clients: {peak:.0f} MiB (largest seed); target < "
         f"{TARGET_MB} MiB: {'met' if peak < TARGET_MB else 'NOT met'}.",
+        f"- Live torch memory with {large:,} vs {small:,} clients: {flat(rows, small, large, 'models')} "
+        f"models, {flat(rows, small, large, 'parameters')} parameters, "
+        f"{flat(rows, small, large, 'tensor_mib')} tensor MiB"
+        + (f", {flat(rows, small, large, 'cuda_peak_mib')} peak CUDA MiB" if cuda else "")
+        + ": the clients share the model instances, so what torch holds does not grow with them "
+        "(the resident-memory growth is the clients' numpy data and states).",
         "",
         "CPU seconds are the contention-free figure (the machine is shared with other jobs, which "
         "inflates wall time). Task setup is generating the data (it grows with the clients: "
         f"{SAMPLES_PER_CLIENT} samples each) and assembling the task.",
     ]
     return "\n".join(lines)
+
+
+def flat(rows: dict[int, list[dict[str, Any]]], small: int, large: int, key: str) -> str:
+    """``a -> b`` of ``key``'s mean at the smallest and the largest size (exact counts as integers)."""
+    a, b = (float(np.mean([r[key] for r in rows[n]])) for n in (small, large))
+    if a.is_integer() and b.is_integer():
+        return f"{a:,.0f} -> {b:,.0f}"
+    return f"{a:,.2f} -> {b:,.2f}"
 
 
 def main() -> None:
@@ -168,20 +246,21 @@ def main() -> None:
         "--smoke", action="store_true", help="10 and 30 clients, 1 seed, 2 rounds; prints only"
     )
     parser.add_argument("--test-size", type=int, default=TEST_SIZE, help="server test set size")
+    parser.add_argument("--device", default="cpu", help="engine.device of every run (default cpu)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one run, JSON on stdout
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds: at least 2 (round 1 is not timed)")
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.seeds[0], args.rounds, args.test_size)))
+        print(json.dumps(worker(args.worker, args.seeds[0], args.rounds, args.test_size, args.device)))
         return
     sizes = [10, 30] if args.smoke else sorted(args.sizes)
     seeds = args.seeds[:1] if args.smoke else args.seeds
     rounds = 2 if args.smoke else args.rounds
     rows: dict[int, list[dict[str, Any]]] = {}
     for n in sizes:
-        rows[n] = [measure(n, seed, rounds, args.test_size) for seed in seeds]
+        rows[n] = [measure(n, seed, rounds, args.test_size, args.device) for seed in seeds]
         print(f"{n} clients: {rows[n]}", file=sys.stderr, flush=True)
     command = "python benchmarks/scale.py" + (" --smoke" if args.smoke else "")
     if not args.smoke:
@@ -193,6 +272,8 @@ def main() -> None:
             command += f" --rounds {rounds}"
         if args.test_size != TEST_SIZE:
             command += f" --test-size {args.test_size}"
+    if args.device != "cpu":
+        command += f" --device {args.device}"
     section = table(rows, seeds, rounds, args.test_size, command)
     publish(section, args.output, SECTION, args.smoke)
 

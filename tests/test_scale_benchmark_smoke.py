@@ -31,5 +31,7 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     assert "| 10 |" in out and "| 30 |" in out
     assert "30 vs 10 clients, CPU seconds per round:" in out
     assert "Peak resident memory with 30 clients:" in out
+    # issue 20: the clients share the model instances, so live torch memory does not grow with them
+    assert "Live torch memory with 30 vs 10 clients: 2 -> 2 models" in out
     assert "`python benchmarks/scale.py --smoke`" in out
     assert not target.exists()  # smoke mode never writes the published table

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from fedmosaic.core.algorithm import AlgorithmConfig
+from fedmosaic.core.device import check_device_name
 from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.settings import ModelConfig, RobustnessConfig, Strict, TrainingConfig, resolve_path
 from fedmosaic.privacy.dp import PrivacyConfig
@@ -161,6 +162,19 @@ class EngineConfig(_Strict):
         description="local engine: each planned client's reply is lost with this probability per round "
         "(drawn from the run's seed, round and client, so a resumed run drops the same ones)",
     )
+    device: str = Field(
+        "cpu",
+        description="where models, batches and aggregation run: cpu (the default: the same bytes on every "
+        "machine), auto (cuda, else mps, else cpu), cuda, cuda:N or mps. Flower nodes take theirs from "
+        "their own --node-config device=...",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        # Only the spelling here (no torch import at validation); whether the machine has the device
+        # is checked at run start (fedmosaic.core.device.resolve_device), before anything is written.
+        return check_device_name(value)
 
 
 class OutputConfig(_Strict):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmosaic.config import ConfigError, RunConfig, load_config
+from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import FedmosaicWarning
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task, task_outline
@@ -64,6 +65,8 @@ def start(
     What the data lost before training (skipped bad samples, lost clients) is said through ``notify``
     (default: a :class:`FedmosaicWarning`) before the first round, and written into report.md."""
     folder = Path(out) if out is not None else default_folder(cfg)
+    # a device this machine lacks: one line, before the folder exists
+    resolve_device(cfg.engine.device, workers=cfg.engine.workers)
     if (outline := task_outline(cfg)) is not None:
         check_fit(cfg)(outline)  # before the lock creates the folder (or its parents)
     with FolderLock(folder, "--out"):
@@ -114,6 +117,8 @@ def resume(
         cfg = load_config(run.config)
         run.check_config(cfg.to_toml_dict())  # an edited config.toml is refused before loading, too
         check_extras(cfg)
+        # resumed on another machine: its device must be here too
+        resolve_device(cfg.engine.device, workers=cfg.engine.workers)
         configure_threads(cfg.engine.threads)
         task = build_task(cfg, check=check_fit(cfg))
         for line in data_notes(task.data_summary()):

@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.device import to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import global_model_groups
 from fedmosaic.core.modality import ClientSpec
@@ -83,7 +84,7 @@ def build_autoencoder(settings: Settings[AutoencoderConfig]) -> SplitAutoencoder
     """The run's initial autoencoder: the same weights at every party, from ``(seed, 0, server, init)``."""
     cfg = settings.algorithm
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
-        return SplitAutoencoder(channels_of(settings), cfg.rep_size)
+        return SplitAutoencoder(channels_of(settings), cfg.rep_size).to(settings.device)
 
 
 def prefixes(modalities: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -126,6 +127,7 @@ def train_reconstruction(
     for epoch in range(settings.training.local_epochs):
         order = rng.numpy(f"batches-{epoch}")
         for inputs, _ in view.batches(settings.training.batch_size, order):
+            inputs = to_device(inputs, settings.device)
             if loss_fn is None:
                 loss = model.reconstruction_loss(inputs, cfg.reverse_target)
             else:
@@ -152,7 +154,7 @@ class LinearEvalServer:
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.model.represent(x, modality)
+        return self.model.represent(to_device(x, self.settings.device), modality)
 
     def _probe(self, featurize: Callable[[torch.Tensor, str], torch.Tensor]) -> dict[str, dict[str, float]]:
         cfg = self.settings.algorithm
@@ -179,7 +181,7 @@ class LinearEvalServer:
 
             @torch.no_grad()
             def untrained(x: torch.Tensor, modality: str) -> torch.Tensor:
-                return initial.represent(x, modality)
+                return initial.represent(to_device(x, self.settings.device), modality)
 
             self._controls = {
                 **{f"control/untrained/{k}": v for k, v in self._probe(untrained).items()},

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedmosaic.algorithms.robust import Aggregation
@@ -40,9 +41,13 @@ class EncoderAlgorithm(Algorithm):
 
 
 def initial_model(settings: Settings) -> nn.Module:
-    """The run's initial classifier: the same weights for every party, from ``(seed, 0, server, init)``."""
+    """The run's initial classifier: the same weights for every party, from ``(seed, 0, server, init)``.
+
+    Built on the CPU from the CPU generator and then moved to ``settings.device``, so a GPU run
+    starts from exactly the weights of a CPU run.
+    """
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
-        return build_classifier(settings.info, settings.model)
+        return build_classifier(settings.info, settings.model).to(settings.device)
 
 
 class ModelSlot:
@@ -50,7 +55,8 @@ class ModelSlot:
 
     Building encoders (BERT in particular) costs more than a local epoch on small data, so a client
     half keeps one skeleton and loads whichever weights a call needs. Nothing in it survives a
-    call as *state*: every call overwrites the parts it uses.
+    call as *state*: every call overwrites the parts it uses. Every client of a process shares the
+    slot, so device memory holds one model whatever the number of clients.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -88,7 +94,7 @@ class GlobalModelServer:
     ) -> dict[str, dict[str, float]]:
         subsets = {
             f"test/{k}": v for k, v in evaluate_subsets(self.model, self.test, self.settings.info).items()
-        }
+        }  # on the model's device (settings.device)
         return {**subsets, **global_model_groups(subsets, clients)}
 
     def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:
@@ -118,14 +124,19 @@ def weighted_average(
     replies: dict[str, Message],
     weight: Callable[[Message], float] = sample_count,
     rule: Aggregation | None = None,
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Each named array averaged over the replies that carry it, reply r weighted by ``weight(r)``.
 
     Averaging by name (not over all replies) is what makes a modality's parts average over the
     clients holding that modality; a part no reply carries is absent, so it keeps its global value.
     Sums run in float64; ``load_arrays`` casts back to each parameter's dtype. ``rule`` (default:
-    this mean) swaps in a robust rule per name (:mod:`fedmosaic.algorithms.robust`).
+    this mean) swaps in a robust rule per name (:mod:`fedmosaic.algorithms.robust`). On a CUDA
+    ``device`` the mean runs there (:func:`device_weighted_mean`); the robust rules, and the mean
+    on cpu and mps (no float64 on Apple GPUs), run in numpy.
     """
+    if (rule is None or rule.is_mean) and torch.device(device).type == "cuda":
+        return device_weighted_mean(replies, weight, device)
     if rule is not None and not rule.is_mean:
         by_name: dict[str, list[np.ndarray]] = defaultdict(list)
         for reply in replies.values():
@@ -140,3 +151,23 @@ def weighted_average(
             sums[name] = sums.get(name, 0.0) + w * value.astype(np.float64)
             weights[name] += w
     return {name: total / weights[name] for name, total in sums.items()}
+
+
+def device_weighted_mean(
+    replies: dict[str, Message], weight: Callable[[Message], float], device: str
+) -> dict[str, np.ndarray]:
+    """:func:`weighted_average`'s mean computed with torch on ``device``, returned as CPU numpy.
+
+    The same float64 operations in the same order as the numpy mean (each product, sum and the
+    final division rounded once), so it gives the same bytes; tests check that on the CPU.
+    """
+    sums: dict[str, torch.Tensor | float] = {}
+    weights: dict[str, float] = defaultdict(float)
+    for reply in replies.values():
+        w = weight(reply)
+        for name, value in reply.arrays.items():
+            term = w * torch.from_numpy(np.asarray(value)).to(device, torch.float64)
+            # 0.0 + the first term, as numpy does (it turns a -0.0 into 0.0: the same bytes)
+            sums[name] = sums.get(name, 0.0) + term
+            weights[name] += w
+    return {name: (total / weights[name]).cpu().numpy() for name, total in sums.items()}

@@ -79,7 +79,10 @@ class FedAvgServer(GlobalModelServer):
         return {}
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
-        load_arrays(self.model, weighted_average(replies, rule=aggregation_of(self.settings)))
+        load_arrays(
+            self.model,
+            weighted_average(replies, rule=aggregation_of(self.settings), device=self.settings.device),
+        )
         return weighted_train_loss(replies)
 
 

@@ -57,6 +57,7 @@ from fedmosaic.algorithms.base import EncoderAlgorithm, GlobalModelServer, weigh
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings, Uploads, sample_clients
+from fedmosaic.core.device import model_device, to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
@@ -146,12 +147,14 @@ def mean_true_class_probs(model: CMIClassifier, view: View, num_classes: int) ->
     sums = {m: np.zeros(num_classes) for m in model.names}
     counts = np.zeros(num_classes)
     complete = view.subset(np.flatnonzero(view.mask.all(axis=1)))
+    device = model_device(model)
     for inputs, labels in complete.batches(256):
-        out = model.outputs(inputs)
+        out = model.outputs(to_device(inputs, device))
         y = labels.numpy()
         counts += np.bincount(y, minlength=num_classes)
+        on_device = to_device(labels, device)
         for m in model.names:
-            p = F.softmax(out.heads[m], dim=1).gather(1, labels[:, None]).squeeze(1).numpy()
+            p = F.softmax(out.heads[m], dim=1).gather(1, on_device[:, None]).squeeze(1).cpu().numpy()
             sums[m] += np.bincount(y, weights=p, minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {m: np.where(counts > 0, sums[m] / counts, np.nan) for m in model.names}
@@ -160,7 +163,10 @@ def mean_true_class_probs(model: CMIClassifier, view: View, num_classes: int) ->
 def initial_cmi_model(settings: Settings[FedCMIConfig]) -> CMIClassifier:
     """The run's initial FedCMI model, the same for every party: seeded from ``(seed, 0, server, init)``."""
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
-        return build_cmi_classifier(settings.info, settings.model, settings.algorithm.infiltration)
+        # built on the CPU generator, then moved: the same initial weights on every device
+        return build_cmi_classifier(settings.info, settings.model, settings.algorithm.infiltration).to(
+            settings.device
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,11 +201,11 @@ class FedCMIClient:
         """Per-class temperatures for this round (before any local step, so from the global model)."""
         num_classes = self.settings.info.num_classes
         if not self.cfg.class_temperature:
-            return torch.full((num_classes,), self.cfg.temperature)
+            return torch.full((num_classes,), self.cfg.temperature, device=self.settings.device)
         probs = mean_true_class_probs(model, view, num_classes)
         m1, m2 = model.names
         temps = class_temperatures(probs[m1], probs[m2], self.cfg.temperature_coef)
-        return torch.from_numpy(temps).float()
+        return torch.from_numpy(temps).float().to(self.settings.device)
 
     def fit(self, message: Message, state: Message, data: ClientData, rng: Rng) -> tuple[Message, Message]:
         cfg, training = self.cfg, self.settings.training
@@ -216,7 +222,11 @@ class FedCMIClient:
         prefixes = part_prefixes(model, held)
         named = {n: p for n, p in model.named_parameters() if n.startswith(prefixes)}
         optimizer = make_optimizer(list(named.values()), training)
-        reference = {n: torch.from_numpy(message.arrays[n].copy()) for n in named} if cfg.mu > 0 else {}
+        reference = (
+            {n: to_device(torch.from_numpy(message.arrays[n].copy()), self.settings.device) for n in named}
+            if cfg.mu > 0
+            else {}
+        )
 
         losses: list[float] = []
         inf_losses: list[float] = []
@@ -226,6 +236,10 @@ class FedCMIClient:
             for epoch in range(training.local_epochs):
                 order = rng.numpy(f"batches-{epoch}")
                 for inputs, labels in data.train.batches(training.batch_size, order, drop_singletons=True):
+                    inputs, labels = (
+                        to_device(inputs, self.settings.device),
+                        to_device(labels, self.settings.device),
+                    )
                     out = model.outputs(inputs)
                     if out.fused is None:  # one modality in this batch: train what is held
                         loss = sum(F.cross_entropy(h, labels) for h in out.heads.values())
@@ -279,7 +293,10 @@ class FedCMIServer(GlobalModelServer):
 
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         # a part no sampled client holds keeps its global value (it is in no reply)
-        load_arrays(self.model, weighted_average(replies, rule=aggregation_of(self.settings)))
+        load_arrays(
+            self.model,
+            weighted_average(replies, rule=aggregation_of(self.settings), device=self.settings.device),
+        )
         return self._train_stats(replies)
 
     def reply_spec(self, round: int, client_id: str, sent: Message) -> ReplySpec:

@@ -84,6 +84,7 @@ from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import ServerData, Settings, Uploads, sample_clients
+from fedmosaic.core.device import to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed
@@ -151,7 +152,7 @@ class Distiller:
         self.joint = {
             layer: joint_projection(
                 len(self.names), w, torch_seed(settings.seed, 0, SERVER, f"joint-{layer}")
-            )
+            ).to(settings.device)  # drawn on the CPU generator: the same projection on every device
             for layer, w in widths.items()
         }
         self.widths = widths
@@ -218,7 +219,7 @@ def _wire(embedding: torch.Tensor) -> np.ndarray:
     of the transposed view as it is (numpy ignores the stride of a length-1 axis), and torch still
     rounds those strides differently from the canonical ones a deserialised array has.
     """
-    return embedding.numpy().copy(order="C")
+    return embedding.cpu().numpy().copy(order="C")
 
 
 def _encode(
@@ -269,6 +270,10 @@ class FedMEKTClient:
         teacher = {
             m: {layer: torch.from_numpy(message.arrays[emb_key(m, layer)]) for layer in LAYERS} for m in held
         }
+        batch, teacher = (
+            to_device(batch, self.settings.device),
+            {m: to_device(t, self.settings.device) for m, t in teacher.items()},
+        )
         # The proxy batch is swept once per local epoch, in lockstep with the private batches (as the
         # reference advanced its public and private sequences together): each step distils a chunk.
         steps_per_epoch = max(1, -(-len(data.train) // self.settings.training.batch_size))
@@ -338,7 +343,9 @@ class FedMEKTServer(LinearEvalServer):
     def _global_embeddings(self, idx: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         self.model.eval()
         with torch.no_grad():
-            windows = {m: torch.from_numpy(a[idx]) for m, a in self.proxy.items()}
+            windows = to_device(
+                {m: torch.from_numpy(a[idx]) for m, a in self.proxy.items()}, self.settings.device
+            )
             enc = _encode(self.model, windows, self.cfg)
         return {m: {layer: _wire(t) for layer, t in e.items()} for m, e in enc.items()}
 
@@ -381,6 +388,7 @@ class FedMEKTServer(LinearEvalServer):
                     )
                     for layer in LAYERS
                 }
+                averaged[m] = to_device(averaged[m], self.settings.device)
         rec, kd = self._distil(averaged, rng)
         stats = weighted_train_loss(replies)
         stats.update({"server_recon": rec, "server_kd": kd, "proxy_bytes": float(self.proxy_bytes_sent)})
@@ -396,7 +404,9 @@ class FedMEKTServer(LinearEvalServer):
         """R epochs over the round's proxy batch: reconstruction + eta/gamma KD toward the client average."""
         cfg, model = self.cfg, self.model
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr_server, fused=True)  # one kernel per step
-        windows = {m: torch.from_numpy(a[self.batch]) for m, a in self.proxy.items()}
+        windows = to_device(
+            {m: torch.from_numpy(a[self.batch]) for m, a in self.proxy.items()}, self.settings.device
+        )
         weights = {"top": cfg.eta, "first": cfg.gamma}
         log_teacher = self.distiller.log_targets(averaged) if averaged else {}
         bs = self.settings.training.batch_size

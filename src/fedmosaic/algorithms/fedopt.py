@@ -98,7 +98,7 @@ class FedOptServer(FedAvgServer):
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         # The same average FedAvg takes; a part no reply carries is absent from it and so keeps
         # its weights and its moments.
-        average = weighted_average(replies, rule=aggregation_of(self.settings))
+        average = weighted_average(replies, rule=aggregation_of(self.settings), device=self.settings.device)
         trainable = {name for name, _ in self.model.named_parameters()}
         stepped = {n: a for n, a in average.items() if n in trainable}
         weights, m, v = server_opt_step(

@@ -25,6 +25,7 @@ from fedmosaic.algorithms.base import weighted_average, weighted_train_loss
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import ServerData, Settings, Uploads, sample_clients
+from fedmosaic.core.device import to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -70,7 +71,11 @@ class MMFedAvgClient:
         reverse = bool(self.settings.algorithm.reverse_target)
         mu = float(message.meta.get("mu", 0.0))  # mmFedProx's server sends its mu with the weights
         params = dict(model.named_parameters())
-        reference = {n: torch.from_numpy(a.copy()) for n, a in message.arrays.items() if n in params}
+        reference = {
+            n: to_device(torch.from_numpy(a.copy()), self.settings.device)
+            for n, a in message.arrays.items()
+            if n in params
+        }
 
         def loss_fn(inputs: dict[str, torch.Tensor], step: int) -> torch.Tensor:
             loss = model.reconstruction_loss(inputs, reverse)
@@ -109,7 +114,10 @@ class MMFedAvgServer(LinearEvalServer):
     def aggregate(self, round: int, replies: dict[str, Message], rng: Rng) -> dict[str, float]:
         mm_weight = float(self.settings.algorithm.mm_weight)
         weights = weighted_average(
-            replies, lambda r: mm_weight if r.meta.get("multimodal") else 1.0, aggregation_of(self.settings)
+            replies,
+            lambda r: mm_weight if r.meta.get("multimodal") else 1.0,
+            aggregation_of(self.settings),
+            device=self.settings.device,
         )
         load_arrays(self.model, weights)
         return weighted_train_loss(replies)

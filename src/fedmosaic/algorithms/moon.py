@@ -51,7 +51,7 @@ def model_contrastive_loss(
     negative = nn.functional.cosine_similarity(z, z_prev, dim=1) / tau
     logits = torch.stack([positive, negative], dim=1)
     # cross-entropy with the positive pair as class 0 is -log(e^pos / (e^pos + e^neg)), computed stably
-    return nn.functional.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long))
+    return nn.functional.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long, device=z.device))
 
 
 class MoonServer(FedAvgServer):

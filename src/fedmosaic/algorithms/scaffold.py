@@ -44,6 +44,7 @@ from fedmosaic.core.algorithm import (
     Uploads,
     sample_clients,
 )
+from fedmosaic.core.device import to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
@@ -104,7 +105,10 @@ class ScaffoldClient:
         c = {n.removeprefix(VARIATE): a for n, a in message.arrays.items() if n.startswith(VARIATE)}
         # a variate this client has never updated is zero (the paper's initialisation)
         c_i = {n: state.arrays.get(VARIATE + n, np.zeros_like(a)) for n, a in c.items()}
-        correction = {n: torch.from_numpy((c[n] - c_i[n]).astype(c[n].dtype)) for n in c}
+        correction = {
+            n: to_device(torch.from_numpy((c[n] - c_i[n]).astype(c[n].dtype)), self.settings.device)
+            for n in c
+        }
         steps = 0
 
         def correct(named: dict[str, nn.Parameter]) -> None:
@@ -174,7 +178,7 @@ class ScaffoldServer(GlobalModelServer):
             k: Message({n: a for n, a in r.arrays.items() if not n.startswith(DELTA)}, r.meta)
             for k, r in replies.items()
         }
-        average = weighted_average(weights, rule=aggregation_of(self.settings))
+        average = weighted_average(weights, rule=aggregation_of(self.settings), device=self.settings.device)
         current = to_arrays(self.model)
         trainable = self._trainable()
         lr = self.settings.algorithm.server_lr

@@ -39,7 +39,9 @@ class Settings(Generic[C]):
     Typed throughout: an algorithm's halves take ``Settings[TheirConfig]`` and read their own
     hyperparameters as fields, never through ``getattr`` with a default. ``robustness`` is the run's
     ``[robustness]`` block (the aggregation rule lives there); ``None`` (a hand-built Settings)
-    means the weighted mean.
+    means the weighted mean. ``device`` is the torch device (already resolved,
+    :func:`fedmosaic.core.device.resolve_device`) a half keeps its models on and moves its batches to;
+    what it puts in a Message is numpy on the CPU whatever the device.
     """
 
     info: TaskInfo
@@ -50,6 +52,7 @@ class Settings(Generic[C]):
     rounds: int
     clients_per_round: int
     robustness: RobustnessConfig | None = None
+    device: str = "cpu"
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
+from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import ConfigError, FedmosaicWarning
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
@@ -69,6 +70,8 @@ class Federation:
 
     ``transport`` and ``specs`` are for engines that deliver messages elsewhere (Flower's
     coordinator); by default clients run in this process (``workers > 1``: in forked workers).
+    ``device`` (``cpu``, ``auto``, ``cuda``, ``cuda:N``, ``mps``) is where both halves keep their
+    models and batches; messages and client states stay numpy on the CPU.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Federation:
         dropout: float = 0.0,
         workers: int = 1,
         state_cache: int = 64,
+        device: str = "cpu",
         client_wrappers: Sequence[ClientWrapper] = (),
         server_wrappers: Sequence[ServerWrapper] = (),
         callbacks: Sequence[Callback] = (),
@@ -98,6 +102,7 @@ class Federation:
     ) -> None:
         self.algorithm = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
         self.config = _algorithm_config(self.algorithm, config)
+        self.device = resolve_device(device, key="device", workers=workers if transport is None else 1)
         # Before any half is built: a misfit is one line per problem, not a failure inside a model.
         if problems := self.algorithm.check_task(task.info):
             raise ConfigError("\n".join(f"algorithm: {line}" for line in problems))
@@ -121,6 +126,7 @@ class Federation:
             rounds=self.total_rounds,
             clients_per_round=clients_per_round or len(self.specs),
             robustness=self.robustness,
+            device=self.device,
         )
         pooled = task.pooled_train() if self.algorithm.needs_pooled_data else None
         data = ServerData(task.proxy, task.labelled, task.test, pooled)
@@ -164,6 +170,9 @@ class Federation:
         ``folder`` receives the run's outputs; its ``config.toml`` is written when absent.
         """
         configure_threads(cfg.engine.threads)
+        workers = cfg.engine.workers if transport is None else 1
+        # before the data is built or config.toml written
+        device = resolve_device(cfg.engine.device, workers=workers)
         if task is None:
             from fedmosaic.data.tasks import build_task
 
@@ -191,6 +200,7 @@ class Federation:
                 dropout=cfg.engine.dropout,
                 workers=cfg.engine.workers,
                 state_cache=cfg.engine.state_cache,
+                device=device,
                 client_wrappers=client_wrappers,
                 server_wrappers=server_wrappers,
                 callbacks=callbacks,

@@ -55,6 +55,7 @@ from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import RunConfig, load_config
 from fedmosaic.core.algorithm import ClientSide, ServerData, ServerSide
 from fedmosaic.core.checkpoint import atomic_write_bytes, atomic_write_json, load_message, save_message
+from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import AlreadyDone, NotDue, PipelineError
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
@@ -161,6 +162,7 @@ class FilePipeline:
             )
         self.cfg: RunConfig = load_config(self.root / "config.toml")
         configure_threads(self.cfg.engine.threads)
+        resolve_device(self.cfg.engine.device)  # a device this machine lacks: one line, before any step
         meta = json.loads(published.read_text())
         if meta.get("format") != FORMAT:
             raise PipelineError(f"--root: {published} has format {meta.get('format')}, need {FORMAT}")
@@ -185,6 +187,7 @@ class FilePipeline:
                     "reply is lost when it does not come back (close the round with --min-clients)"
                 )
             algorithm = get_algorithm(cfg.algorithm.name)
+            resolve_device(cfg.engine.device)
             # Before anything is written: bad data or an algorithm that does not fit it leaves no tree.
             task = build_task(cfg, check=check_fit(cfg, baselines=False))
             _write_toml(root / "config.toml", cfg.to_toml_dict())

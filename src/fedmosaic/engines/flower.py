@@ -18,6 +18,9 @@ Where the data comes from:
   ``prepare-nodes`` (the local engine's exact rows) or the site's raw data, from which the node
   builds its own clients with the run config and its ``options``/``name`` node config;
   ``modalities="image,text"`` narrows what the node's clients hold (see :mod:`.node_data`).
+- each node's device: ``--node-config device=...`` (``cpu`` when absent, ``auto``, ``cuda``,
+  ``cuda:N``, ``mps``), the node's own hardware; the coordinator's server half uses the run
+  config's ``engine.device``.
 
 Run config (``[tool.flwr.app.config]``, overridable with ``flwr run --run-config``):
 ``config`` (a fedmosaic TOML on the coordinator, "" = the embedded default), ``set`` (overrides
@@ -56,6 +59,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import ConfigError, RunConfig, load_config, parse_value, validate
 from fedmosaic.core.algorithm import Settings
+from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import FlowerRunError
 from fedmosaic.core.message import Message as FMessage
 from fedmosaic.core.modality import ClientSpec
@@ -405,8 +409,11 @@ def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Set
     cfg = validate(tomllib.loads(run["config"]))
     configure_threads(cfg.engine.threads)
     node = _node_data(context, cfg)
+    # The node's own hardware, not the coordinator's: --node-config device=... (default cpu).
+    device = resolve_device(str(context.node_config.get("device", "cpu")), key="node-config device")
     # The coordinator's settings: its clients per round travel in the message.
-    settings = settings_from_config(cfg, node.info, int(run.get("clients-per-round", len(node.clients))))
+    per_round = int(run.get("clients-per-round", len(node.clients)))
+    settings = settings_from_config(cfg, node.info, per_round, device=device)
     return cfg, settings, int(run["round"]), node
 
 

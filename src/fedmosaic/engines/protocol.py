@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import Algorithm, ClientSide, ServerData, ServerSide, Settings
+from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import ConfigError
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
@@ -56,9 +57,10 @@ class Transport(Protocol):
 # --------------------------------------------------------------------------------------- building
 
 
-def settings_from_config(cfg: Any, info: TaskInfo, n_clients: int) -> Settings:
+def settings_from_config(cfg: Any, info: TaskInfo, n_clients: int, device: str | None = None) -> Settings:
     """The :class:`Settings` of a ``RunConfig`` (the coordinator's and every node's); ``n_clients`` is
-    the default clients per round."""
+    the default clients per round. ``device`` (default: the config's ``engine.device``) is resolved on
+    this machine: one that is not here is a :class:`ConfigError` naming ``engine.device``."""
     return Settings(
         info=info,
         algorithm=cfg.algorithm,
@@ -68,6 +70,7 @@ def settings_from_config(cfg: Any, info: TaskInfo, n_clients: int) -> Settings:
         rounds=cfg.rounds,
         clients_per_round=cfg.clients.per_round or n_clients,
         robustness=cfg.robustness,
+        device=resolve_device(cfg.engine.device) if device is None else device,
     )
 
 

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedmosaic.core.device import model_device
+
 FillMode = Literal["attention", "nearest"]
 
 
@@ -146,11 +148,12 @@ class GVFModel(nn.Module):
 
     def bank(self, modality: str) -> torch.Tensor:
         """The global vectors of ``modality`` (``(k, d)``; ``k = 0`` when there are none)."""
-        return self._bank.get(modality, torch.zeros(0, self.dim))
+        return self._bank.get(modality, torch.zeros(0, self.dim, device=model_device(self)))
 
     def set_bank(self, vectors: dict[str, torch.Tensor]) -> None:
         """Replace the bank (any ``k``; an empty dict clears it)."""
-        self._bank = {m: v.float().clone() for m, v in vectors.items() if m in self.encoders}
+        device = model_device(self)  # the vectors meet the model's own tensors in forward
+        self._bank = {m: v.float().clone().to(device) for m, v in vectors.items() if m in self.encoders}
 
     def project(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Shared-space vectors ``h_m`` of the modalities present in ``inputs``."""

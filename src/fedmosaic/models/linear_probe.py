@@ -35,7 +35,7 @@ def encode_view(view: View, featurize: Featurizer, modality: str, batch_size: in
     out: np.ndarray | None = None
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        feats = featurize(to_tensor(view.store[modality][view.indices[chunk]]), modality).numpy()
+        feats = featurize(to_tensor(view.store[modality][view.indices[chunk]]), modality).cpu().numpy()
         if out is None:
             out = np.full((len(view), feats.shape[1]), np.nan, dtype=np.float32)
         out[chunk] = feats

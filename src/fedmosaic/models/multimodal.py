@@ -79,11 +79,11 @@ class AttentionFusion(nn.Module):
         for i, m in enumerate(self.modalities):
             rows = _present_rows(present, m)
             if m not in embeddings:
-                rows = torch.zeros(batch, dtype=torch.bool)
+                rows = torch.zeros(batch, dtype=torch.bool, device=reference.device)
                 value = reference.new_zeros(batch, dim)  # a placeholder the mask gives weight 0
             else:
                 value = embeddings[m]
-                rows = torch.ones(batch, dtype=torch.bool) if rows is None else rows
+                rows = torch.ones(batch, dtype=torch.bool, device=value.device) if rows is None else rows
                 # an absent sample's tensor is replaced before attention (0 * NaN would still be NaN)
                 value = torch.where(rows[:, None], value, torch.zeros_like(value))
             tokens.append(value + self.kind[i])
@@ -137,7 +137,8 @@ class MultimodalClassifier(nn.Module):
             raise ValueError("a batch must hold at least one modality")
         if present is not None:
             counts = sum(
-                present.get(m, torch.ones(len(e), dtype=torch.bool)).long() for m, e in embeddings.items()
+                present.get(m, torch.ones(len(e), dtype=torch.bool, device=e.device)).long()
+                for m, e in embeddings.items()
             )
             if bool((counts == 0).any()):
                 raise ValueError("every sample must hold at least one modality")

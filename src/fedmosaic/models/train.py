@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmosaic.core.device import model_device, to_device
 from fedmosaic.core.metrics import classification_metrics
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import TaskInfo, View
@@ -38,16 +39,22 @@ def train_epochs(
     term to it from the same forward pass). ``before_step(named_parameters)`` runs after each
     backward pass and before the optimiser step, so it may edit the gradients (SCAFFOLD adds its
     control-variate correction ``c - c_i``); it is called once per optimiser step.
+
+    Batches (and the proximal reference) go to the model's device; the loss comes back a float.
     """
+    device = model_device(model)
+    if proximal is not None:
+        proximal = (proximal[0], {n: to_device(ref, device) for n, ref in proximal[1].items()})
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     named = dict(model.named_parameters())
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     model.train()
     with rng.seeded("dropout"):
         for epoch in range(epochs or cfg.local_epochs):
             order = rng.numpy(f"batches-{epoch}")
             for inputs, labels in view.batches(cfg.batch_size, order, drop_singletons=True):
+                inputs, labels = to_device(inputs, device), to_device(labels, device)
                 if loss_fn is None:
                     loss = nn.functional.cross_entropy(model(inputs), labels)
                 else:
@@ -62,17 +69,19 @@ def train_epochs(
                 if before_step is not None:
                     before_step(named)
                 optimizer.step()
-                losses.append(float(loss.detach()))
-    return float(np.mean(losses)) if losses else float("nan")
+                # kept as tensors: reading a float here would wait for a GPU after every step
+                losses.append(loss.detach())
+    return float(np.mean([float(x) for x in losses])) if losses else float("nan")
 
 
 @torch.no_grad()
 def predict(model: nn.Module, view: View, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """``(y_true, y_pred)`` over ``view`` in eval mode."""
+    """``(y_true, y_pred)`` over ``view`` in eval mode, on the model's device; numpy on the CPU."""
     model.eval()
+    device = model_device(model)
     truth, preds = [], []
     for inputs, labels in view.batches(batch_size):
-        preds.append(model(inputs).argmax(1).numpy())
+        preds.append(model(to_device(inputs, device)).argmax(1).cpu().numpy())
         truth.append(labels.numpy())
     return np.concatenate(truth), np.concatenate(preds)
 

@@ -30,6 +30,7 @@ from fedmosaic.algorithms.gvf.maths import info_nce
 from fedmosaic.algorithms.gvf.model import build_model, own_names, shared_names
 from fedmosaic.algorithms.gvf.wire import Arrays, ClientState, FitInstruction, FitReply, Update
 from fedmosaic.core.algorithm import Settings
+from fedmosaic.core.device import to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import flatten_eval
 from fedmosaic.core.seeding import Rng
@@ -112,7 +113,7 @@ class GVFClient:
             val_loss_global=float(val_global),
         )
         self._fill_uploads(reply, model, trained, proxy, data)
-        bank = {m: model.bank(m).numpy() for m in model.order if len(model.bank(m))}
+        bank = {m: model.bank(m).cpu().numpy() for m in model.order if len(model.bank(m))}
         new_state = ClientState(to_arrays(model, own_names(held)), proxy, bank)
         return reply.to_message(), new_state.to_message()
 
@@ -147,6 +148,10 @@ class GVFClient:
             for epoch in range(tcfg.local_epochs):
                 order = rng.numpy(f"batches-{epoch}")
                 for inputs, labels in view.batches(tcfg.batch_size, order, drop_singletons=True):
+                    inputs, labels = (
+                        to_device(inputs, self.settings.device),
+                        to_device(labels, self.settings.device),
+                    )
                     projected = model.project(inputs)
                     loss = F.cross_entropy(model.fuse(projected), labels)
                     names = [m for m in model.order if m in projected]
@@ -195,7 +200,7 @@ class GVFClient:
         known = _known_anchor  # a proxy sample no client sent a vector of is NaN
         for m, x, target in self._proxy_batches(proxy, anchor, known, order):
             h = model.project({m: x})[m]
-            a = torch.from_numpy(target).float()
+            a = torch.from_numpy(target).float().to(h.device)
             pull = info_nce(h, a, cfg.align_temperature, symmetric=False)
             _descend(optimizer, cfg.anchor_weight * pull)
 
@@ -215,7 +220,9 @@ class GVFClient:
         """
         labelled = _is_labelled  # -1: the federation was unsure
         for m, x, target in self._proxy_batches(proxy, pseudo, labelled, order):
-            loss = self.cfg.proxy_weight * F.cross_entropy(model({m: x}), torch.from_numpy(target))
+            loss = self.cfg.proxy_weight * F.cross_entropy(
+                model({m: x}), torch.from_numpy(target).to(x.device)
+            )
             _descend(optimizer, loss)
 
     def _proxy_batches(
@@ -237,13 +244,14 @@ class GVFClient:
                 rows = np.sort(kept[start : start + bs])
                 if len(rows) < 2:  # batch norm cannot train on one sample
                     continue
-                yield m, to_tensor(np.asarray(x[rows])), target[rows]
+                yield m, to_device(to_tensor(np.asarray(x[rows])), self.settings.device), target[rows]
 
     @torch.no_grad()
     def _val_loss(self, model: GVFModel, view: View) -> float:
         model.eval()
         total, count = 0.0, 0
         for inputs, labels in view.batches(256):
+            inputs, labels = to_device(inputs, self.settings.device), to_device(labels, self.settings.device)
             total += float(F.cross_entropy(model(inputs), labels, reduction="sum"))
             count += len(labels)
         return total / count if count else float("nan")
@@ -253,10 +261,16 @@ class GVFClient:
         """The projections ``h_m`` of inputs ``x`` of ``modality`` (eval mode, batches of 256)."""
         model.eval()
         out = [
-            model.project({modality: to_tensor(np.asarray(x[s : s + 256]))})[modality]
+            model.project({modality: to_device(to_tensor(np.asarray(x[s : s + 256])), self.settings.device)})[
+                modality
+            ]
             for s in range(0, len(x), 256)
         ]
-        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.cfg.dim), np.float32)
+        return (
+            torch.cat(out).cpu().numpy().astype(np.float32)
+            if out
+            else np.zeros((0, self.cfg.dim), np.float32)
+        )
 
     def evaluated_model(self, message: Message, state: Message) -> GVFModel:
         """The model a client is evaluated with: its own, under what the update step sent (if anything)."""

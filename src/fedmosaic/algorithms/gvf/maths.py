@@ -135,7 +135,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, symmetric: bo
     i of ``b`` than to the batch's other rows. Symmetric (CLIP's loss) averages both directions;
     one-sided scores ``a`` against ``b`` only (the proxy anchor, where ``b`` is a fixed target)."""
     logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / temperature
-    target = torch.arange(len(a))
+    target = torch.arange(len(a), device=a.device)
     if not symmetric:
         return F.cross_entropy(logits, target)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -24,7 +24,7 @@ def build_model(settings: Settings[GVFConfig]) -> GVFModel:
     info = settings.info
     with torch_seeded(torch_seed(settings.seed, 0, SERVER, "init")):
         encoders = {m.name: build_encoder(m, settings.model) for m in info.modalities}
-        return GVFModel(
+        return GVFModel(  # built on the CPU generator, then moved: the same weights on every device
             encoders,
             settings.model.embed_dim,
             cfg.dim,
@@ -33,7 +33,7 @@ def build_model(settings: Settings[GVFConfig]) -> GVFModel:
             gated=cfg.gating,
             fill=cfg.fill,
             fill_temperature=cfg.fill_temperature,
-        )
+        ).to(settings.device)
 
 
 def shared_names(

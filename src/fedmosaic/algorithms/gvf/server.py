@@ -224,7 +224,9 @@ class GVFServer:
             for m in held:  # samples holding every one of the teacher's modalities
                 rows = np.intersect1d(rows, self._proxy_rows(m))
             projected = {
-                m: torch.from_numpy(reply.vectors[m][np.searchsorted(self._proxy_rows(m), rows)])
+                m: torch.from_numpy(reply.vectors[m][np.searchsorted(self._proxy_rows(m), rows)]).to(
+                    self.settings.device
+                )
                 for m in sorted(held)
             }
             if len(rows):
@@ -232,7 +234,7 @@ class GVFServer:
                 # adapters, which the aggregate fits worse (docs/gvf.md, Diagnosis 8).
                 own = {k: v for k, v in reply.shared.items() if k.startswith(SHARED)}
                 load_arrays(teacher, {**aggregate, **own})
-                probs[rows] += torch.softmax(teacher.fuse(projected), 1).numpy()
+                probs[rows] += torch.softmax(teacher.fuse(projected), 1).cpu().numpy()
                 votes[rows] += 1
         probs /= np.maximum(votes, 1)[:, None]
         labels = probs.argmax(1)
