@@ -88,7 +88,9 @@ def own_cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def measure(overrides: list[str], nodes: int, workdir: Path, timeout_s: float, worker: bool) -> dict:
+def measure(
+    overrides: list[str], nodes: int, workdir: Path, timeout_s: float, worker: bool, fast_poll: bool
+) -> dict:
     """Run ``overrides`` locally and on Flower; timings, setup costs and whether metrics match."""
     cfg = load_config(None, overrides)
     local = workdir / "local"
@@ -103,7 +105,7 @@ def measure(overrides: list[str], nodes: int, workdir: Path, timeout_s: float, w
         m: import_seconds(m) for m in ("fedmosaic.engines.flower_client", "fedmosaic.engines.flower_node")
     }
     t0 = time.perf_counter()
-    with local_federation(workdir / "federation") as fed:
+    with local_federation(workdir / "federation", fast_poll=fast_poll) as fed:
         for k, folder in enumerate(folders):
             fed.start_supernode(f"node_{k}", folder, worker=worker)
         fed.wait_workers()
@@ -123,6 +125,7 @@ def measure(overrides: list[str], nodes: int, workdir: Path, timeout_s: float, w
         "rounds": cfg.rounds,
         "nodes": nodes,
         "worker": worker,
+        "fast_poll": fast_poll,
         "clients": json.loads((local / "summary.json").read_text())["clients"],
         "local_s": local_s,
         "flower_s": flower_s,
@@ -150,6 +153,11 @@ def table(m: dict, command: str) -> str:
     per_round = np.array(m["flower_s"]) - np.array(m["local_s"])
     light, heavy = m["imports"].values()
     worker = "a node worker beside each SuperNode" if m["worker"] else "no node worker"
+    worker += (
+        ", SuperNodes started by `python -m fedmosaic.engines.supernode` (idle poll 0.2 s)"
+        if m["fast_poll"]
+        else ", `flower-supernode` (idle poll 3 s)"
+    )
     return "\n".join(
         [
             f"Flower Deployment Engine vs the local engine on the same run: {m['clients']} clients on "
@@ -181,9 +189,9 @@ def table(m: dict, command: str) -> str:
             f"imports only Flower and `fedmosaic.engines.flower_client` ({light:.1f} s in a fresh process "
             f"run alone just before) and forwards the message to the node worker, which keeps torch, "
             f"the algorithms and the node's data loaded (without a worker the process imports "
-            f"`fedmosaic.engines.flower_node`: {heavy:.1f} s, and reads the data). An idle SuperNode "
-            f"polls the SuperLink every 3 s (fixed in flwr 1.41.0), so the message of the next round "
-            f"waits up to 3 s on each node; SuperExec polls every 0.1 s here "
+            f"`fedmosaic.engines.flower_node`: {heavy:.1f} s, and reads the data). An idle "
+            f"`flower-supernode` polls the SuperLink every 3 s (fixed in flwr 1.41.0), so the next "
+            f"round's message waits up to 3 s on each node, 0.2 s with the launcher; SuperExec polls every 0.1 s here "
             f"(`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`), the ServerApp every 0.05 s (`poll-s`). Machine: 2 CPU "
             f"cores shared with other jobs (1-min load average {m['load'][0]:.1f} before, "
             f"{m['load'][1]:.1f} after).",
@@ -201,6 +209,9 @@ def main() -> None:
     parser.add_argument(
         "--no-worker", action="store_true", help="no node worker: every ClientApp process does the work"
     )
+    parser.add_argument(
+        "--no-fast-poll", action="store_true", help="flower-supernode itself (its idle poll: 3 s)"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="bounded wait for the Flower run (s)")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args()
@@ -208,10 +219,13 @@ def main() -> None:
     overrides = [f"rounds={rounds}", "compare=[]", "engine.progress=false", "output.plots=false"]
     overrides += SMOKE if args.smoke else []
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(overrides, args.nodes, Path(tmp), args.timeout, not args.no_worker)
+        result = measure(
+            overrides, args.nodes, Path(tmp), args.timeout, not args.no_worker, not args.no_fast_poll
+        )
     command = "python benchmarks/flower_overhead.py" + ("" if rounds == 3 else f" --rounds {rounds}")
     command += "" if args.nodes == 3 else f" --nodes {args.nodes}"
     command += " --no-worker" if args.no_worker else ""
+    command += " --no-fast-poll" if args.no_fast_poll else ""
     section = table(result, command)
     publish(section, args.output, SECTION, args.smoke)
 

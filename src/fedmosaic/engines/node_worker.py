@@ -25,6 +25,7 @@ import socket
 import stat
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -182,7 +183,7 @@ def serve_one(conn: socket.socket, node_config: Mapping[str, Any]) -> str:
         kind = str(request[REQUEST]["kind"]) if REQUEST in request else ""
         if not kind:
             raise WorkerError("request without a message type")
-    except (WorkerError, ConnectionError, TimeoutError, OSError) as exc:
+    except Exception as exc:  # whatever a malformed frame raises, the worker answers and goes on
         _try_send(conn, _error(f"bad request: {exc}"))
         return f"bad request: {exc}"
     del request[REQUEST]
@@ -246,13 +247,17 @@ def serve(node_config: Mapping[str, Any], ready: Path | None = None, max_request
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is threading.main_thread():  # (a test may serve from a thread)
+        signal.signal(signal.SIGTERM, stop)
     served = 0
     try:
         while max_requests is None or served < max_requests:
             conn, _ = sock.accept()
             with conn:
-                log.info(serve_one(conn, config))
+                try:
+                    log.info(serve_one(conn, config))
+                except Exception:  # never let one connection end the worker
+                    log.exception("request failed")
             served += 1
     finally:
         sock.close()
