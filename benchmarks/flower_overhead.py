@@ -191,7 +191,8 @@ def table(m: dict, command: str) -> str:
             f"the algorithms and the node's data loaded (without a worker the process imports "
             f"`fedmosaic.engines.flower_node`: {heavy:.1f} s, and reads the data). An idle "
             f"`flower-supernode` polls the SuperLink every 3 s (fixed in flwr 1.41.0), so the next "
-            f"round's message waits up to 3 s on each node, 0.2 s with the launcher; SuperExec polls every 0.1 s here "
+            f"round's message waits up to 3 s on each node, 0.2 s with the launcher; SuperExec "
+            f"polls every 0.1 s here "
             f"(`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`), the ServerApp every 0.05 s (`poll-s`). Machine: 2 CPU "
             f"cores shared with other jobs (1-min load average {m['load'][0]:.1f} before, "
             f"{m['load'][1]:.1f} after).",
