@@ -382,8 +382,10 @@ def test_tls_and_node_authentication_refuse_an_unregistered_node(tmp_path: Path,
     tls = Tls(certs / "ca.crt", certs / "server.crt", certs / "server.key")
     with local_federation(tmp_path / "flower", tls=tls, node_auth=True) as fed:
         fed.register(certs / "nodes" / "site_a.pub")
-        fed.start_supernode("site_a", node_folders[0], private_key=certs / "nodes" / "site_a")
-        rogue = fed.start_supernode("rogue", node_folders[1], private_key=certs / "nodes" / "rogue")
+        # no run here, so no node workers; the SuperNodes go through fedmosaic.engines.supernode
+        site_a, rogue_key = certs / "nodes" / "site_a", certs / "nodes" / "rogue"
+        fed.start_supernode("site_a", node_folders[0], private_key=site_a, worker=False)
+        rogue = fed.start_supernode("rogue", node_folders[1], private_key=rogue_key, worker=False)
         assert rogue.wait(timeout=90) != 0  # refused: the SuperLink does not know its public key
         assert "Failed to activate SuperNode" in fed.log("rogue")
         import json
