@@ -130,5 +130,5 @@ def test_a_socket_folder_others_can_enter_is_refused(node, worker_dir: Path, tmp
     node_config, content = node
     os.chmod(worker_dir, 0o755)
     with pytest.raises(WorkerError, match="mode 0700"):
-        serve(node_config, tmp_path / "ready", 1)
+        node_worker._bind(socket_path(node_config))  # the worker would not start
     assert forward(TRAIN, content, RecordDict(), node_config) is None  # not used: the work is done here

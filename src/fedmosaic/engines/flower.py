@@ -1,8 +1,11 @@
 """The Flower engine: any fedmosaic Algorithm across machines on Flower's Deployment Engine.
 
 ``server_app`` (a Flower ``ServerApp``) runs the algorithm's server half on the coordinator;
-``client_app`` (a Flower ``ClientApp``) runs its client half on every SuperNode. Flower carries the
-messages (SuperLink, SuperNodes, ``flwr run``); fedmosaic writes no network code.
+``client_app`` (a Flower ``ClientApp``, :mod:`fedmosaic.engines.flower_client`) runs its client half
+on every SuperNode, in a long-lived node worker when one runs beside the SuperNode
+(:mod:`fedmosaic.engines.node_worker`), else in the ClientApp process itself
+(:mod:`fedmosaic.engines.flower_node`). Flower carries the messages (SuperLink, SuperNodes,
+``flwr run``); fedmosaic's only channel of its own is the worker's local Unix socket.
 
 Rounds follow the local engine exactly (both are a :class:`fedmosaic.Federation`: the same
 round protocol, checkpoints and summary), with one difference: instead of calling ``client.fit``
