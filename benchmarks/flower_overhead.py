@@ -47,11 +47,13 @@ def seconds(folder: Path) -> list[float]:
     return [row["seconds"] for row in read_jsonl(folder / "timings.jsonl")]
 
 
-def import_seconds(module: str) -> float:
-    """Wall time of a fresh Python importing ``module`` (what a ClientApp process pays to start)."""
-    t0 = time.perf_counter()
+def import_seconds(module: str) -> tuple[float, float]:
+    """Wall and CPU seconds of a fresh Python importing ``module`` (what a ClientApp process pays)."""
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=300)
-    return time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.perf_counter() - t0, cpu
 
 
 def compute_time(fed, run_id: int) -> dict:
@@ -102,7 +104,8 @@ def measure(
     flower = workdir / "flower"
     load_before = os.getloadavg()[0]
     imports = {
-        m: import_seconds(m) for m in ("fedmosaic.engines.flower_client", "fedmosaic.engines.flower_node")
+        m: import_seconds(m)
+        for m in ("flwr.clientapp", "fedmosaic.engines.flower_client", "fedmosaic.engines.flower_node")
     }
     t0 = time.perf_counter()
     with local_federation(workdir / "federation", fast_poll=fast_poll) as fed:
@@ -151,7 +154,7 @@ def measure(
 def table(m: dict, command: str) -> str:
     local, flower = np.mean(m["local_s"]), np.mean(m["flower_s"])
     per_round = np.array(m["flower_s"]) - np.array(m["local_s"])
-    light, heavy = m["imports"].values()
+    flwr_only, light, heavy = m["imports"].values()
     worker = "a node worker beside each SuperNode" if m["worker"] else "no node worker"
     worker += (
         ", SuperNodes started by `python -m fedmosaic.engines.supernode` (idle poll 0.2 s)"
@@ -186,10 +189,13 @@ def table(m: dict, command: str) -> str:
             "",
             f"Where the overhead goes: Flower still starts a `flwr-clientapp` process per node and message "
             f"(Flower's accounting: {m['clientapp_s']:.1f} s of ClientApp process time per message); it "
-            f"imports only Flower and `fedmosaic.engines.flower_client` ({light:.1f} s in a fresh process "
-            f"run alone just before) and forwards the message to the node worker, which keeps torch, "
+            f"imports only Flower and `fedmosaic.engines.flower_client` ({light[0]:.1f} s wall, "
+            f"{light[1]:.1f} s CPU in a fresh process run alone just before; Flower's `flwr.clientapp` "
+            f"alone: {flwr_only[0]:.1f} s, {flwr_only[1]:.1f} s CPU) and forwards the message to the "
+            f"node worker, which keeps torch, "
             f"the algorithms and the node's data loaded (without a worker the process imports "
-            f"`fedmosaic.engines.flower_node`: {heavy:.1f} s, and reads the data). An idle "
+            f"`fedmosaic.engines.flower_node`: {heavy[0]:.1f} s, {heavy[1]:.1f} s CPU, and reads the "
+            f"data). An idle "
             f"`flower-supernode` polls the SuperLink every 3 s (fixed in flwr 1.41.0), so the next "
             f"round's message waits up to 3 s on each node, 0.2 s with the launcher; SuperExec "
             f"polls every 0.1 s here "
