@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flower_overhead import cpu_seconds
 from fedmosaic.engines.flower_local import local_federation
+from flower_overhead import cpu_seconds
 
 SETTLE_S, WINDOW_S, START_S = 20.0, 40.0, 240.0
 
