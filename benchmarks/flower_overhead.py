@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower import prepare_nodes, write_app
-from fedmosaic.engines.flower_local import local_federation
+from fedmosaic.engines.flower_local import descendants, local_federation
 from fedmosaic.engines.run_folder import read_jsonl
 
 SECTION = "flower"
@@ -46,11 +47,13 @@ def seconds(folder: Path) -> list[float]:
     return [row["seconds"] for row in read_jsonl(folder / "timings.jsonl")]
 
 
-def import_seconds() -> float:
-    """Wall time of a fresh Python importing the ClientApp module (what every ClientApp process pays)."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import fedmosaic.engines.flower"], check=True, timeout=300)
-    return time.perf_counter() - t0
+def import_seconds(module: str) -> tuple[float, float]:
+    """Wall and CPU seconds of a fresh Python importing ``module`` (what a ClientApp process pays)."""
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.perf_counter() - t0, cpu
 
 
 def compute_time(fed, run_id: int) -> dict:
@@ -60,43 +63,89 @@ def compute_time(fed, run_id: int) -> dict:
     return json.loads(text[text.find("{") :])["runs"][0].get("compute-time", {})
 
 
-def measure(overrides: list[str], nodes: int, workdir: Path, timeout_s: float) -> dict:
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) of ``pids``, their live descendants and every child they reaped.
+
+    A process's reaped children are in its cutime/cstime and a live one is counted by itself, so
+    nothing is counted twice; this process's own reaped children (the ``flwr`` CLI calls) are added.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    tree = set(pids)
+    for pid in pids:
+        tree.update(descendants(pid))
+    total = 0
+    for pid in tree:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total / tick + children.ru_utime + children.ru_stime
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and its reaped children (the local engine's forked workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(
+    overrides: list[str], nodes: int, workdir: Path, timeout_s: float, worker: bool, fast_poll: bool
+) -> dict:
     """Run ``overrides`` locally and on Flower; timings, setup costs and whether metrics match."""
     cfg = load_config(None, overrides)
     local = workdir / "local"
+    cpu0, wall0 = own_cpu(), time.perf_counter()
     Federation.from_config(cfg, build_task(cfg), folder=local).run()
+    local_cpu, local_wall = own_cpu() - cpu0, time.perf_counter() - wall0
     folders = prepare_nodes(cfg, workdir / "nodes", nodes)
     app = write_app(workdir / "app")
     flower = workdir / "flower"
     load_before = os.getloadavg()[0]
-    import_s = import_seconds()
+    imports = {
+        m: import_seconds(m)
+        for m in ("flwr.clientapp", "fedmosaic.engines.flower_client", "fedmosaic.engines.flower_node")
+    }
     t0 = time.perf_counter()
-    with local_federation(workdir / "federation") as fed:
+    with local_federation(workdir / "federation", fast_poll=fast_poll) as fed:
         for k, folder in enumerate(folders):
-            fed.start_supernode(f"node_{k}", folder)
+            fed.start_supernode(f"node_{k}", folder, worker=worker)
+        fed.wait_workers()
         started = time.perf_counter()
+        pids = [p.pid for p in fed.processes.values()]
+        cpu_before, submitted_at = cpu_seconds(pids), time.time()
         run_id = fed.submit(app, {"set": ";".join(overrides), "out": str(flower), "min-nodes": nodes})
         status = fed.wait_run(run_id, timeout_s)
         finished = time.perf_counter()
+        flower_cpu = cpu_seconds(pids) - cpu_before
         accounting = compute_time(fed, run_id)
     if status != "finished:completed":
         raise SystemExit(f"the Flower run ended {status}; logs in {workdir / 'federation'}")
     flower_s, local_s = seconds(flower), seconds(local)
+    first = read_jsonl(flower / "timings.jsonl")[0]
     return {
         "rounds": cfg.rounds,
         "nodes": nodes,
+        "worker": worker,
+        "fast_poll": fast_poll,
         "clients": json.loads((local / "summary.json").read_text())["clients"],
         "local_s": local_s,
         "flower_s": flower_s,
+        "local_wall": local_wall,
+        "local_cpu": local_cpu,
+        "flower_wall": finished - started,
+        "flower_cpu": flower_cpu,
         "start_s": started - t0,
         "run_s": finished - started,
+        "first_round_s": first["ended"] - first["seconds"] - submitted_at,
         "outside_rounds_s": (finished - started) - sum(flower_s),
         "identical": (local / "metrics.jsonl").read_bytes() == (flower / "metrics.jsonl").read_bytes(),
         "bytes_per_round": np.mean(
             [r["bytes_up"] + r["bytes_down"] for r in read_jsonl(flower / "metrics.jsonl")]
         ),
         "load": (load_before, os.getloadavg()[0]),
-        "import_s": import_s,
+        "imports": imports,
         # fedavg: per node one query message, then one train message per round (no client evaluation)
         "clientapp_s": accounting.get("clientapp-seconds", float("nan")) / (nodes * (1 + cfg.rounds)),
     }
@@ -105,34 +154,54 @@ def measure(overrides: list[str], nodes: int, workdir: Path, timeout_s: float) -
 def table(m: dict, command: str) -> str:
     local, flower = np.mean(m["local_s"]), np.mean(m["flower_s"])
     per_round = np.array(m["flower_s"]) - np.array(m["local_s"])
+    flwr_only, light, heavy = m["imports"].values()
+    worker = "a node worker beside each SuperNode" if m["worker"] else "no node worker"
+    worker += (
+        ", SuperNodes started by `python -m fedmosaic.engines.supernode` (idle poll 0.2 s)"
+        if m["fast_poll"]
+        else ", `flower-supernode` (idle poll 3 s)"
+    )
     return "\n".join(
         [
             f"Flower Deployment Engine vs the local engine on the same run: {m['clients']} clients on "
-            f"{m['nodes']} SuperNodes (SuperLink and nodes on 127.0.0.1, insecure), fedavg, {m['rounds']} "
-            f"rounds. Command: `{command}`",
+            f"{m['nodes']} SuperNodes (SuperLink and nodes on 127.0.0.1, insecure, {worker}), fedavg, "
+            f"{m['rounds']} rounds. Command: `{command}`",
             "",
-            "| engine | s / round (mean) | rounds (s) |",
-            "|---|---:|---|",
-            f"| local | {local:.2f} | {', '.join(f'{s:.2f}' for s in m['local_s'])} |",
-            f"| flower | {flower:.2f} | {', '.join(f'{s:.2f}' for s in m['flower_s'])} |",
-            f"| **overhead** | **{np.mean(per_round):.2f}** | {', '.join(f'{s:.2f}' for s in per_round)} |",
+            "| engine | s / round (mean) | rounds (s) | whole run: wall s, CPU s |",
+            "|---|---:|---|---|",
+            f"| local | {local:.2f} | {', '.join(f'{s:.2f}' for s in m['local_s'])} | "
+            f"{m['local_wall']:.1f}, {m['local_cpu']:.1f} |",
+            f"| flower | {flower:.2f} | {', '.join(f'{s:.2f}' for s in m['flower_s'])} | "
+            f"{m['flower_wall']:.1f}, {m['flower_cpu']:.1f} |",
+            f"| **overhead** | **{np.mean(per_round):.2f}** ({flower / local:.2f}x) | "
+            f"{', '.join(f'{s:.2f}' for s in per_round)} | |",
             "",
-            f"Outside the rounds: starting the SuperLink and SuperNodes {m['start_s']:.1f} s; `flwr run` to "
-            f"finished, minus the rounds, {m['outside_rounds_s']:.1f} s (ServerApp start, building the "
-            f"server's sets, asking the nodes for their clients, report and plots). Metrics identical to the "
-            f"local engine: {'yes' if m['identical'] else 'NO'}; "
-            f"{m['bytes_per_round'] / 1e6:.2f} MB counted per round on both.",
+            f"Whole run: local = building the task + the rounds + outputs in one process; flower = "
+            f"`flwr run` to finished, CPU of every Flower and fedmosaic process of the federation "
+            f"(SuperLink, "
+            f"SuperNodes, SuperExecs, ServerApp, ClientApps, node workers). From `flwr run` to the start of "
+            f"round 1: {m['first_round_s']:.1f} s (ServerApp start, the server's sets, asking the nodes "
+            f"for their clients); `flwr run` to finished minus the rounds: {m['outside_rounds_s']:.1f} s. "
+            f"Starting the SuperLink, SuperNodes and node workers (until every worker is ready): "
+            f"{m['start_s']:.1f} s, before `flwr run`. Metrics identical to the local engine: "
+            f"{'yes' if m['identical'] else 'NO'}; {m['bytes_per_round'] / 1e6:.2f} MB counted per "
+            "round on both.",
             "",
-            f"Where the overhead goes: Flower starts a fresh ClientApp process per node and message "
-            f"(subprocess isolation); Flower's own accounting gives {m['clientapp_s']:.1f} s of ClientApp "
-            f"process time per message, while importing torch and fedmosaic takes "
-            f"{m['import_s']:.1f} s in a fresh process run alone just before (`python -c 'import "
-            f"fedmosaic.engines.flower'`); the {m['nodes']} nodes' processes start together and share "
-            f"the CPU, and SuperNodes "
-            f"poll the SuperLink every 3 s. Most of the overhead is ClientApp process time, not transfer "
-            f"(the bytes cross loopback). Machine: 2 CPU cores shared with other "
-            f"jobs (1-min load average {m['load'][0]:.1f} before, {m['load'][1]:.1f} after), so absolute "
-            f"times are inflated; on an idle machine the overhead is smaller.",
+            f"Where the overhead goes: Flower still starts a `flwr-clientapp` process per node and message "
+            f"(Flower's accounting: {m['clientapp_s']:.1f} s of ClientApp process time per message); it "
+            f"imports only Flower and `fedmosaic.engines.flower_client` ({light[0]:.1f} s wall, "
+            f"{light[1]:.1f} s CPU in a fresh process run alone just before; Flower's `flwr.clientapp` "
+            f"alone: {flwr_only[0]:.1f} s, {flwr_only[1]:.1f} s CPU) and forwards the message to the "
+            f"node worker, which keeps torch, "
+            f"the algorithms and the node's data loaded (without a worker the process imports "
+            f"`fedmosaic.engines.flower_node`: {heavy[0]:.1f} s, {heavy[1]:.1f} s CPU, and reads the "
+            f"data). An idle "
+            f"`flower-supernode` polls the SuperLink every 3 s (fixed in flwr 1.41.0), so the next "
+            f"round's message waits up to 3 s on each node, 0.2 s with the launcher; SuperExec "
+            f"polls every 0.1 s here "
+            f"(`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`), the ServerApp every 0.05 s (`poll-s`). Machine: 2 CPU "
+            f"cores shared with other jobs (1-min load average {m['load'][0]:.1f} before, "
+            f"{m['load'][1]:.1f} after).",
         ]
     )
 
@@ -144,6 +213,12 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny task, 2 rounds; does not touch BENCHMARKS.md"
     )
+    parser.add_argument(
+        "--no-worker", action="store_true", help="no node worker: every ClientApp process does the work"
+    )
+    parser.add_argument(
+        "--no-fast-poll", action="store_true", help="flower-supernode itself (its idle poll: 3 s)"
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="bounded wait for the Flower run (s)")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args()
@@ -151,9 +226,13 @@ def main() -> None:
     overrides = [f"rounds={rounds}", "compare=[]", "engine.progress=false", "output.plots=false"]
     overrides += SMOKE if args.smoke else []
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(overrides, args.nodes, Path(tmp), args.timeout)
+        result = measure(
+            overrides, args.nodes, Path(tmp), args.timeout, not args.no_worker, not args.no_fast_poll
+        )
     command = "python benchmarks/flower_overhead.py" + ("" if rounds == 3 else f" --rounds {rounds}")
     command += "" if args.nodes == 3 else f" --nodes {args.nodes}"
+    command += " --no-worker" if args.no_worker else ""
+    command += " --no-fast-poll" if args.no_fast_poll else ""
     section = table(result, command)
     publish(section, args.output, SECTION, args.smoke)
 

@@ -177,9 +177,10 @@ def test_a_flower_node_takes_its_device_from_its_node_config(
     no_gpu: None, tiny_cfg: RunConfig, tmp_path: Path
 ) -> None:
     import tomli_w
-    from flwr.app import Context, RecordDict
+    from flwr.app import RecordDict
 
-    from fedmosaic.engines.flower import RUN, _run_settings
+    from fedmosaic.engines.flower_client import RUN
+    from fedmosaic.engines.flower_node import run_settings
     from fedmosaic.engines.flower_records import put_json
     from fedmosaic.engines.node_data import export_node
 
@@ -192,8 +193,7 @@ def test_a_flower_node_takes_its_device_from_its_node_config(
     put_json(content, RUN, round=1, config=tomli_w.dumps(tree))
 
     def settings_on(node_config: dict[str, str]):
-        context = Context(0, 0, {"data-dir": str(folder), **node_config}, RecordDict(), {})
-        return _run_settings(content, context)[1]
+        return run_settings(content, {"data-dir": str(folder), **node_config})[1]
 
     assert settings_on({}).device == "cpu"
     assert settings_on({"device": "auto"}).device == "cpu"

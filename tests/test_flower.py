@@ -3,8 +3,9 @@
 Integration tests start Flower's own commands (``flower-superlink``, ``flower-supernode``, ``flwr
 run``) as subprocesses through :mod:`fedmosaic.engines.flower_local`: everything binds 127.0.0.1 on
 free ports, every wait is bounded, every process is stopped by PID in a ``finally`` block (the
-context manager). The fedavg run is in the default (CI) selection; the other algorithms are
-``slow`` (each Flower run starts a ClientApp process per node and message, several seconds each).
+context manager). Each SuperNode has a node worker beside it (``fedmosaic node-worker``) and is
+started by ``python -m fedmosaic.engines.supernode`` (idle poll 0.2 s). The fedavg run is in the
+default (CI) selection; the other algorithms are ``slow``.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def test_app_folder_names_both_apps(tmp_path: Path) -> None:
     app = tomllib.loads((write_app(tmp_path) / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"] == {
         "serverapp": "fedmosaic.engines.flower:server_app",
-        "clientapp": "fedmosaic.engines.flower:client_app",
+        "clientapp": "fedmosaic.engines.flower_client:client_app",
     }
     assert {"config", "set", "out", "min-nodes", "node-wait-s"} <= set(app["config"])
 
@@ -190,7 +191,8 @@ def start_federation(root: Path, folders: list[Path]):
     def federation():
         with local_federation(root / "flower") as fed:
             for k, folder in enumerate(folders):
-                fed.start_supernode(f"node_{k}", folder)
+                fed.start_supernode(f"node_{k}", folder)  # and its node worker
+            fed.wait_workers()
             yield fed, write_app(root / "app"), root
         assert all(p.poll() is not None for p in fed.processes.values())
         assert not [pid for pid in fed.stopped if alive(pid)]
@@ -331,6 +333,9 @@ def test_fedavg_on_three_supernodes_equals_local_engine(federation) -> None:
     assert (flower / "metrics.jsonl").read_bytes() == (local / "metrics.jsonl").read_bytes()
     rows = read_jsonl(flower / "metrics.jsonl")
     assert all(r["bytes_up"] > 0 and r["bytes_down"] > 0 for r in rows)  # weights went both ways
+    # every node's worker did the work (the ClientApp processes only forwarded the messages)
+    for k in range(3):
+        assert fed.log(f"node_{k}-worker").count("train: answered") >= 2, fed.log(f"node_{k}-worker")[-2000:]
 
 
 OTHERS = [  # fedmosaic's own (not a plug-in installed in the environment, such as the example)
@@ -377,8 +382,10 @@ def test_tls_and_node_authentication_refuse_an_unregistered_node(tmp_path: Path,
     tls = Tls(certs / "ca.crt", certs / "server.crt", certs / "server.key")
     with local_federation(tmp_path / "flower", tls=tls, node_auth=True) as fed:
         fed.register(certs / "nodes" / "site_a.pub")
-        fed.start_supernode("site_a", node_folders[0], private_key=certs / "nodes" / "site_a")
-        rogue = fed.start_supernode("rogue", node_folders[1], private_key=certs / "nodes" / "rogue")
+        # no run here, so no node workers; the SuperNodes go through fedmosaic.engines.supernode
+        site_a, rogue_key = certs / "nodes" / "site_a", certs / "nodes" / "rogue"
+        fed.start_supernode("site_a", node_folders[0], private_key=site_a, worker=False)
+        rogue = fed.start_supernode("rogue", node_folders[1], private_key=rogue_key, worker=False)
         assert rogue.wait(timeout=90) != 0  # refused: the SuperLink does not know its public key
         assert "Failed to activate SuperNode" in fed.log("rogue")
         import json

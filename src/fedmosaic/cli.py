@@ -518,6 +518,41 @@ def update_clients(
     _due(root)
 
 
+@app.command("node-worker")
+def node_worker(
+    node_config: Annotated[
+        str,
+        typer.Option("--node-config", help="the SuperNode's --node-config, e.g. 'data-dir=\"/data/node_0\"'"),
+    ],
+    ready: Annotated[
+        Path | None, typer.Option("--ready", help="file written once the worker accepts messages")
+    ] = None,
+) -> None:
+    """Serve a SuperNode's ClientApp messages from one long-lived process (start it beside the node).
+
+    Keeps torch imported and the node's data loaded; the per-message ClientApp forwards each message
+    over a private Unix socket and falls back to doing the work itself when no worker runs. Stops on
+    SIGTERM or Ctrl-C.
+    """
+    import logging
+
+    from fedmosaic.engines.node_worker import WorkerError, parse_node_config, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = parse_node_config(node_config)
+    except (ValueError, TypeError) as exc:
+        _fail(f"--node-config: {exc}")
+    if "data-dir" not in config:
+        _fail("--node-config: data-dir missing (give the SuperNode's own, e.g. 'data-dir=\"/data/node_0\"')")
+    try:
+        serve(config, ready)
+    except WorkerError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:
     """Console-script entry point."""
     app(sys.argv[1:])

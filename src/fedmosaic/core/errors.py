@@ -116,3 +116,7 @@ class FlowerRunError(FedmosaicError, RuntimeError):
 
 class ReportError(FedmosaicError, ValueError):
     """A folder given to the report is not a finished run."""
+
+
+class WorkerError(FedmosaicError, RuntimeError):
+    """A node worker could not answer: a malformed message, a client exception, a refused channel."""

@@ -328,7 +328,8 @@ class Federation:
         self._totals["bytes_up"] += row["bytes_up"]
         self._totals["bytes_down"] += row["bytes_down"]
         self._totals["wall_s"] += seconds
-        timing = {"round": r, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        # "ended": wall-clock time (Unix seconds), so another process can tell when a round ran
+        timing = {"round": r, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "ended": time.time()}
         self._timings.append(timing)
         if self.folder is None:
             return

@@ -1,8 +1,11 @@
 """The Flower engine: any fedmosaic Algorithm across machines on Flower's Deployment Engine.
 
 ``server_app`` (a Flower ``ServerApp``) runs the algorithm's server half on the coordinator;
-``client_app`` (a Flower ``ClientApp``) runs its client half on every SuperNode. Flower carries the
-messages (SuperLink, SuperNodes, ``flwr run``); fedmosaic writes no network code.
+``client_app`` (a Flower ``ClientApp``, :mod:`fedmosaic.engines.flower_client`) runs its client half
+on every SuperNode, in a long-lived node worker when one runs beside the SuperNode
+(:mod:`fedmosaic.engines.node_worker`), else in the ClientApp process itself
+(:mod:`fedmosaic.engines.flower_node`). Flower carries the messages (SuperLink, SuperNodes,
+``flwr run``); fedmosaic's only channel of its own is the worker's local Unix socket.
 
 Rounds follow the local engine exactly (both are a :class:`fedmosaic.Federation`: the same
 round protocol, checkpoints and summary), with one difference: instead of calling ``client.fit``
@@ -46,53 +49,40 @@ import argparse
 import json
 import logging
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomli_w
 from flwr.app import Context, Message, RecordDict
-from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedmosaic.algorithms.registry import get_algorithm
-from fedmosaic.config import ConfigError, RunConfig, load_config, parse_value, validate
-from fedmosaic.core.algorithm import Settings
-from fedmosaic.core.device import resolve_device
+from fedmosaic.config import ConfigError, RunConfig, load_config
 from fedmosaic.core.errors import FlowerRunError
 from fedmosaic.core.message import Message as FMessage
 from fedmosaic.core.modality import ClientSpec
-from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import Task
 from fedmosaic.engines.federation import Federation
-from fedmosaic.engines.flower_records import (
-    get_json,
-    get_message,
-    get_messages,
-    put_json,
-    put_message,
-    spec_from_json,
-    spec_to_json,
+from fedmosaic.engines.flower_client import (  # noqa: F401  (the ClientApp, importable from here as before)
+    EVALUATE,
+    QUERY,
+    RUN,
+    STATE,
+    TRAIN,
+    client_app,
+    handle_evaluate,
+    handle_query,
+    handle_train,
 )
+from fedmosaic.engines.flower_node import parse_overrides
+from fedmosaic.engines.flower_records import get_json, get_messages, put_json, put_message, spec_from_json
 from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import configure_threads
-from fedmosaic.engines.node_data import (
-    NODE_FILE,
-    NodeData,
-    export_node,
-    info_to_json,
-    load_node,
-    parse_modalities,
-    site_node,
-)
-from fedmosaic.engines.protocol import Exchanged, build_client, check_fit, settings_from_config
+from fedmosaic.engines.node_data import export_node, info_to_json
+from fedmosaic.engines.protocol import Exchanged, check_fit
 from fedmosaic.engines.run_folder import RunFolder, default_folder, read_jsonl
 
-# Flower message types: the ClientApp answers "query" (which clients do you host?), "train", "evaluate".
-QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
-RUN = "fedmosaic"  # ConfigRecord holding the run config and the round
-STATE = "state"  # Context.state slot of the clients' persistent states
 NODE_FAILURE = ("drop", "fail")  # run config on-node-failure: go on without a lost node, or stop the run
 log = logging.getLogger("fedmosaic.flower")
 DEFAULT_RUN_CONFIG: dict[str, Any] = {
@@ -108,11 +98,6 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
 
 
 # --------------------------------------------------------------------------------------------- server
-
-
-def parse_overrides(text: str) -> list[str]:
-    """``"rounds=2; seed=1"`` -> ``["rounds=2", "seed=1"]`` (Flower run config values are scalars)."""
-    return [part.strip() for part in str(text).split(";") if part.strip()]
 
 
 def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 0.2) -> list[int]:
@@ -374,93 +359,6 @@ def _server_main(grid: Grid, context: Context) -> None:
     run_server(grid, dict(context.run_config))
 
 
-# --------------------------------------------------------------------------------------------- client
-
-
-def _node_data(context: Context, cfg: RunConfig) -> NodeData:
-    """This SuperNode's clients, from its ``--node-config``.
-
-    ``data-dir`` is a node folder (``node.json``), or else the site's raw data for the run's data set:
-    then the node builds its own clients from it with the run config (``options`` and ``name`` from
-    the node config) and caches them as a node folder (see :func:`fedmosaic.engines.node_data.site_node`).
-    ``modalities`` narrows what the clients hold either way.
-    """
-    node_cfg = context.node_config
-    if "data-dir" not in node_cfg:
-        raise ConfigError(
-            'node-config data-dir: missing; start the SuperNode with --node-config "data-dir=..."'
-        )
-    data_dir = Path(str(node_cfg["data-dir"])).expanduser().resolve()
-    modalities = parse_modalities(node_cfg.get("modalities"))
-    if (data_dir / NODE_FILE).is_file():
-        return load_node(str(data_dir), modalities)
-    options = {}
-    for item in parse_overrides(str(node_cfg.get("options", ""))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"node-config options: expected 'key=value;key=value', got {item!r}")
-        options[key.strip()] = parse_value(value.strip())
-    folder = site_node(cfg, data_dir, options, str(node_cfg.get("name", data_dir.name)))
-    return load_node(str(folder), modalities)
-
-
-def _run_settings(content: RecordDict, context: Context) -> tuple[RunConfig, Settings, int, NodeData]:
-    run = get_json(content, RUN)
-    cfg = validate(tomllib.loads(run["config"]))
-    configure_threads(cfg.engine.threads)
-    node = _node_data(context, cfg)
-    # The node's own hardware, not the coordinator's: --node-config device=... (default cpu).
-    device = resolve_device(str(context.node_config.get("device", "cpu")), key="node-config device")
-    # The coordinator's settings: its clients per round travel in the message.
-    per_round = int(run.get("clients-per-round", len(node.clients)))
-    settings = settings_from_config(cfg, node.info, per_round, device=device)
-    return cfg, settings, int(run["round"]), node
-
-
-def handle_query(message: Message, context: Context) -> Message:
-    """Which clients this node hosts (ids, modalities, sizes, task order) and its task description."""
-    _, _, _, node = _run_settings(message.content, context)
-    reply = RecordDict()
-    put_json(
-        reply,
-        "node",
-        info=info_to_json(node.info),
-        clients=[spec_to_json(c.spec, node.order[c.spec.id]) for c in node.clients],
-        client_val=sum(len(c.val) for c in node.clients),
-    )
-    return Message(reply, reply_to=message)
-
-
-def handle_train(message: Message, context: Context) -> Message:
-    """Fit every planned client hosted here; their new states go to ``Context.state``."""
-    cfg, settings, r, node = _run_settings(message.content, context)
-    client = build_client(get_algorithm(cfg.algorithm.name), settings, cfg.privacy)
-    reply = RecordDict()
-    for cid, msg in get_messages(message.content, TRAIN).items():
-        state = get_message(context.state, STATE, cid)
-        answer, state = client.fit(msg, state, node.client(cid), Rng(cfg.seed, r, cid))
-        put_message(context.state, STATE, cid, state)
-        put_message(reply, TRAIN, cid, answer)
-    return Message(reply, reply_to=message)
-
-
-def handle_evaluate(message: Message, context: Context) -> Message:
-    """Evaluate every planned client hosted here with its current state."""
-    cfg, settings, _, node = _run_settings(message.content, context)
-    client = build_client(get_algorithm(cfg.algorithm.name), settings, cfg.privacy)
-    reply = RecordDict()
-    for cid, msg in get_messages(message.content, EVALUATE).items():
-        answer = client.evaluate(msg, get_message(context.state, STATE, cid), node.client(cid))
-        put_message(reply, EVALUATE, cid, answer)
-    return Message(reply, reply_to=message)
-
-
-client_app = ClientApp()
-client_app.query()(handle_query)
-client_app.train()(handle_train)
-client_app.evaluate()(handle_evaluate)
-
-
 # ----------------------------------------------------------------------------------- app folder, CLI
 
 APP_PYPROJECT = {
@@ -480,7 +378,7 @@ APP_PYPROJECT = {
                 "publisher": "fedmosaic",
                 "components": {
                     "serverapp": "fedmosaic.engines.flower:server_app",
-                    "clientapp": "fedmosaic.engines.flower:client_app",
+                    "clientapp": "fedmosaic.engines.flower_client:client_app",
                 },
                 "config": DEFAULT_RUN_CONFIG,
             }

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -42,8 +43,14 @@ def tool(name: str) -> str:
     return found
 
 
-def flower_env(home: Path) -> dict[str, str]:
-    """Environment for Flower commands: no telemetry, no update check, offline hub, a private FLWR_HOME."""
+# SuperExec (beside the SuperLink and each SuperNode) looks for a new task to start every second by
+# default; a round waits for that twice (ServerApp start once, a ClientApp per node and message).
+SUPEREXEC_POLL_S = "0.1"
+
+
+def flower_env(home: Path, worker_dir: Path | None = None) -> dict[str, str]:
+    """Environment for Flower commands: no telemetry, no update check, offline hub, a private FLWR_HOME,
+    SuperExec polling every 0.1 s (unless already set) and, given, the node workers' socket folder."""
     env = dict(os.environ)
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
@@ -53,6 +60,9 @@ def flower_env(home: Path) -> dict[str, str]:
         FLWR_HOME=str(home),
         PYTHONUNBUFFERED="1",
     )
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_S)
+    if worker_dir is not None:
+        env["FEDMOSAIC_WORKER_DIR"] = str(worker_dir)
     return env
 
 
@@ -76,6 +86,11 @@ class LocalFederation:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     stopped: list[int] = field(default_factory=list)  # every PID stop() signalled (descendants included)
     submitted: int = 0  # runs submitted (names each run's --run-config file)
+    # The node workers' sockets: a short private folder of this federation's own (a Unix socket path
+    # is limited to ~107 bytes, and two federations on one machine must not share workers).
+    worker_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fmw-")))
+    workers: dict[str, Path] = field(default_factory=dict)  # worker process name -> its ready file
+    fast_poll: bool = True  # SuperNodes through fedmosaic.engines.supernode (idle poll 0.2 s, not 3 s)
 
     @property
     def address(self) -> str:
@@ -87,7 +102,8 @@ class LocalFederation:
 
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=flower_env(self.home))
+        env = flower_env(self.home, self.worker_dir)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.processes[name] = proc
         return proc
 
@@ -133,13 +149,23 @@ class LocalFederation:
         (self.home / "config.toml").write_text(text)
 
     def start_supernode(
-        self, name: str, data_dir: Path, modalities: str | None = None, private_key: Path | None = None
+        self,
+        name: str,
+        data_dir: Path,
+        modalities: str | None = None,
+        private_key: Path | None = None,
+        worker: bool = True,
     ) -> subprocess.Popen:
-        """Start a SuperNode whose clients come from ``data_dir`` (its node config), optionally narrowed."""
+        """Start a SuperNode whose clients come from ``data_dir`` (its node config), optionally narrowed,
+        and (``worker``) a node worker beside it with the same node config, named ``<name>-worker``."""
         node_config = f'data-dir="{Path(data_dir).resolve()}"'
         if modalities:
             node_config += f' modalities="{modalities}"'
-        argv = [tool("flower-supernode"), *self._security(), "--superlink", self.address]
+        if worker:
+            self.start_worker(f"{name}-worker", node_config)
+        # fedmosaic.engines.supernode: Flower's own flower-supernode, its 3 s idle poll capped
+        launcher = [sys.executable, "-m", "fedmosaic.engines.supernode"] if self.fast_poll else []
+        argv = [*(launcher or [tool("flower-supernode")]), *self._security(), "--superlink", self.address]
         argv += ["--host", HOST, "--port", str(free_port()), "--node-config", node_config]
         argv += ["--max-wait-time", "60"]
         if self.tls is not None:
@@ -147,6 +173,28 @@ class LocalFederation:
         if private_key is not None:
             argv += ["--auth-supernode-private-key", str(private_key)]
         return self._start(name, argv)
+
+    def start_worker(self, name: str, node_config: str) -> subprocess.Popen:
+        """``fedmosaic node-worker --node-config NODE_CONFIG`` (see :mod:`fedmosaic.engines.node_worker`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        ready = self.root / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        self.workers[name] = ready
+        argv = [sys.executable, "-m", "fedmosaic.cli", "node-worker", "--node-config", node_config]
+        return self._start(name, [*argv, "--ready", str(ready)])
+
+    def wait_workers(self, timeout_s: float = 300.0) -> None:
+        """Wait (bounded) until every node worker accepts messages (torch imported, data read)."""
+        deadline = time.monotonic() + timeout_s
+        for name, ready in self.workers.items():
+            while not ready.exists():
+                if self.processes[name].poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with {self.processes[name].returncode}: {self.log(name)[-2000:]}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{name} was not ready within {timeout_s:.0f} s")
+                time.sleep(0.1)
 
     def flwr(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
         """Run one ``flwr`` CLI command against this SuperLink (bounded)."""
@@ -231,6 +279,7 @@ class LocalFederation:
             time.sleep(0.1)
         for pid in remaining:
             _signal(pid, signal.SIGKILL)
+        shutil.rmtree(self.worker_dir, ignore_errors=True)
 
 
 def _children() -> dict[int, list[int]]:
@@ -272,10 +321,10 @@ def _signal(pid: int, sig: int) -> None:
 
 @contextmanager
 def local_federation(
-    root: Path, tls: Tls | None = None, node_auth: bool = False
+    root: Path, tls: Tls | None = None, node_auth: bool = False, fast_poll: bool = True
 ) -> Iterator[LocalFederation]:
     """A started SuperLink (nodes are added by the caller), always stopped on exit."""
-    fed = LocalFederation(Path(root), tls=tls, node_auth=node_auth)
+    fed = LocalFederation(Path(root), tls=tls, node_auth=node_auth, fast_poll=fast_poll)
     try:
         fed.start_superlink()
         yield fed

@@ -1,0 +1,76 @@
+"""``python -m fedmosaic.engines.supernode [flower-supernode arguments]``: a SuperNode that polls faster.
+
+flwr 1.41.0's SuperNode asks the SuperLink for a message, and when there is none sleeps a fixed 3 s
+before asking again (``flwr/supernode/start_client_internal.py``; no option or environment variable
+sets it); while a ClientApp works it looks for the reply every 0.5 s. In a federation whose rounds
+take seconds, every round's message waits up to 3 s on every node for that sleep. This launcher
+runs Flower's own ``flower-supernode`` entry point unchanged, with every sleep of that one loop
+capped at ``FEDMOSAIC_SUPERNODE_POLL_S`` seconds (default 0.2): the same arguments, TLS, node
+authentication and node config; only more frequent (small) pull requests to the SuperLink, which
+a consortium of many nodes may not want (then use ``flower-supernode`` itself).
+
+The cap replaces the ``time`` module *as that Flower module sees it* (the rest of Flower and the
+process keep the real one) and is applied only to the flwr version it was written against: with
+any other version the launcher warns and runs the SuperNode untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+import warnings
+
+FLWR_VERSION = "1.41.0"  # the version whose polling loop this was read from
+DEFAULT_POLL_S = 0.2
+
+
+def capped_time(cap_s: float) -> types.ModuleType:
+    """A stand-in for the ``time`` module whose ``sleep`` sleeps at most ``cap_s`` seconds."""
+    proxy = types.ModuleType("time")
+    proxy.__dict__.update({k: v for k, v in vars(time).items() if not k.startswith("__")})
+    proxy.sleep = lambda seconds: time.sleep(min(float(seconds), cap_s))  # type: ignore[attr-defined]
+    return proxy
+
+
+def poll_seconds() -> float:
+    """``FEDMOSAIC_SUPERNODE_POLL_S`` as a number of seconds in (0, 3]; one clear line otherwise."""
+    raw = os.environ.get("FEDMOSAIC_SUPERNODE_POLL_S", str(DEFAULT_POLL_S))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3:
+        raise SystemExit(f"error: FEDMOSAIC_SUPERNODE_POLL_S: {raw!r} is not a number of seconds in (0, 3]")
+    return value
+
+
+def install(cap_s: float) -> bool:
+    """Cap the SuperNode loop's sleeps at ``cap_s``; False (and a warning) for an unknown flwr version."""
+    from importlib.metadata import version
+
+    from flwr.supernode import start_client_internal
+
+    if version("flwr") != FLWR_VERSION or getattr(start_client_internal, "time", None) is not time:
+        warnings.warn(
+            f"fedmosaic.engines.supernode: written for flwr {FLWR_VERSION}, found {version('flwr')}; "
+            "the SuperNode polls at Flower's own pace",
+            stacklevel=2,
+        )
+        return False
+    start_client_internal.time = capped_time(cap_s)  # type: ignore[attr-defined]
+    return True
+
+
+def main() -> None:
+    """Run ``flower-supernode`` with the given arguments and the poll cap installed."""
+    install(poll_seconds())
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv[0] = "flower-supernode"
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()
