@@ -118,6 +118,12 @@ class EngineConfig(_Strict):
 
     name: Literal["local"] = "local"
     eval_every: int = Field(1, ge=1)
+    eval_clients: int | None = Field(
+        None,
+        ge=1,
+        description="personalised algorithms (local, gvf): evaluate a sample of this many clients per "
+        "evaluated round, drawn from the run's seed and the round (default: every client)",
+    )
     state_cache: int = Field(64, ge=0, description="client states kept in memory; the rest live on disk")
     progress: bool = True
     threads: int = Field(

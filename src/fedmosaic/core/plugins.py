@@ -106,8 +106,7 @@ class Registry(Generic[T]):
         self._declared: dict[str, str] = dict(declared or {})
         self._items: dict[str, T] = {}
         self._origins: dict[str, tuple[str, str]] = {}
-        self._state = _UNLOADED
-        self._plugins_state = _UNLOADED
+        self._state = _UNLOADED  # of the entry points: the built-ins are plain (cached) imports
 
     def add(self, key: str, item: T, by: object) -> None:
         """Register ``item`` under ``key``; ``by`` (a class or function) identifies who registers it.
@@ -127,37 +126,26 @@ class Registry(Generic[T]):
         self._origins[key] = who
 
     def ensure_loaded(self) -> None:
-        """Import every built-in, then every entry point of the group (once per process).
-
-        A failure leaves the registry unloaded, so the next lookup raises the same error instead of
-        going on with a part of the plug-ins.
-        """
-        if self._state != _UNLOADED:
-            return  # loaded, or loading (a plug-in module looking names up while it is imported)
-        self._state = _LOADING
-        try:
-            self._builtins()
-            self.load_plugins()
-        except BaseException:
-            self._state = _UNLOADED
-            raise
-        self._state = _LOADED
+        """Import every built-in, then every entry point of the group (once per process)."""
+        self._builtins()  # a module imported before costs a dictionary lookup
+        self.load_plugins()
 
     def load_plugins(self) -> None:
         """Import the group's entry points (once per process), not the built-ins.
 
         What a lookup needs besides the declared built-in names: a plug-in's names are known only
-        once its module is imported. Same failure rule as :meth:`ensure_loaded`.
+        once its module is imported. A failure leaves the registry unloaded, so the next lookup
+        raises the same error instead of going on with a part of the plug-ins.
         """
-        if self._plugins_state != _UNLOADED:
-            return
-        self._plugins_state = _LOADING
+        if self._state != _UNLOADED:
+            return  # loaded, or loading (a plug-in module looking names up while it is imported)
+        self._state = _LOADING
         try:
             load_entry_points(self.group)
         except BaseException:
-            self._plugins_state = _UNLOADED
+            self._state = _UNLOADED
             raise
-        self._plugins_state = _LOADED
+        self._state = _LOADED
 
     def _resolve(self, key: str) -> bool:
         """Whether ``key`` is registered, importing the plug-ins and then its built-in module if needed."""

@@ -85,6 +85,7 @@ class Federation:
         rounds: int = 10,
         clients_per_round: int | None = None,
         eval_every: int = 1,
+        eval_clients: int | None = None,
         dropout: float = 0.0,
         workers: int = 1,
         state_cache: int = 64,
@@ -108,6 +109,11 @@ class Federation:
             raise ValueError(f"rounds: expected at least 1, got {rounds}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every: expected at least 1, got {eval_every}")
+        if eval_clients is not None and eval_clients < 1:
+            raise ValueError(f"eval_clients: expected at least 1, got {eval_clients}")
+        # Only a personalised algorithm's clients evaluate models of their own; the others evaluate
+        # one global model on the server, whose numbers do not depend on which clients exist.
+        self.eval_clients = eval_clients if self.algorithm.personalised else None
         self.robustness = robustness or RobustnessConfig()
         self.privacy = privacy or PrivacyConfig()
         self.dataset = dataset or task.info.name
@@ -188,6 +194,7 @@ class Federation:
                 rounds=cfg.rounds,
                 clients_per_round=cfg.clients.per_round or n_clients,
                 eval_every=cfg.engine.eval_every,
+                eval_clients=cfg.engine.eval_clients,
                 dropout=cfg.engine.dropout,
                 workers=cfg.engine.workers,
                 state_cache=cfg.engine.state_cache,
@@ -227,6 +234,7 @@ class Federation:
             rounds=self.total_rounds,
             eval_every=self.eval_every,
             robustness=self.robustness,
+            eval_clients=self.eval_clients,
         )
         seconds = time.perf_counter() - t0
         self._record(r, row, seconds)
