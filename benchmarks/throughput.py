@@ -10,7 +10,7 @@ the metrics of every evaluated round) and a profile of the engine's rounds by wh
 Writes the ``throughput`` section of BENCHMARKS.md.
 
     python benchmarks/throughput.py            # default task fedavg + uci-hapt fedavg, 5 rounds each
-    python benchmarks/throughput.py --smoke    # a tiny synthetic task, 2 rounds, prints only (CI)
+    python benchmarks/throughput.py --smoke    # a tiny synthetic task, 1 round, prints only (CI)
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ TARGET = 1.15
 EVAL_BATCH = 256  # what the engine's evaluation uses (models/train.py::predict)
 
 COMMON = ["compare=[]", "engine.progress=false", "engine.threads=1", "output.plots=false"]
-SMOKE = ["task.options.n_samples=400", "task.proxy_size=40", "task.labelled_size=40", "model.embed_dim=16"]
+SMOKE = [
+    "task.options.n_samples=300",
+    "task.proxy_size=30",
+    "task.labelled_size=30",
+    "model.embed_dim=16",
+    "model.text_hidden=16",
+    "training.local_epochs=1",
+]
 
 
 # ----------------------------------------------------------------------------- timing
@@ -128,7 +135,7 @@ def run_engine(cfg: Any, task: Any, folder: Path) -> tuple[Timing, list[dict[str
 
 
 def profile_engine(cfg: Any, task: Any, folder: Path, rounds: int) -> dict[str, float]:
-    """Cumulative seconds of the engine's parts over ``rounds`` rounds under cProfile (its overhead included)."""
+    """Cumulative seconds per round of the engine's parts under cProfile (its overhead included)."""
     from fedmosaic.engines.federation import Federation
 
     fed = Federation.from_config(cfg, task, folder=folder)
@@ -365,13 +372,15 @@ def section(results: list[dict[str, Any]], command: str, load: str) -> str:
     lines = [
         "## Engine overhead against a bare PyTorch loop",
         "",
-        "The same FedAvg (same initial weights, same batches in the same order, same test batches) run by the",
-        "engine (with a run folder: metrics rows and a checkpoint per round, as `fedmosaic run`) and as a",
-        "bare PyTorch loop over tensors prepared once (`benchmarks/throughput.py`), one after the other in",
-        f"one process, one torch thread. Ratio = engine ÷ bare loop, per round, CPU seconds (wall in brackets);"
-        f" target at most {TARGET}x.",
+        "The same FedAvg (same initial weights, same batches in the same order, same test batches)",
+        "run by the engine (with a run folder: metrics rows and a checkpoint per round, as",
+        "`fedmosaic run`) and as a bare PyTorch loop over tensors prepared once",
+        "(`benchmarks/throughput.py`), one after the other in one process, one torch thread.",
+        "Ratio = engine ÷ bare loop, per round, CPU seconds (wall in brackets);",
+        f"target at most {TARGET}x.",
         "",
-        "| task | rounds | engine train s/round | bare train s/round | train ratio | engine eval s/round | bare eval s/round | eval ratio | same numbers |",
+        "| task | rounds | engine train s/round | bare train s/round | train ratio "
+        "| engine eval s/round | bare eval s/round | eval ratio | same numbers |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -383,7 +392,8 @@ def section(results: list[dict[str, Any]], command: str, load: str) -> str:
         ) + f"; max metric diff {a['metric_diff']:.2g}, train-loss diff {a['loss_diff']:.2g}"
         lines.append(
             f"| {r['label']} | {r['rounds']} | {e['train_cpu']:.3f} ({e['train_wall']:.3f}) | "
-            f"{b['train_cpu']:.3f} ({b['train_wall']:.3f}) | **{r['train_ratio']:.2f}x** ({r['train_ratio_wall']:.2f}x) | "
+            f"{b['train_cpu']:.3f} ({b['train_wall']:.3f}) | "
+            f"**{r['train_ratio']:.2f}x** ({r['train_ratio_wall']:.2f}x) | "
             f"{e['eval_cpu']:.3f} ({e['eval_wall']:.3f}) | {b['eval_cpu']:.3f} ({b['eval_wall']:.3f}) | "
             f"**{r['eval_ratio']:.2f}x** ({r['eval_ratio_wall']:.2f}x) | {same} |"
         )
@@ -392,8 +402,9 @@ def section(results: list[dict[str, Any]], command: str, load: str) -> str:
             continue
         lines += [
             "",
-            f"Where the engine's round goes, {r['label']} (cProfile, cumulative seconds per round, profiler overhead"
-            " included; parts overlap: training contains data assembly and the torch steps):",
+            f"Where the engine's round goes, {r['label']} (cProfile, cumulative seconds per round,",
+            "profiler overhead included; parts overlap: training contains data assembly",
+            "and the torch steps):",
             "",
             "| part | s/round |",
             "|---|---|",
@@ -407,7 +418,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny synthetic task, 2 rounds, print only")
+    parser.add_argument("--smoke", action="store_true", help="tiny synthetic task, 1 round, print only")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     parser.add_argument("--shared", type=Path, default=SHARED, help="folder holding datasets/ (for uci-hapt)")
@@ -415,7 +426,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load = f"1-minute load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
     if args.smoke:
-        results = [setting("synthetic (smoke)", SMOKE, 2, 1)]
+        results = [setting("synthetic (smoke)", SMOKE, 1, 1)]
         command = "python benchmarks/throughput.py --smoke"
     else:
         results = [setting("default task (synthetic image+text)", [], args.rounds, 2)]
