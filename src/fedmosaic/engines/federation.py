@@ -67,6 +67,10 @@ class Federation:
     run folder of ``fedmosaic run``) and a Federation built again over the same folder continues
     after the last committed round with the same numbers as an uninterrupted run.
 
+    ``eval_clients`` (``engine.eval_clients``): a personalised algorithm's clients evaluate their own
+    models, so each evaluated round asks only a seeded sample of that many (default: every client);
+    ignored by the others, which evaluate one global model on the server.
+
     ``transport`` and ``specs`` are for engines that deliver messages elsewhere (Flower's
     coordinator); by default clients run in this process (``workers > 1``: in forked workers).
     """
