@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import (
@@ -138,3 +140,20 @@ def test_global_model_groups_only_present_groups() -> None:
     out = global_model_groups(subset_results, specs)
     assert set(out) == {"group/text", "overall"}
     assert out["overall"] == pytest.approx({"accuracy": 0.7})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 12), st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), min_size=1, max_size=300)
+)
+def test_classification_metrics_equal_sklearns_three_calls_bit_for_bit(k: int, pairs: list) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y_true = np.array([a % k for a, _ in pairs])
+    y_pred = np.array([b % k for _, b in pairs])
+    labels = list(range(k))
+    assert classification_metrics(y_true, y_pred, k) == {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+    }

@@ -274,13 +274,17 @@ PluginOption = Annotated[
 ]
 
 
-def _load_plugins(plugins: list[str] | None) -> None:
-    """For the listing commands: load the registries and ``plugins``, or fail with one line."""
-    from fedmosaic.config import ConfigError, load_plugins
+def _listed(plugins: list[str] | None, names: Callable[[], list[str]]) -> list[str]:
+    """For the listing commands: import ``plugins``, then ``names()`` (which loads the registry's entry
+    points); a plug-in that fails is one line. No config and no built-in module is loaded for it, so
+    ``fedmosaic algorithms`` imports no torch."""
+    from fedmosaic.core.errors import PluginError
+    from fedmosaic.core.plugins import import_plugins
 
     try:
-        load_plugins(plugins or [])
-    except ConfigError as exc:
+        import_plugins(plugins or [])
+        return names()
+    except PluginError as exc:
         _fail(str(exc))
 
 
@@ -366,12 +370,12 @@ def report(
 @app.command("algorithms")
 def list_algorithms(plugin: PluginOption = None) -> None:
     """List the available algorithms (fedmosaic's and the plug-ins')."""
-    from fedmosaic.algorithms.registry import algorithm_names, get_algorithm
+    from fedmosaic.algorithms.registry import algorithm_names, algorithm_summary
 
-    _load_plugins(plugin)
-    for name in algorithm_names():
+    # the built-ins' names and summaries are declared: no algorithm module is imported
+    for name in _listed(plugin, algorithm_names):
         # soft_wrap: one line per algorithm whatever the width, so `| grep` finds the whole line
-        out.print(f"{name:12s} {get_algorithm(name).summary}", highlight=False, soft_wrap=True)
+        out.print(f"{name:12s} {algorithm_summary(name)}", highlight=False, soft_wrap=True)
 
 
 @app.command("datasets")
@@ -379,8 +383,7 @@ def list_datasets(plugin: PluginOption = None) -> None:
     """List the available data sets (fedmosaic's and the plug-ins') and their options."""
     from fedmosaic.data.registry import dataset_names, get_dataset
 
-    _load_plugins(plugin)
-    for name in dataset_names():
+    for name in _listed(plugin, dataset_names):
         entry = get_dataset(name)
         options = ", ".join(entry.options.model_fields) or "-"
         folder = " (needs task.data_dir)" if entry.needs_data_dir else ""
@@ -392,7 +395,7 @@ def list_encoders(plugin: PluginOption = None) -> None:
     """List the available encoders per modality kind (the ``model.<kind>_encoder`` values)."""
     from fedmosaic.models.encoders import ENCODER_FIELDS, encoder_names
 
-    _load_plugins(plugin)
+    _listed(plugin, lambda: encoder_names(next(iter(ENCODER_FIELDS))))
     for kind, key in ENCODER_FIELDS.items():
         names = ", ".join(encoder_names(kind))
         tail = ", or a Hugging Face hub id / model folder" if kind == "text" else ""

@@ -140,6 +140,12 @@ class EngineConfig(_Strict):
 
     name: Literal["local"] = "local"
     eval_every: int = Field(1, ge=1)
+    eval_clients: int | None = Field(
+        None,
+        ge=1,
+        description="personalised algorithms (local, gvf): evaluate a sample of this many clients per "
+        "evaluated round, drawn from the run's seed and the round (default: every client)",
+    )
     state_cache: int = Field(64, ge=0, description="client states kept in memory; the rest live on disk")
     progress: bool = True
     threads: int = Field(
@@ -193,19 +199,20 @@ class OutputConfig(_Strict):
 
 
 def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
-    """Load every registry (built-ins and installed entry points), then import the plug-in ``modules``.
+    """Load every registry's entry points, then import the plug-in ``modules``.
 
-    The registries come first so that a plug-in reusing a built-in's name is reported as the second
-    registration, naming the plug-in. One-line :class:`~fedmosaic.core.errors.PluginError` on failure.
+    Built-in modules are not imported here: each registry declares its built-ins' names, so a
+    plug-in reusing one is reported as the second registration (naming the plug-in) whenever it
+    registers, and a run imports only the algorithms, data sets and encoders it looks up.
+    One-line :class:`~fedmosaic.core.errors.PluginError` on failure.
     """
-    from fedmosaic.algorithms.registry import ensure_loaded as algorithms_loaded
+    from fedmosaic.algorithms.registry import ALGORITHMS
     from fedmosaic.core.plugins import import_plugins
-    from fedmosaic.data.registry import ensure_loaded as datasets_loaded
-    from fedmosaic.models.encoders import ensure_loaded as encoders_loaded
+    from fedmosaic.data.registry import DATASETS
+    from fedmosaic.models.encoders import ENCODERS
 
-    algorithms_loaded()
-    datasets_loaded()
-    encoders_loaded()
+    for registry in (ALGORITHMS, DATASETS, ENCODERS):
+        registry.load_plugins()
     import_plugins(modules)
 
 

@@ -21,7 +21,7 @@ Every error is one :class:`~fedmosaic.core.errors.PluginError` line naming the c
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
@@ -94,14 +94,19 @@ class Registry(Generic[T]):
         group: str,
         builtins: Callable[[], None],
         label: Callable[[str], str] | None = None,
+        declared: Mapping[str, str] | None = None,
     ) -> None:
         self.noun = noun
         self.group = group
         self._builtins = builtins
         self._label = label or (lambda key: f"{noun} {key!r}")
+        # key -> the built-in module that registers it: listing names and checking a config's names
+        # then import nothing, and a lookup imports only the module it needs (importing every
+        # algorithm pulls in scikit-learn, scipy and librosa for a run that uses none of them).
+        self._declared: dict[str, str] = dict(declared or {})
         self._items: dict[str, T] = {}
         self._origins: dict[str, tuple[str, str]] = {}
-        self._state = _UNLOADED
+        self._state = _UNLOADED  # of the entry points: the built-ins are plain (cached) imports
 
     def add(self, key: str, item: T, by: object) -> None:
         """Register ``item`` under ``key``; ``by`` (a class or function) identifies who registers it.
@@ -110,6 +115,10 @@ class Registry(Generic[T]):
         fedmosaic.algorithms.fedavg import FedAvg``) registers before the others are loaded.
         """
         who = origin(by)
+        builtin = self._declared.get(key)
+        if builtin is not None and who[0] != builtin:
+            # a built-in's name, whether or not its module is imported yet
+            raise PluginError(f"{self._label(key)} is registered twice: by {builtin} and by {who[0]}")
         old = self._origins.get(key)
         if old is not None and old != who and self._items[key] is not item:
             raise PluginError(f"{self._label(key)} is registered twice: by {old[0]} and by {who[0]}")
@@ -117,39 +126,60 @@ class Registry(Generic[T]):
         self._origins[key] = who
 
     def ensure_loaded(self) -> None:
-        """Import the built-ins, then every entry point of the group (once per process).
+        """Import every built-in, then every entry point of the group (once per process)."""
+        self._builtins()  # a module imported before costs a dictionary lookup
+        self.load_plugins()
 
-        A failure leaves the registry unloaded, so the next lookup raises the same error instead of
-        going on with a part of the plug-ins.
+    def load_plugins(self) -> None:
+        """Import the group's entry points (once per process), not the built-ins.
+
+        What a lookup needs besides the declared built-in names: a plug-in's names are known only
+        once its module is imported. A failure leaves the registry unloaded, so the next lookup
+        raises the same error instead of going on with a part of the plug-ins.
         """
         if self._state != _UNLOADED:
             return  # loaded, or loading (a plug-in module looking names up while it is imported)
         self._state = _LOADING
         try:
-            self._builtins()
             load_entry_points(self.group)
         except BaseException:
             self._state = _UNLOADED
             raise
         self._state = _LOADED
 
+    def _resolve(self, key: str) -> bool:
+        """Whether ``key`` is registered, importing the plug-ins and then its built-in module if needed."""
+        if self._declared:
+            self.load_plugins()
+        else:
+            self.ensure_loaded()  # nothing declared: the built-ins' names are known only by importing them
+        if key not in self._items and key in self._declared:
+            importlib.import_module(self._declared[key])
+            if key not in self._items:
+                raise PluginError(f"{self._label(key)}: {self._declared[key]} does not register it")
+        return key in self._items
+
     def get(self, key: str) -> T:
         """The object registered under ``key``; ``KeyError`` lists the known names."""
-        self.ensure_loaded()
-        if key not in self._items:
-            raise KeyError(f"unknown {self.noun} {key!r}; known: {', '.join(sorted(self._items))}")
+        if not self._resolve(key):
+            raise KeyError(f"unknown {self.noun} {key!r}; known: {', '.join(self.names())}")
         return self._items[key]
 
     def __contains__(self, key: str) -> bool:
+        if self._declared:
+            self.load_plugins()
+            return key in self._items or key in self._declared
         self.ensure_loaded()
         return key in self._items
 
     def names(self) -> list[str]:
-        """Every registered key, sorted."""
-        self.ensure_loaded()
-        return sorted(self._items)
+        """Every registered or declared key, sorted (importing no built-in module)."""
+        if not self._declared:
+            self.ensure_loaded()
+        self.load_plugins()
+        return sorted(set(self._items) | set(self._declared))
 
     def registered_by(self, key: str) -> str:
         """The module that registered ``key``."""
-        self.ensure_loaded()
+        self._resolve(key)
         return self._origins[key][0]

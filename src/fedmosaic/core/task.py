@@ -107,6 +107,13 @@ class View:
         Samples are grouped by modality pattern, each group chunked, and the chunk order shuffled.
         ``drop_singletons`` skips batches of one sample (batch norm cannot train on them).
         """
+        for idx, present in self.batch_indices(batch_size, rng, drop_singletons):
+            yield self.inputs(idx, present), torch.from_numpy(self.labels_store[idx].astype(np.int64))
+
+    def batch_indices(
+        self, batch_size: int, rng: np.random.Generator | None = None, drop_singletons: bool = False
+    ) -> Iterator[tuple[np.ndarray, tuple[str, ...]]]:
+        """The batches of :meth:`batches` as ``(store indices, modality names present)``, nothing loaded."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         names = self.info.modality_names
@@ -126,11 +133,11 @@ class View:
         order = rng.permutation(len(chunks)) if rng is not None else range(len(chunks))
         for k in order:
             p, rows = chunks[k]
-            idx = self.indices[rows]
-            inputs = {
-                names[j]: to_tensor(self.store[names[j]][idx]) for j in range(len(names)) if patterns[p][j]
-            }
-            yield inputs, torch.from_numpy(self.labels_store[idx].astype(np.int64))
+            yield self.indices[rows], tuple(names[j] for j in range(len(names)) if patterns[p][j])
+
+    def inputs(self, idx: np.ndarray, present: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The model inputs of store samples ``idx``: one tensor per modality in ``present``."""
+        return {m: to_tensor(self.store[m][idx]) for m in present}
 
 
 @dataclass

@@ -138,6 +138,16 @@ class DatasetEntry:
 
 # Modules under fedmosaic.data that register a built-in data set when imported.
 _BUILTIN_MODULES = ("synthetic_task", "uci_hapt", "uci_har", "mhealth", "fsdd_digits", "coco", "folder")
+# Each built-in's name and the module registering it: a run imports only its own data set's loader.
+_DECLARED = {
+    "synthetic": "synthetic_task",
+    "uci-hapt": "uci_hapt",
+    "uci-har": "uci_har",
+    "mhealth": "mhealth",
+    "fsdd-digits": "fsdd_digits",
+    "coco": "coco",
+    "folder": "folder",
+}
 
 
 def _load_builtins() -> None:
@@ -145,7 +155,12 @@ def _load_builtins() -> None:
         importlib.import_module(f"fedmosaic.data.{module}")
 
 
-DATASETS: Registry[DatasetEntry] = Registry("data set", "fedmosaic.datasets", _load_builtins)
+DATASETS: Registry[DatasetEntry] = Registry(
+    "data set",
+    "fedmosaic.datasets",
+    _load_builtins,
+    declared={name: f"fedmosaic.data.{module}" for name, module in _DECLARED.items()},
+)
 
 
 def register_dataset(entry: DatasetEntry) -> None:

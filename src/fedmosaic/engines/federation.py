@@ -68,6 +68,10 @@ class Federation:
     run folder of ``fedmosaic run``) and a Federation built again over the same folder continues
     after the last committed round with the same numbers as an uninterrupted run.
 
+    ``eval_clients`` (``engine.eval_clients``): a personalised algorithm's clients evaluate their own
+    models, so each evaluated round asks only a seeded sample of that many (default: every client);
+    ignored by the others, which evaluate one global model on the server.
+
     ``transport`` and ``specs`` are for engines that deliver messages elsewhere (Flower's
     coordinator); by default clients run in this process (``workers > 1``: in forked workers).
     ``device`` (``cpu``, ``auto``, ``cuda``, ``cuda:N``, ``mps``) is where both halves keep their
@@ -88,6 +92,7 @@ class Federation:
         rounds: int = 10,
         clients_per_round: int | None = None,
         eval_every: int = 1,
+        eval_clients: int | None = None,
         dropout: float = 0.0,
         workers: int = 1,
         state_cache: int = 64,
@@ -113,6 +118,11 @@ class Federation:
             raise ValueError(f"rounds: expected at least 1, got {rounds}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every: expected at least 1, got {eval_every}")
+        if eval_clients is not None and eval_clients < 1:
+            raise ValueError(f"eval_clients: expected at least 1, got {eval_clients}")
+        # Only a personalised algorithm's clients evaluate models of their own; the others evaluate
+        # one global model on the server, whose numbers do not depend on which clients exist.
+        self.eval_clients = eval_clients if self.algorithm.personalised else None
         self.robustness = robustness or RobustnessConfig()
         self.privacy = privacy or PrivacyConfig()
         self.dataset = dataset or task.info.name
@@ -197,6 +207,7 @@ class Federation:
                 rounds=cfg.rounds,
                 clients_per_round=cfg.clients.per_round or n_clients,
                 eval_every=cfg.engine.eval_every,
+                eval_clients=cfg.engine.eval_clients,
                 dropout=cfg.engine.dropout,
                 workers=cfg.engine.workers,
                 state_cache=cfg.engine.state_cache,
@@ -237,6 +248,7 @@ class Federation:
             rounds=self.total_rounds,
             eval_every=self.eval_every,
             robustness=self.robustness,
+            eval_clients=self.eval_clients,
         )
         seconds = time.perf_counter() - t0
         self._record(r, row, seconds)

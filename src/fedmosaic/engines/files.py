@@ -80,6 +80,7 @@ from fedmosaic.engines.protocol import (
     build_server,
     check_fit,
     eval_due,
+    eval_sample,
     evaluate_round,
     nbytes,
     plan_round,
@@ -246,6 +247,11 @@ class FilePipeline:
                 raise PipelineError(f"--root: {path} is missing; the server's steps need the server's files")
             self._specs = [_spec_from_json(s) for s in json.loads(path.read_text())["clients"]]
         return self._specs
+
+    def _evaluated(self, r: int) -> list[ClientSpec]:
+        """The clients evaluated in round ``r`` (``engine.eval_clients``, personalised algorithms only)."""
+        k = self.cfg.engine.eval_clients if self.algorithm.personalised else None
+        return eval_sample(self.specs, r, self.cfg.seed, k)
 
     def _server(self) -> ServerSide:
         """The server half on the server's own data (``server/data.npz``) and its committed state."""
@@ -595,7 +601,7 @@ class FilePipeline:
         replies = {c: load_message(self.root / c / "outbox.safetensors") for c in answered}
         row = aggregate_round(server, r, plan, replies, self.cfg.robustness, self.cfg.seed, dropped=missing)
         evaluating = eval_due(r, self.cfg.engine.eval_every, self.cfg.rounds)
-        eval_plan = server.configure_evaluate(r, self.specs) if evaluating else {}
+        eval_plan = server.configure_evaluate(r, self._evaluated(r)) if evaluating else {}
         for cid, message in eval_plan.items():
             self._drop_mail(cid, "eval_outbox")
             self._post(cid, "eval_inbox", message, r)
@@ -693,7 +699,7 @@ class FilePipeline:
         replies = {c: load_message(self.root / c / "eval_outbox.safetensors") for c in answered}
         row: dict[str, Any] = dict(progress["row"])  # round, clients, train, dropped/rejected/skipped
         if progress["evaluating"]:
-            row.update(evaluate_round(self._server(), r, self.specs, replies, dropped))
+            row.update(evaluate_round(self._server(), r, self._evaluated(r), replies, dropped))
         row["bytes_up"] = progress["bytes_up"] + nbytes(replies)
         row["bytes_down"] = progress["bytes_down"]
         seconds, peak = self._client_costs(answered, "eval_outbox")

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.core.algorithm import Algorithm, ClientSide, ServerData, ServerSide, Settings
 from fedmosaic.core.device import resolve_device
@@ -134,6 +136,19 @@ def eval_due(round: int, eval_every: int, rounds: int) -> bool:
     return round % eval_every == 0 or round == rounds
 
 
+def eval_sample(specs: list[ClientSpec], round: int, seed: int, k: int | None) -> list[ClientSpec]:
+    """The clients a personalised algorithm evaluates in round ``round`` (``engine.eval_clients``).
+
+    All of them when ``k`` is ``None`` or not below their number; else ``k`` drawn without
+    replacement from the round's ``eval-clients`` generator, in list order, so a resumed run and
+    every engine evaluate the same ones.
+    """
+    if k is None or k >= len(specs):
+        return list(specs)
+    picked = Rng(seed, round, SERVER).numpy("eval-clients").choice(len(specs), size=k, replace=False)
+    return [specs[i] for i in np.sort(picked)]
+
+
 def plan_round(server: ServerSide, round: int, specs: list[ClientSpec], seed: int) -> dict[str, Message]:
     """Phase 1: the server half's messages for this round, from the round's server generator."""
     return server.configure(round, specs, Rng(seed, round, SERVER))
@@ -184,18 +199,24 @@ def run_round(
     rounds: int,
     eval_every: int,
     robustness: RobustnessConfig | None,
+    eval_clients: int | None = None,
 ) -> dict[str, Any]:
-    """One whole round over ``transport``; the metrics row (what ``metrics.jsonl`` holds)."""
+    """One whole round over ``transport``; the metrics row (what ``metrics.jsonl`` holds).
+
+    ``eval_clients``: evaluate only a seeded sample of that many clients (:func:`eval_sample`); for
+    personalised algorithms, whose clients evaluate their own models (``None``: every client).
+    """
     plan = plan_round(server, round, specs, seed)
     replies, dropped = transport.fit(round, plan)
     down, up = nbytes(plan), nbytes(replies)
     row = aggregate_round(server, round, plan, replies, robustness, seed, dropped)
     if eval_due(round, eval_every, rounds):
-        eval_plan = server.configure_evaluate(round, specs)
+        evaluated = eval_sample(specs, round, seed, eval_clients)
+        eval_plan = server.configure_evaluate(round, evaluated)
         eval_replies, eval_dropped = transport.evaluate(round, eval_plan) if eval_plan else ({}, [])
         down += nbytes(eval_plan)
         up += nbytes(eval_replies)
-        row.update(evaluate_round(server, round, specs, eval_replies, eval_dropped))
+        row.update(evaluate_round(server, round, evaluated, eval_replies, eval_dropped))
     transport.annotate(row)
     row["bytes_up"], row["bytes_down"] = up, down
     return row

@@ -38,7 +38,25 @@ def _label(key: str) -> str:
     return f"{kind} encoder {name!r}"
 
 
-ENCODERS: Registry[EncoderFactory] = Registry("encoder", "fedmosaic.encoders", _load_builtins, _label)
+# The built-ins (all registered by fedmosaic.models.build): checking a config's encoder names imports
+# no model code.
+_BUILTINS = (
+    "image/cnn",
+    "image/mobilenet_v3_small",
+    "image/mobilenet_v3_large",
+    "text/tiny",
+    "audio/melcnn",
+    "timeseries/cnn1d",
+    "timeseries/lstm",
+    "embedding/projection",
+)
+ENCODERS: Registry[EncoderFactory] = Registry(
+    "encoder",
+    "fedmosaic.encoders",
+    _load_builtins,
+    _label,
+    declared=dict.fromkeys(_BUILTINS, "fedmosaic.models.build"),
+)
 
 
 def register_encoder(kind: str, name: str) -> Callable[[F], F]:
