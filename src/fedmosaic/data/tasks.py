@@ -51,6 +51,7 @@ from fedmosaic.data.registry import (
     LoadedData,
     get_dataset,
 )
+from fedmosaic.data.streams import streams_from_recordings
 
 if TYPE_CHECKING:
     from fedmosaic.config import RunConfig
@@ -170,8 +171,20 @@ def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
         "test_classes_without_clients": unheld,
         "lost_clients": lost_clients,
     }
+    streams = None
+    if loaded.recordings:
+        stats = loaded.extras.get("normalisation", {})
+        streams = streams_from_recordings(loaded.recordings, stats, numpy_rng(cfg.seed, 0, "task", "streams"))
     task = Task(
-        info, store, loaded.labels, clients, view(server["proxy"]), view(server["labelled"]), test, extras
+        info,
+        store,
+        loaded.labels,
+        clients,
+        view(server["proxy"]),
+        view(server["labelled"]),
+        test,
+        extras,
+        streams,
     )
     task.check_disjoint()
     return task
