@@ -61,6 +61,13 @@ class AutoencoderConfig(AlgorithmConfig):
         description="reference = per-step classifier over continuous streams, test scored in 2,000-step "
         "windows by weighted-F1 (the reference code's); windows = one probe per window (last step)",
     )
+    probe_stride: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="reference protocol: fit the per-step classifier on every n-th labelled step "
+        "(0.2 s apart at 50 Hz by default)",
+    )
     eval_controls: bool = Field(
         True,
         description="also score the untrained (round-0) encoder and raw statistics (per window, or per "
@@ -205,6 +212,7 @@ class LinearEvalServer:
                 cfg.probe_tol,
                 cfg.probe_max_iter,
                 cfg.probe_c,
+                cfg.probe_stride,
             )
         featurize: Callable[[torch.Tensor, str], torch.Tensor] = window_statistics
         if model is not None:
