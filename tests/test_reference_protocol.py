@@ -170,3 +170,16 @@ def test_server_scores_the_given_streams_with_controls(sensor_task, caplog):
     with caplog.at_level("WARNING", logger="fedmosaic.algorithms.autoencoder_base"):
         rows = fallback.evaluate(0, task.specs, {})
     assert "no continuous recordings" in caplog.text and rows[f"test/{subset}"]["windows"] >= 1
+
+
+def test_streams_round_trip_through_the_file_pipelines_server_file(tmp_path):
+    from fedmosaic.engines.node_data import load_streams, save_streams
+
+    streams = ServerStreams(toy_stream(300, 0, [0, 100, 300]), toy_stream(200, 1), "recordings")
+    save_streams(streams, tmp_path / "streams.npz")
+    back = load_streams(tmp_path / "streams.npz")
+    assert back is not None and back.origin == "recordings"
+    for a, b in ((streams.labelled, back.labelled), (streams.test, back.test)):
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.bounds, b.bounds)
+        assert all(np.array_equal(a.signals[m], b.signals[m]) for m in a.signals)
+    assert load_streams(tmp_path / "none.npz") is None
