@@ -31,6 +31,7 @@ the server's configure + aggregate and the linear evaluation; one run per seed.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import tempfile
 import time
@@ -72,6 +73,7 @@ CONTROLS = {
     "control/untrained": "untrained encoder (round-0 weights)",
     "control/raw_stats": "raw statistics (per step: its channels; mean, std, min, max of the last 128)",
 }
+CONTROL_SOURCE = "mmFedAvg"  # the autoencoder run that scores the controls (the others skip them)
 CLEAR_MARGIN = 0.05  # weighted-F1: a method must beat every trivial control by this much to count
 # The target is wall seconds per round on a 2-core CPU, judged on the last row: both cores training
 # clients (engine.workers=2). The one-worker rows give the CPU split.
@@ -165,16 +167,20 @@ def majority_line(task, protocol: str = "reference") -> dict[str, dict[str, floa
 
 
 def _hapt_job(
-    args: tuple[Path, int, int, Path, list[str], str, str, str],
+    args: tuple[Path, int, int, Path, list[str], str, str, str, Path | None],
 ) -> tuple[str, int, dict, dict, dict]:
     """One (seed, algorithm) run in its own process: (label, seed, digest, majority line, sizes)."""
-    data_dir, seed, rounds, workdir, extra, label, mix, protocol = args
+    data_dir, seed, rounds, workdir, extra, label, mix, protocol, keep = args
     import torch
 
     torch.set_num_threads(1)
     base = [*hapt_overrides(data_dir, seed, rounds, mix), *extra]
     # the protocol is the autoencoder family's; supervised FedAvg is scored by its own head per window
     chosen = [f"algorithm.eval_protocol={protocol}"] if label != "supervised FedAvg" else []
+    if label not in ("supervised FedAvg", CONTROL_SOURCE):
+        # every autoencoder run of a seed scores the same controls (same task, same initial weights):
+        # one run computes them (the table reads them from that run)
+        chosen.append("algorithm.eval_controls=false")
     cfg = load_config(None, [*base, *ALGORITHMS[label], *chosen])
     task = build_task(cfg)  # the split depends on the seed only: every algorithm gets the same one
     out = digest(run_one(cfg, task, workdir / f"{label}-{seed}"))
@@ -189,7 +195,11 @@ def _hapt_job(
             "test_labelled": int((task.streams.test.labels != UNLABELLED).sum()),
             "test_recordings": len(task.streams.test.bounds) - 1,
         }
-    return label, seed, out, majority_line(task, protocol), sizes
+    result = (label, seed, out, majority_line(task, protocol), sizes)
+    if keep is not None:  # one file per finished run: an interrupted benchmark keeps what it has
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{label}-{seed}.json").write_text(json.dumps(result))
+    return result
 
 
 def run_hapt(
@@ -202,21 +212,31 @@ def run_hapt(
     labels: list[str] | None = None,
     mix: str = MIX,
     protocol: str = "reference",
+    keep: Path | None = None,
 ) -> tuple[dict, dict, dict]:
     """Digests per algorithm (one per seed), the majority-class line and the task's sizes."""
     labels = list(ALGORITHMS) if labels is None else labels
+    if CONTROL_SOURCE not in labels:
+        labels = [CONTROL_SOURCE, *labels]  # the run that scores the controls
     todo = [
-        (data_dir, seed, rounds, workdir, extra, label, mix, protocol) for seed in seeds for label in labels
+        (data_dir, seed, rounds, workdir, extra, label, mix, protocol, keep)
+        for seed in seeds
+        for label in labels
     ]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             done = list(pool.map(_hapt_job, todo))
     else:
         done = [_hapt_job(job) for job in todo]
+    return collect(done, labels)
+
+
+def collect(done: list, labels: list[str]) -> tuple[dict, dict, dict]:
+    """Per-run results -> (digests per label in ``labels`` order, majority line, sizes)."""
     results: dict[str, list[dict]] = {label: [] for label in labels}
     for label, _, out, _, _ in sorted(done, key=lambda d: d[1]):
-        results[label].append(out)
-    return results, done[0][3], done[0][4]
+        results.setdefault(label, []).append(out)
+    return {k: v for k, v in results.items() if v}, done[0][3], done[0][4]
 
 
 def write_mhealth_like(folder: Path, scale: float = 1.0) -> Path:
@@ -479,8 +499,8 @@ def _mean_f1(digests: list[dict], key: str = "") -> float:
 
 
 def _control_source(results: dict) -> str:
-    """An autoencoder run's label: every one of them scores the same controls (same seed and init)."""
-    return "mmFedAvg" if "mmFedAvg" in results else next(k for k in results if k != "supervised FedAvg")
+    """The label of the runs that scored the controls."""
+    return CONTROL_SOURCE
 
 
 def controls_check(results: dict) -> str:
@@ -530,6 +550,8 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("reference", "windows"), default="reference")
     parser.add_argument("--mix", default=MIX, help="clients.mix of the HAPT runs")
     parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
+    parser.add_argument("--keep", type=Path, help="write each finished run's result here (JSON)")
+    parser.add_argument("--from-kept", type=Path, help="only build the table from the results in this folder")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args()
@@ -555,9 +577,22 @@ def main() -> None:
         extra = SMOKE if args.smoke else []
         if args.eval_every != 1:
             extra = [*extra, f"engine.eval_every={args.eval_every}"]
-        results, majority, sizes = run_hapt(
-            data_dir, seeds, rounds, work / "runs", extra, args.jobs, args.algorithms, args.mix, args.protocol
-        )
+        if args.from_kept is not None:
+            done = [json.loads(p.read_text()) for p in sorted(args.from_kept.glob("*.json"))]
+            results, majority, sizes = collect(done, args.algorithms)
+        else:
+            results, majority, sizes = run_hapt(
+                data_dir,
+                seeds,
+                rounds,
+                work / "runs",
+                extra,
+                args.jobs,
+                args.algorithms,
+                args.mix,
+                args.protocol,
+                args.keep,
+            )
     if rounds != 20:
         command += f" --rounds {rounds}"
     if args.jobs > 1:
