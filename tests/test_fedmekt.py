@@ -39,6 +39,8 @@ def config(data_dir: Path, algorithm: str = "fedmekt", *extra: str) -> RunConfig
             "clients.per_round=4",
             f"algorithm.name={algorithm}",
             "algorithm.proxy_batch=12" if algorithm == "fedmekt" else "algorithm.rep_size=4",
+            # 2 server epochs, not the default 40: the same code path, a twentieth of the server's steps
+            "algorithm.server_epochs=2" if algorithm == "fedmekt" else "algorithm.rep_size=4",
             "algorithm.probe_max_iter=500",
             *extra,
         ],
@@ -420,6 +422,8 @@ def test_evaluation_rows_carry_the_probe_record_and_warn_when_it_stops_early(
     with caplog.at_level("WARNING", logger="fedmosaic.algorithms.autoencoder_base"):
         out = server.evaluate(1, task.specs, {})
     assert not stopped_early()  # converged: nothing to say
+    # mHealth windows have no recordings: under "reference" they stand in for them, and a warning says so
+    assert ("no continuous recordings" in caplog.text) == (protocol == "reference")
     for key in ("test/acc", "test/gyro", "test/acc+gyro"):
         assert out[key]["probe_converged"] == 1.0 and out[key]["probe_steps"] >= 1
         assert math.isfinite(out[key]["probe_train_loss"]) and out[key]["probe_train_loss"] > 0
