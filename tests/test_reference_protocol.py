@@ -82,8 +82,6 @@ def test_local_statistics_are_causal_and_hold_the_step_and_its_trailing_stats():
 
 def test_per_step_classifier_learns_the_steps_label_and_records_its_training():
     labelled, test = toy_stream(3000, 0, [0, 1000, 3000]), toy_stream(4500, 1)
-    # unlabelled steps that look like class 0: a classifier that trained on them would confuse the two
-    labelled.signals["acc"][labelled.labels == UNLABELLED, 0] = 0.0
 
     def identity(x: torch.Tensor, modality: str) -> torch.Tensor:
         return x.transpose(1, 2)
@@ -96,6 +94,20 @@ def test_per_step_classifier_learns_the_steps_label_and_records_its_training():
         assert v["probe_converged"] == 1.0 and v["probe_steps"] >= 1 and v["probe_train_loss"] >= 0
     capped = step_evaluation(identity, labelled, test, INFO, tol=1e-8, max_iter=1)
     assert capped["acc"]["probe_converged"] == 0.0 and capped["acc"]["probe_steps"] == 1
+
+
+def test_unlabelled_steps_are_never_trained_on():
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.repeat([0, 1, 2], 300), np.full(2100, UNLABELLED)])
+    acc = rng.normal(size=(3000, 2)).astype(np.float32) * 0.1
+    acc[:900, 0] += labels[:900]  # the unlabelled majority looks like class 0
+    labelled = Stream({"acc": acc, "gyro": acc.copy()}, labels, np.array([0, 3000]))
+
+    def identity(x: torch.Tensor, modality: str) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+    out = step_evaluation(identity, labelled, toy_stream(4500, 1), INFO, tol=1e-6, max_iter=500)
+    assert out["acc"]["weighted_f1"] > 0.99  # trained on them, class 0 would be predicted "unlabelled"
 
 
 def test_labelled_share_is_one_of_nine_slices_that_holds_every_test_class():
