@@ -82,6 +82,9 @@ SUBSETS = ("test/acc", "test/gyro")
 LAST = 10  # rounds whose median is reported
 # --smoke: the same code path on a sliver of the work (CI checks that the script runs, not the numbers)
 SMOKE = ["clients.per_round=3", "training.local_epochs=1"]
+# and for the autoencoder runs: the per-step classifier on every 100th labelled step (L-BFGS is the
+# reference protocol's main cost; the smoke checks the path, not the numbers)
+SMOKE_AUTOENCODER = ["algorithm.probe_stride=100"]
 # Paper (Le et al. 2023), mHealth acc/gyro: FedMEKT-C beats mmFedAvg by 1-4 F1 points.
 # Neither paper (FedMEKT, arXiv 2307.13214; Zhao et al., IoTDI 2022, arXiv 2109.04833) reports UCI HAPT.
 MIX = "acc:10,gyro:10,acc+gyro:10"
@@ -177,6 +180,8 @@ def _hapt_job(
     base = [*hapt_overrides(data_dir, seed, rounds, mix), *extra]
     # the protocol is the autoencoder family's; supervised FedAvg is scored by its own head per window
     chosen = [f"algorithm.eval_protocol={protocol}"] if label != "supervised FedAvg" else []
+    if chosen and all(s in extra for s in SMOKE):
+        chosen += SMOKE_AUTOENCODER
     if label not in ("supervised FedAvg", CONTROL_SOURCE):
         # every autoencoder run of a seed scores the same controls (same task, same initial weights):
         # one run computes them (the table reads them from that run)
