@@ -62,8 +62,13 @@ SETTINGS = [
     ("gvf", "gvf", False, ["algorithm.proxy_weight=1"]),
     ("gvf allow_private_vectors=true", "gvf", False, ["algorithm.allow_private_vectors=true"]),
     ("gvf share_encoders=true", "gvf", False, ["algorithm.share_encoders=true"]),
-    ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12"]),
-    ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12", 'algorithm.variant="S"']),
+    ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12", "algorithm.server_epochs=2"]),
+    (
+        "fedmekt",
+        "fedmekt",
+        True,
+        ["algorithm.proxy_batch=12", "algorithm.server_epochs=2", 'algorithm.variant="S"'],
+    ),
     ("mmfedavg", "mmfedavg", True, []),
     ("mmfedprox", "mmfedprox", True, []),
 ]
