@@ -68,7 +68,7 @@ def fit_probe(
     """
     model = LogisticRegression(solver="lbfgs", tol=tol, max_iter=max_iter, C=c)
     # One BLAS thread: each L-BFGS step is a few small products, and OpenBLAS's threads cost more in
-    # synchronisation than they save (measured: 7x the CPU seconds with 2 threads on a loaded 2-core
+    # synchronisation than they save (measured: 6.5-8x the CPU seconds with 2 threads on a loaded 2-core
     # machine, 6,300 x 8 features)
     with warnings.catch_warnings(), threadpool_limits(1):
         # reported once per evaluation by linear_evaluation's caller, not once per subset by sklearn
