@@ -61,6 +61,8 @@ def config_for(algorithm: str, overrides: tuple[str, ...], mhealth_dir: Path) ->
         return tiny_config(algorithm, overrides)
     # a proxy batch smaller than the 24-window proxy set, so fedmekt's batch indices matter
     batch = ["algorithm.proxy_batch=12"] if "proxy_batch" in cls.Config.model_fields else []
+    # 2 server epochs, not the default 40: the same code path, a twentieth of the server's steps
+    batch += ["algorithm.server_epochs=2"] if "server_epochs" in cls.Config.model_fields else []
     base = [*mhealth_overrides(mhealth_dir), "clients.per_round=4", f"algorithm.name={algorithm}"]
     return load_config(None, [*base, *batch, *overrides])
 

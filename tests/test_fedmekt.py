@@ -39,6 +39,8 @@ def config(data_dir: Path, algorithm: str = "fedmekt", *extra: str) -> RunConfig
             "clients.per_round=4",
             f"algorithm.name={algorithm}",
             "algorithm.proxy_batch=12" if algorithm == "fedmekt" else "algorithm.rep_size=4",
+            # 2 server epochs, not the default 40: the same code path, a twentieth of the server's steps
+            "algorithm.server_epochs=2" if algorithm == "fedmekt" else "algorithm.rep_size=4",
             "algorithm.probe_max_iter=500",
             *extra,
         ],
@@ -402,22 +404,38 @@ def test_probe_is_trained_to_its_tolerance_and_records_steps_and_loss():
     assert short["probe_train_loss"] > record["probe_train_loss"]
 
 
-def test_evaluation_rows_carry_the_probe_record_and_warn_when_it_stops_early(mhealth_dir, caplog):
-    task, server, _ = parts(config(mhealth_dir, "mmfedavg", "algorithm.eval_controls=false"))
+@pytest.mark.parametrize(
+    ("protocol", "metrics"),
+    [
+        ("windows", {"accuracy", "macro_f1", "weighted_f1"}),
+        ("reference", {"accuracy", "macro_f1", "weighted_f1", "pooled_weighted_f1", "windows"}),
+    ],
+)
+def test_evaluation_rows_carry_the_probe_record_and_warn_when_it_stops_early(
+    mhealth_dir, caplog, protocol, metrics
+):
+    def stopped_early() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "did not reach" in r.getMessage()]
+
+    chosen = f"algorithm.eval_protocol={protocol}"
+    task, server, _ = parts(config(mhealth_dir, "mmfedavg", "algorithm.eval_controls=false", chosen))
     with caplog.at_level("WARNING", logger="fedmosaic.algorithms.autoencoder_base"):
         out = server.evaluate(1, task.specs, {})
-    assert not caplog.records  # converged: nothing to say
+    assert not stopped_early()  # converged: nothing to say
+    # mHealth windows have no recordings: under "reference" they stand in for them, and a warning says so
+    assert ("no continuous recordings" in caplog.text) == (protocol == "reference")
     for key in ("test/acc", "test/gyro", "test/acc+gyro"):
         assert out[key]["probe_converged"] == 1.0 and out[key]["probe_steps"] >= 1
         assert math.isfinite(out[key]["probe_train_loss"]) and out[key]["probe_train_loss"] > 0
-    assert set(out["overall"]) == {"accuracy", "macro_f1", "weighted_f1"}  # no means of probe records
+    assert set(out["overall"]) == metrics  # no means of probe records
     _, capped, _ = parts(
-        config(mhealth_dir, "mmfedavg", "algorithm.probe_max_iter=1", "algorithm.eval_controls=false")
+        config(mhealth_dir, "mmfedavg", "algorithm.probe_max_iter=1", "algorithm.eval_controls=false", chosen)
     )
+    caplog.clear()
     with caplog.at_level("WARNING", logger="fedmosaic.algorithms.autoencoder_base"):
         out = capped.evaluate(3, task.specs, {})
     assert out["test/acc"]["probe_steps"] == 1 and out["test/acc"]["probe_converged"] == 0.0
-    assert len(caplog.records) == 1  # once per evaluation, naming the keys and the config fields
+    assert len(stopped_early()) == 1  # once per evaluation, naming the keys and the config fields
     assert "round 3" in caplog.text and "algorithm.probe_tol" in caplog.text and "test/acc" in caplog.text
 
 
@@ -439,7 +457,7 @@ def test_probe_bounds_are_one_line_errors(setting, key):
 def test_controls_score_the_round0_encoder_and_raw_statistics_with_the_same_probe(mhealth_dir):
     from fedmosaic.models.linear_probe import linear_evaluation, window_statistics
 
-    task, server, client = parts(config(mhealth_dir, "mmfedavg"))
+    task, server, client = parts(config(mhealth_dir, "mmfedavg", "algorithm.eval_protocol=windows"))
     before = server.evaluate(0, task.specs, {})
     states: dict[str, Message] = {}
     play_round(task, server, client, 1, states)
@@ -457,7 +475,10 @@ def test_controls_score_the_round0_encoder_and_raw_statistics_with_the_same_prob
     x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
     assert window_statistics(x, "acc").shape == (2, 12)
     assert torch.equal(window_statistics(x, "acc")[:, 6:9], x[:, :, 0])  # min of an increasing row
-    _, off, _ = parts(config(mhealth_dir, "mmfedavg", "algorithm.eval_controls=false"))
+    off_cfg = config(
+        mhealth_dir, "mmfedavg", "algorithm.eval_controls=false", "algorithm.eval_protocol=windows"
+    )
+    _, off, _ = parts(off_cfg)
     assert not any(k.startswith("control/") for k in off.evaluate(0, task.specs, {}))
 
 

@@ -22,7 +22,8 @@ def test_fedmekt_benchmark_smoke(tmp_path: Path) -> None:
         "| majority class |",
         "| supervised FedAvg |",
         "| untrained encoder (round-0 weights) |",
-        "| raw statistics (mean, std, min, max per channel) |",
+        "| raw statistics (per step: its channels; mean, std, min, max of the last 128) |",
+        "Reference protocol",
         "**Controls first.**",
     ):
         assert text in proc.stdout

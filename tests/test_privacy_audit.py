@@ -63,8 +63,13 @@ SETTINGS = [
     ("gvf allow_private_vectors=true", "gvf", False, ["algorithm.allow_private_vectors=true"]),
     ("gvf-local", "gvf-local", False, []),
     ("gvf-shared-encoders", "gvf-shared-encoders", False, []),
-    ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12"]),
-    ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12", 'algorithm.variant="S"']),
+    ("fedmekt", "fedmekt", True, ["algorithm.proxy_batch=12", "algorithm.server_epochs=2"]),
+    (
+        "fedmekt",
+        "fedmekt",
+        True,
+        ["algorithm.proxy_batch=12", "algorithm.server_epochs=2", 'algorithm.variant="S"'],
+    ),
     ("mmfedavg", "mmfedavg", True, []),
     ("mmfedprox", "mmfedprox", True, []),
 ]

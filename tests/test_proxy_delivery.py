@@ -81,6 +81,7 @@ def test_fedmekt_server_resends_the_proxy_windows_to_a_silent_client(tmp_path: P
             *mhealth_overrides(write_mhealth(tmp_path / "mh")),
             "algorithm.name=fedmekt",
             "algorithm.proxy_batch=12",
+            "algorithm.server_epochs=2",  # not the default 40: the same code path, fewer server steps
         ],
     )
     task = build_task(cfg)

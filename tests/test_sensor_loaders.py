@@ -776,3 +776,20 @@ def test_mhealth_bad_row_both_policies(tmp_path, case):
     origin = {tuple(o) for o in data.extras["origin"].tolist()}
     assert len(data) == 17 and (1, 20) not in origin and (1, 28) not in origin and (1, 36) in origin
     assert all(np.isfinite(data.store[m]).all() for m in ("acc", "gyro", "mag"))
+
+
+def test_hapt_recordings_label_every_row_and_leave_gaps_and_transitions_unlabelled(tmp_path):
+    hapt = write_hapt(tmp_path)
+    data, _ = load_hapt(hapt, **SMALL, test_users="official")  # user 2 is an official test user
+    first, second = data.recordings
+    assert (first.owner, first.test, second.owner, second.test) == (1, False, 2, True)
+    assert len(first.labels) == 300 and first.signals["acc"].shape == (300, 3)
+    assert np.array_equal(first.signals["acc"][:, 0], 10000 + np.arange(300))  # the raw rows, in order
+    # rows 1-100 WALKING, 101-140 a transition (unlabelled under "basic"), 141-300 SITTING
+    assert (first.labels[:100] == 0).all() and (first.labels[100:140] == -1).all()
+    assert (first.labels[140:] == 3).all()
+    # rows 1-10 of experiment 2 lie outside every segment: unlabelled
+    assert (second.labels[:10] == -1).all() and (second.labels[10:200] == 1).all()
+    assert (second.labels[200:] == 5).all()
+    every, _ = load_hapt(hapt, **SMALL, classes="all")
+    assert (every.recordings[0].labels[100:140] == 6).all() and not every.recordings[1].test

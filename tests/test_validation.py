@@ -176,6 +176,7 @@ def fedmekt_cfg(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
             "algorithm.name=fedmekt",
             "algorithm.proxy_batch=12",
             "algorithm.probe_max_iter=500",
+            "algorithm.server_epochs=2",  # not the default 40: the same code path, fewer server steps
         ],
     )
 

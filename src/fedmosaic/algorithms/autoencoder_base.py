@@ -3,13 +3,24 @@ autoencoder built from the task, a local reconstruction-training loop, and a ser
 its global encoder by linear evaluation.
 
 All three are semi-supervised: clients train autoencoders on *unlabelled* windows; only the server's
-labelled set ever meets a label (through a fresh linear probe on the frozen global encoder).
+labelled data ever meets a label (through a fresh linear classifier on the frozen global encoder).
+
+Two evaluation protocols (``algorithm.eval_protocol``):
+
+- ``"reference"`` (default): the reference code's (``models/step_probe.py``): the encoder runs over
+  continuous streams, a classifier labels every time step from its representation, trained on the
+  server's labelled share of the recordings; the test stream is scored in 2,000-step windows by
+  weighted-F1. A data set without continuous recordings (synthetic tasks, window-only loaders) gets
+  its labelled and test windows laid end to end as the streams (a warning says so).
+- ``"windows"``: one representation per window (the last step's), a probe on the labelled windows,
+  scored per test window (``models/linear_probe.py``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,10 +32,13 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import global_model_groups
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import SERVER, Rng, torch_seed, torch_seeded
+from fedmosaic.core.stream import ServerStreams
 from fedmosaic.core.task import TaskInfo, View
+from fedmosaic.data.streams import stream_from_windows
 from fedmosaic.models.autoencoder import SplitAutoencoder
 from fedmosaic.models.linear_probe import PROBE_KEYS, linear_evaluation, unconverged, window_statistics
 from fedmosaic.models.params import load_arrays, to_arrays
+from fedmosaic.models.step_probe import SeqFeaturizer, local_statistics, step_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +57,23 @@ class AutoencoderConfig(AlgorithmConfig):
         5000, ge=1, le=1_000_000, description="at most this many L-BFGS iterations of the probe"
     )
     probe_c: float = Field(1.0, gt=0, description="inverse L2 strength of the probe (standardised features)")
+    eval_protocol: Literal["reference", "windows"] = Field(
+        "reference",
+        description="reference = per-step classifier over continuous streams, test scored in 2,000-step "
+        "windows by weighted-F1 (the reference code's); windows = one probe per window (last step)",
+    )
+    probe_stride: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="reference protocol: fit the per-step classifier on every n-th labelled step "
+        "(0.2 s apart at 50 Hz by default)",
+    )
     eval_controls: bool = Field(
         True,
-        description="also score the untrained (round-0) encoder and raw window statistics with the same "
-        "probe and labels (eval keys control/untrained/<subset>, control/raw_stats/<subset>)",
+        description="also score the untrained (round-0) encoder and raw statistics (per window, or per "
+        "step over the trailing 128 steps) with the same classifier and labels "
+        "(eval keys control/untrained/<subset>, control/raw_stats/<subset>)",
     )
     reverse_target: bool = Field(
         True, description="reconstruct the window time-reversed (the reference's choice)"
@@ -148,16 +175,54 @@ class LinearEvalServer:
         self.data = data
         self.model = build_autoencoder(settings)
         self._controls: dict[str, dict[str, float]] | None = None
+        self._streams: ServerStreams | None = None
+
+    @property
+    def streams(self) -> ServerStreams:
+        """The reference protocol's streams: the data set's recordings, or the windows end to end."""
+        if self._streams is None:
+            if self.data.streams is not None:
+                self._streams = self.data.streams
+            else:
+                log.warning(
+                    "algorithm.eval_protocol = 'reference': the data set has no continuous recordings; "
+                    "the server's labelled and test windows, laid end to end, stand in for them"
+                )
+                labelled, test = stream_from_windows(self.data.labelled), stream_from_windows(self.data.test)
+                self._streams = ServerStreams(labelled, test, "windows")
+        return self._streams
 
     def configure_evaluate(self, round: int, clients: list[ClientSpec]) -> dict[str, Message]:
         return {}  # one global encoder: the server evaluates it on its own labelled and test sets
 
-    @torch.no_grad()
-    def _features(self, x: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.model.represent(to_device(x, self.settings.device), modality)
-
-    def _probe(self, featurize: Callable[[torch.Tensor, str], torch.Tensor]) -> dict[str, dict[str, float]]:
+    def _probe(self, model: SplitAutoencoder | None) -> dict[str, dict[str, float]]:
+        """The protocol's metrics by subset for ``model``'s frozen encoders (None: raw statistics)."""
         cfg = self.settings.algorithm
+        if cfg.eval_protocol == "reference":
+            streams = self.streams
+            per_step: SeqFeaturizer = local_statistics
+            if model is not None:
+
+                def per_step(x: torch.Tensor, modality: str) -> torch.Tensor:
+                    return model.encode(to_device(x, self.settings.device), modality)[0]
+
+            return step_evaluation(
+                per_step,
+                streams.labelled,
+                streams.test,
+                self.settings.info,
+                cfg.probe_tol,
+                cfg.probe_max_iter,
+                cfg.probe_c,
+                cfg.probe_stride,
+            )
+        featurize: Callable[[torch.Tensor, str], torch.Tensor] = window_statistics
+        if model is not None:
+
+            @torch.no_grad()
+            def featurize(x: torch.Tensor, modality: str) -> torch.Tensor:
+                return model.represent(to_device(x, self.settings.device), modality)
+
         return linear_evaluation(
             featurize,
             self.data.labelled,
@@ -172,20 +237,16 @@ class LinearEvalServer:
         """The same probe and labels on features that involve no federated learning.
 
         ``control/untrained/<subset>``: the run's initial encoder (the round-0 weights every party
-        starts from); ``control/raw_stats/<subset>``: mean, std, min and max per channel. Neither
+        starts from); ``control/raw_stats/<subset>``: mean, std, min and max per channel (of the
+        window, or per step of the trailing 128 steps plus the step's own values). Neither
         depends on the round, so they are computed once per server object and repeated in every
         evaluated row (a reloaded server recomputes the same numbers: the probe has no seed).
         """
         if self._controls is None:
             initial = build_autoencoder(self.settings).eval()
-
-            @torch.no_grad()
-            def untrained(x: torch.Tensor, modality: str) -> torch.Tensor:
-                return initial.represent(to_device(x, self.settings.device), modality)
-
             self._controls = {
-                **{f"control/untrained/{k}": v for k, v in self._probe(untrained).items()},
-                **{f"control/raw_stats/{k}": v for k, v in self._probe(window_statistics).items()},
+                **{f"control/untrained/{k}": v for k, v in self._probe(initial).items()},
+                **{f"control/raw_stats/{k}": v for k, v in self._probe(None).items()},
             }
         return self._controls
 
@@ -193,7 +254,7 @@ class LinearEvalServer:
         self, round: int, clients: list[ClientSpec], replies: dict[str, Message]
     ) -> dict[str, dict[str, float]]:
         self.model.eval()
-        subsets = {f"test/{k}": v for k, v in self._probe(self._features).items()}
+        subsets = {f"test/{k}": v for k, v in self._probe(self.model).items()}
         # group/* and overall are means over clients of their group's metrics, not of probe records
         metrics_only = {k: {m: x for m, x in v.items() if m not in PROBE_KEYS} for k, v in subsets.items()}
         out = {**subsets, **global_model_groups(metrics_only, clients)}
@@ -203,7 +264,7 @@ class LinearEvalServer:
         if missed:
             cfg = self.settings.algorithm
             log.warning(
-                "round %d: the linear probe did not reach algorithm.probe_tol=%g within "
+                "round %d: the classifier did not reach algorithm.probe_tol=%g within "
                 "algorithm.probe_max_iter=%d iterations for %s; its scores understate the features",
                 round,
                 cfg.probe_tol,

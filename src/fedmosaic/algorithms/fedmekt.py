@@ -117,7 +117,9 @@ class FedMEKTConfig(AutoencoderConfig):
     eta: float = Field(0.1, ge=0, description="server KD weight, top layer")
     gamma: float = Field(0.04, ge=0, description="server KD weight, first layer")
     temperature: float = Field(3.0, gt=0, description="KD temperature T")
-    server_epochs: int = Field(2, ge=1, description="R: server distillation epochs over the proxy batch")
+    # 40, not 2 (issue 18): 2 epochs of whole-window batches gave the server 4 Adam steps a round
+    # against the reference's ~341 slice steps an epoch, and left its encoder near its initial weights
+    server_epochs: int = Field(40, ge=1, description="R: server distillation epochs over the proxy batch")
     lr_server: float = Field(0.002, gt=0, description="the global autoencoder's Adam learning rate")
     proxy_batch: int = Field(64, ge=1, description="windows in the round's proxy batch")
     kd_axis: Literal["embedding", "time"] = Field(

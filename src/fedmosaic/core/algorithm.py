@@ -18,6 +18,7 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
+from fedmosaic.core.stream import ServerStreams
 from fedmosaic.core.task import ClientData, TaskInfo, View
 from fedmosaic.core.validation import ReplySpec
 
@@ -60,13 +61,16 @@ class ServerData:
     """What the server holds: the proxy (unlabelled), labelled and test sets.
 
     ``pooled_train`` is only filled for algorithms that declare ``needs_pooled_data`` (the
-    centralized upper bound); federated algorithms never see client data.
+    centralized upper bound); federated algorithms never see client data. ``streams`` holds the
+    continuous recordings of the reference evaluation protocol when the data set has them.
     """
 
     proxy: View
     labelled: View
     test: View
     pooled_train: View | None = None
+    # the labelled share and test stream as continuous recordings (data sets that have them)
+    streams: ServerStreams | None = None
 
 
 @runtime_checkable

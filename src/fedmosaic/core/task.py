@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from fedmosaic.core.modality import ClientSpec, Modality, group_name
+from fedmosaic.core.stream import ServerStreams
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
@@ -163,6 +164,8 @@ class Task:
     labelled: View
     test: View
     extras: dict[str, object] = field(default_factory=dict)
+    # continuous recordings for the server (reference evaluation protocol); None: the data set has none
+    streams: ServerStreams | None = None
     _by_id: dict[str, ClientData] = field(default_factory=dict, init=False, repr=False)
 
     @property

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from fedmosaic.core.errors import DataError
 from fedmosaic.core.modality import Modality
 from fedmosaic.core.plugins import Registry
+from fedmosaic.core.stream import Recording
 
 # What a sample's role in the split is, when the data itself fixes it (``LoadedData.role``).
 ROLE_FREE, ROLE_TEST, ROLE_PROXY, ROLE_LABELLED, ROLE_VAL = 0, 1, 2, 3, 4
@@ -85,6 +86,8 @@ class LoadedData:
     role: np.ndarray | None = None
     present: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)
+    # continuous recordings with per-step labels (raw, unstandardised), for the reference protocol
+    recordings: list[Recording] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)

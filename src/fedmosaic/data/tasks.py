@@ -55,6 +55,7 @@ from fedmosaic.data.registry import (
     get_dataset,
 )
 from fedmosaic.data.scenarios import Scenario, apply_scenarios
+from fedmosaic.data.streams import streams_from_recordings
 
 if TYPE_CHECKING:
     from fedmosaic.config import RunConfig
@@ -175,8 +176,20 @@ def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
         clients, extras["scenarios"] = apply_scenarios(
             clients, loaded.labels, info.num_classes, scenario, cfg.seed
         )
+    streams = None
+    if loaded.recordings:
+        stats = loaded.extras.get("normalisation", {})
+        streams = streams_from_recordings(loaded.recordings, stats, numpy_rng(cfg.seed, 0, "task", "streams"))
     task = Task(
-        info, store, loaded.labels, clients, view(server["proxy"]), view(server["labelled"]), test, extras
+        info,
+        store,
+        loaded.labels,
+        clients,
+        view(server["proxy"]),
+        view(server["labelled"]),
+        test,
+        extras,
+        streams,
     )
     task.check_disjoint()
     return task

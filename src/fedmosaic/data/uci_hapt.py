@@ -34,6 +34,9 @@ its recording, overlapping an earlier segment) drops its segment; a missing acc/
 gyro files of different length drop the experiment. Under "error" each is a one-line
 :class:`DataError` naming the file and line.
 
+``LoadedData.recordings`` holds every experiment's whole recording with a label per row (-1 outside
+the kept segments), for the reference evaluation protocol of the autoencoder family.
+
 ``extras["origin"]`` holds ``(experiment id, first row)`` per window (row 0-based), to trace a window
 back to its recording.
 """
@@ -48,6 +51,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedmosaic.core.modality import Modality
+from fedmosaic.core.stream import UNLABELLED, Recording
 from fedmosaic.data import windows as W
 from fedmosaic.data.paths import PathEscapeError, confined, data_root
 from fedmosaic.data.registry import (
@@ -191,6 +195,21 @@ def _windows_majority(
     return starts[keep], labels[keep]
 
 
+def _recording(ex: _Experiment, segs: np.ndarray, test: bool) -> Recording:
+    """The whole experiment as one recording with a label per row.
+
+    Rows outside every kept segment (the gaps between activities, and the postural transitions
+    under ``classes = "basic"``) are unlabelled (-1): the encoder runs over them, nobody scores them.
+    A bad row is unlabelled too and reads as 0 (the channel mean once standardised).
+    """
+    labels = np.full(len(ex.acc), UNLABELLED, dtype=np.int64)
+    for _, _, activity, start, end, _ in segs:
+        labels[start - 1 : end] = activity - 1
+    labels[ex.bad_rows] = UNLABELLED
+    signals = {"acc": np.nan_to_num(ex.acc), "gyro": np.nan_to_num(ex.gyro)}
+    return Recording(signals, labels, ex.user, test)
+
+
 def _drop_overlaps(segs: np.ndarray, ctx: LoadContext, labels_path: Path) -> np.ndarray:
     """Segments of one experiment sorted by start; one that overlaps an earlier one is bad."""
     segs = segs[np.argsort(segs[:, 3], kind="stable")]
@@ -224,6 +243,7 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
     window, step = options.window, W.step_for(options.window, options.overlap)
 
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("acc", "gyro", "labels", "user", "block", "origin")}
+    recordings: list[Recording] = []
     for exp, user in sorted({(int(e), int(u)) for e, u in segments[:, :2]}):
         segs = segments[(segments[:, 0] == exp) & (segments[:, 1] == user)]
         ex = _read_experiment(raw, data, exp, user, ctx)
@@ -236,6 +256,8 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
             )
         segs = _drop_overlaps(segs[~too_long], ctx, labels_path)
         segs = segs[segs[:, 2] <= n_classes]  # "basic": transitions count as unlabelled
+        test = options.test_users == "official" and user in OFFICIAL_TEST_USERS
+        recordings.append(_recording(ex, segs, test))
         if options.label_rule == "inside":
             starts, labels, blocks = _windows_inside(ex, segs, window, step)
         else:
@@ -276,6 +298,7 @@ def load(options: BaseModel, ctx: LoadContext) -> LoadedData:
         blocks=blocks,
         role=role,
         skipped=list(ctx.skipped[skipped_before:]),
+        recordings=recordings,
     )
     loaded.check()
     return loaded

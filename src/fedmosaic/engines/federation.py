@@ -139,7 +139,7 @@ class Federation:
             device=self.device,
         )
         pooled = task.pooled_train() if self.algorithm.needs_pooled_data else None
-        data = ServerData(task.proxy, task.labelled, task.test, pooled)
+        data = ServerData(task.proxy, task.labelled, task.test, pooled, task.streams)
         self.server = build_server(self.algorithm, self.settings, data, server_wrappers)
         self.client = build_client(self.algorithm, self.settings, self.privacy, client_wrappers)
         self.folder = RunFolder(Path(folder)) if folder is not None else None

@@ -14,6 +14,7 @@ The root (``k`` = a client id)::
     R/server/task.json                task description, number of clients, the run's id   [published]
     R/server/server.json              the clients' specs (modalities, sample counts), the data summary
     R/server/data.npz                 the server's data: proxy, labelled and test sets (node_data format)
+    R/server/streams.npz              its continuous recordings if the data set has them (reference protocol)
     R/server/state_rNNNNN_<step>.safetensors   the server's state (the one progress.json names)
     R/progress.json                   round, the step that is due, planned clients, bytes so far
     R/metrics.jsonl timings.jsonl summary.json report.md plots/   a run folder's outputs
@@ -72,7 +73,9 @@ from fedmosaic.engines.node_data import (
     info_from_json,
     info_to_json,
     load_node,
+    load_streams,
     load_views,
+    save_streams,
 )
 from fedmosaic.engines.protocol import (
     aggregate_round,
@@ -202,6 +205,8 @@ class FilePipeline:
                 # is the one party that holds it all (no client takes part in its rounds).
                 views["pooled"] = task.pooled_train()
             export_views(task, views, server / "data.npz")
+            if task.streams is not None:
+                save_streams(task.streams, server / "streams.npz")
             specs = [_spec_to_json(c.spec) for c in task.clients]  # task order: sampling and aggregation
             atomic_write_json(server / "server.json", {"clients": specs, "data": task.data_summary()})
             published = {
@@ -260,7 +265,8 @@ class FilePipeline:
             raise PipelineError(f"--root: {path} is missing; the server's steps need the server's files")
         views = load_views(path, self.info)
         settings = settings_from_config(self.cfg, self.info, len(self.specs))
-        data = ServerData(views["proxy"], views["labelled"], views["test"], views.get("pooled"))
+        streams = load_streams(self.root / "server" / "streams.npz")
+        data = ServerData(views["proxy"], views["labelled"], views["test"], views.get("pooled"), streams)
         server = build_server(self.algorithm, settings, data)
         name = self.progress.get("state")
         if name:

@@ -34,6 +34,7 @@ import numpy as np
 
 from fedmosaic.core.errors import NodeDataError
 from fedmosaic.core.modality import ClientSpec, Modality
+from fedmosaic.core.stream import ServerStreams, Stream
 from fedmosaic.core.task import ClientData, Task, TaskInfo, View
 
 if TYPE_CHECKING:
@@ -77,6 +78,31 @@ def info_from_json(data: dict[str, Any]) -> TaskInfo:
         Modality(m["name"], m["kind"], tuple(m["shape"]), m.get("vocab_size")) for m in data["modalities"]
     )
     return TaskInfo(data["name"], modalities, int(data["num_classes"]), tuple(data["class_names"]))
+
+
+def save_streams(streams: ServerStreams, path: Path) -> None:
+    """Write the server's continuous streams (reference evaluation protocol) to the ``.npz`` ``path``."""
+    arrays: dict[str, np.ndarray] = {"origin": np.array(streams.origin)}
+    for key, stream in (("labelled", streams.labelled), ("test", streams.test)):
+        arrays[f"{key}/labels"] = stream.labels
+        arrays[f"{key}/bounds"] = stream.bounds
+        arrays |= {f"{key}/signal/{m}": s for m, s in stream.signals.items()}
+    np.savez(path, **arrays)
+
+
+def load_streams(path: Path) -> ServerStreams | None:
+    """The streams :func:`save_streams` wrote to ``path``; None if there is no such file."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+
+    def stream(key: str) -> Stream:
+        prefix = f"{key}/signal/"
+        signals = {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+        return Stream(signals, arrays[f"{key}/labels"], arrays[f"{key}/bounds"])
+
+    return ServerStreams(stream("labelled"), stream("test"), str(arrays["origin"]))
 
 
 def export_views(task: Task, views: dict[str, View], path: Path) -> None:

@@ -263,7 +263,7 @@ class AlgorithmChecks:
         assert log.states and log.settings is not None, "no round ran"
         task = self.task
         pooled = task.pooled_train() if self.algorithm.needs_pooled_data else None
-        data = ServerData(task.proxy, task.labelled, task.test, pooled)
+        data = ServerData(task.proxy, task.labelled, task.test, pooled, task.streams)
         for round, state in log.states:
             fresh = build_server(self.algorithm, log.settings, data)  # as the run's, unwrapped
             fresh.load_state(copy_message(state))
