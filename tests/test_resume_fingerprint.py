@@ -14,7 +14,7 @@ import tomli_w
 from conftest import TINY_OVERRIDES
 from fedmosaic import Federation, runner
 from fedmosaic.config import ConfigError, load_config
-from fedmosaic.engines.run_folder import read_jsonl
+from fedmosaic.engines.run_folder import config_sha256, read_jsonl
 from mhealth_files import mhealth_overrides, write_mhealth
 
 
@@ -116,3 +116,29 @@ def test_relative_paths_are_stored_resolved_and_resume_works_elsewhere(
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert runner.resume(tmp_path / "run").summaries["fedavg"]["rounds"] == 2
+
+
+def _drop_from_fingerprint(folder: Path, *dotted: str) -> None:
+    """Make the folder look recorded by a version that did not have these keys yet."""
+    path = folder / "checkpoints" / "config.json"
+    record = json.loads(path.read_text())
+    for key in dotted:
+        *parents, leaf = key.split(".")
+        node = record["config"]
+        for p in parents:
+            node = node[p]
+        del node[leaf]
+    record["sha256"] = config_sha256(record["config"])  # as that version would have written it
+    path.write_text(json.dumps(record))
+
+
+def test_a_folder_recorded_before_a_key_existed_resumes_under_its_old_behaviour(cut_run: Path) -> None:
+    _drop_from_fingerprint(cut_run, "task.label_noise_rate", "model.fusion", "engine.device")
+    assert runner.resume(cut_run).summaries["fedavg"]["rounds"] == 3
+
+
+def test_a_key_added_later_is_still_a_change_when_set_to_new_behaviour(cut_run: Path) -> None:
+    _drop_from_fingerprint(cut_run, "model.fusion")
+    edit_config(cut_run, model__fusion="attention")
+    with pytest.raises(ConfigError, match=r"model\.fusion '\(unset\)' -> 'attention'"):
+        runner.resume(cut_run)

@@ -72,6 +72,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys added after run folders started recording their config, each with the value that does what the
+# code did before the key existed. A folder recorded without such a key resumes under that value (the
+# same numbers); under any other value it is a change like any other. A key whose default changed
+# behaviour (fedmekt's eval_protocol, say) is deliberately absent: resuming under it would not
+# continue the same run.
+ADDED_KEYS: dict[str, Any] = {
+    "task.label_missing_rate": 0.0,
+    "task.label_noise_rate": 0.0,
+    "clients.sample_drop_rate": 0.0,
+    "model.fusion": "mean",
+    "engine.device": "cpu",
+}
+
+
 def config_sha256(tree: dict[str, Any]) -> str:
     """A config's fingerprint: SHA-256 of its JSON in the config's own key order.
 
@@ -166,14 +180,19 @@ class RunFolder:
             ) from None
         if recorded["sha256"] == config_sha256(tree):
             return
-        changed = [k for k in config_diff(recorded["config"], tree) if k not in OPERATIONAL_KEYS]
+        old, new = _flatten(recorded["config"]), _flatten(tree)
+        changed = [
+            k
+            for k in config_diff(recorded["config"], tree)
+            if k not in OPERATIONAL_KEYS
+            and not (k not in old and k in ADDED_KEYS and new.get(k) == ADDED_KEYS[k])
+        ]
         if not changed and config_diff(recorded["config"], tree) == []:
             raise ConfigError(
                 f"{key}: {self.path} was run with the same settings in another order (the order of "
                 "clients.mix decides which clients hold which modalities); restore config.toml's order"
             )
         if changed:
-            old, new = _flatten(recorded["config"]), _flatten(tree)
             what = "; ".join(f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed)
             hint = (
                 " (to run more rounds: fedmosaic run --resume DIR --rounds N)" if "rounds" in changed else ""
