@@ -187,6 +187,7 @@ class _ServerTask:
     def __init__(self, task: Task, client_train: int, client_val: int) -> None:
         self.info, self._task = task.info, task
         self.proxy, self.labelled, self.test = task.proxy, task.labelled, task.test
+        self.streams = task.streams  # the server's recordings (the autoencoder family's evaluation)
         self._client = {"client_train": client_train, "client_val": client_val}
 
     def data_summary(self) -> dict[str, object]:
