@@ -84,6 +84,28 @@ def fit_probe(
     return model, record
 
 
+def standardised_fit_predict(
+    x_l: np.ndarray, y_l: np.ndarray, x_t: np.ndarray, tol: float, max_iter: int, c: float
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Predictions for ``x_t`` of a probe fitted on ``(x_l, y_l)``, and the probe's training record.
+
+    Both feature sets are standardised with the labelled set's statistics (an affine map, so the
+    probe stays linear in the encoder's output); with one label seen there is nothing to learn and
+    that label is predicted.
+    """
+    x_l, x_t = x_l.astype(np.float64), x_t.astype(np.float64)
+    mean, std = x_l.mean(0), x_l.std(0) + 1e-6
+    x_l, x_t = (x_l - mean) / std, (x_t - mean) / std
+    if len(np.unique(y_l)) < 2:
+        return np.full(len(x_t), y_l[0]), {
+            "probe_steps": 0.0,
+            "probe_train_loss": 0.0,
+            "probe_converged": 1.0,
+        }
+    probe, record = fit_probe(x_l, y_l, tol, max_iter, c)
+    return probe.predict(x_t), record
+
+
 PROBE_KEYS = ("probe_steps", "probe_train_loss", "probe_converged")
 
 
@@ -118,17 +140,10 @@ def linear_evaluation(
         rows_l, rows_t = _complete_rows(labelled, subset), _complete_rows(test, subset)
         if len(rows_l) == 0 or len(rows_t) == 0:
             continue  # no labelled or test sample has all of these modalities
-        x_l = np.concatenate([feats_l[m][rows_l] for m in ordered], axis=1).astype(np.float64)
-        x_t = np.concatenate([feats_t[m][rows_t] for m in ordered], axis=1).astype(np.float64)
-        mean, std = x_l.mean(0), x_l.std(0) + 1e-6
-        x_l, x_t = (x_l - mean) / std, (x_t - mean) / std
+        x_l = np.concatenate([feats_l[m][rows_l] for m in ordered], axis=1)
+        x_t = np.concatenate([feats_t[m][rows_t] for m in ordered], axis=1)
         y_l = labelled.labels[rows_l].astype(np.int64)
-        if len(np.unique(y_l)) < 2:  # nothing to learn: predict the one label seen
-            pred = np.full(len(rows_t), y_l[0])
-            record = {"probe_steps": 0.0, "probe_train_loss": 0.0, "probe_converged": 1.0}
-        else:
-            probe, record = fit_probe(x_l, y_l, tol, max_iter, c)
-            pred = probe.predict(x_t)
+        pred, record = standardised_fit_predict(x_l, y_l, x_t, tol, max_iter, c)
         out[group] = {**classification_metrics(test.labels[rows_t], pred, info.num_classes), **record}
     return out
 

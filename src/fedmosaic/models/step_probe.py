@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from fedmosaic.core.metrics import classification_metrics
 from fedmosaic.core.stream import UNLABELLED, Stream
 from fedmosaic.core.task import TaskInfo
-from fedmosaic.models.linear_probe import fit_probe
+from fedmosaic.models.linear_probe import standardised_fit_predict
 
 EVAL_WIN = 2000  # the reference's EVAL_WIN: the encoder restarts, and F1 is taken, every 2,000 steps
 STATS_WIDTH = 128  # trailing window of the raw-statistics control (HAPT's 2.56 s window at 50 Hz)
@@ -117,16 +117,9 @@ def step_evaluation(
         ordered = [m for m in names if m in subset]
         if len(ordered) != len(subset):
             continue
-        x_l = np.concatenate([feats_l[m][rows_l] for m in ordered], axis=1).astype(np.float64)
-        x_t = np.concatenate([feats_t[m] for m in ordered], axis=1).astype(np.float64)
-        mean, std = x_l.mean(0), x_l.std(0) + 1e-6
-        x_l, x_t = (x_l - mean) / std, (x_t - mean) / std
-        if len(np.unique(y_l)) < 2:  # nothing to learn: predict the one label seen
-            pred = np.full(len(test), y_l[0])
-            record = {"probe_steps": 0.0, "probe_train_loss": 0.0, "probe_converged": 1.0}
-        else:
-            probe, record = fit_probe(x_l, y_l, tol, max_iter, c)
-            pred = probe.predict(x_t)
+        x_l = np.concatenate([feats_l[m][rows_l] for m in ordered], axis=1)
+        x_t = np.concatenate([feats_t[m] for m in ordered], axis=1)
+        pred, record = standardised_fit_predict(x_l, y_l, x_t, tol, max_iter, c)
         pooled = classification_metrics(test.labels[rows_t], pred[rows_t], info.num_classes)
         out[info.group(subset)] = {
             **window_scores(test, pred),
