@@ -22,7 +22,6 @@ import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,45 +174,12 @@ def profile_engine(cfg: Any, task: Any, folder: Path, rounds: int) -> dict[str, 
 # ----------------------------------------------------------------------------- the bare loop
 
 
-def _derived(seed: int, round: int, client: str, purpose: str) -> np.random.SeedSequence:
-    # The engine's key derivation (core/seeding.py), so both draw the same numbers.
-    from fedmosaic.core.seeding import seed_sequence
-
-    return seed_sequence(seed, round, client, purpose)
-
-
-def _torch_seed(seed: int, round: int, client: str, purpose: str) -> int:
-    return int(_derived(seed, round, client, purpose).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
-
-
-def batch_rows(
-    mask: np.ndarray, size: int, rng: np.random.Generator | None, drop_singletons: bool
-) -> Iterator[np.ndarray]:
-    """Positions of each batch: samples grouped by modality pattern, each group shuffled and cut into
-    batches, the batch order shuffled (the order the engine trains and evaluates in)."""
-    patterns, inverse = np.unique(mask, axis=0, return_inverse=True)
-    chunks = []
-    for p in range(len(patterns)):
-        if not patterns[p].any():
-            continue
-        rows = np.flatnonzero(inverse.reshape(-1) == p)
-        if rng is not None:
-            rows = rng.permutation(rows)
-        chunks += [
-            rows[s : s + size]
-            for s in range(0, len(rows), size)
-            if not (drop_singletons and len(rows[s : s + size]) < 2)
-        ]
-    order = rng.permutation(len(chunks)) if rng is not None else range(len(chunks))
-    for k in order:
-        yield chunks[k]
-
-
 def run_bare(cfg: Any, task: Any) -> tuple[Timing, list[dict[str, Any]], Any]:
     """FedAvg as a plain PyTorch loop over tensors prepared once; its timing, metrics and round-1 weights."""
     import torch
     from sklearn.metrics import accuracy_score, f1_score
 
+    from fedmosaic.core.seeding import numpy_rng, torch_seed
     from fedmosaic.models.build import build_classifier
 
     info, seed, tcfg = task.info, cfg.seed, cfg.training
@@ -230,14 +196,14 @@ def run_bare(cfg: Any, task: Any) -> tuple[Timing, list[dict[str, Any]], Any]:
             data[m] = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
     labels = torch.from_numpy(task.labels.astype(np.int64))
 
-    def inputs(idx: np.ndarray, pattern: np.ndarray) -> dict[str, torch.Tensor]:
+    def inputs(idx: np.ndarray, present: tuple[str, ...]) -> dict[str, torch.Tensor]:
         rows = torch.from_numpy(idx)
-        return {m: data[m].index_select(0, rows) for j, m in enumerate(names) if pattern[j]}
+        return {m: data[m].index_select(0, rows) for m in present}
 
     with torch.random.fork_rng(
         devices=[]
     ):  # the engine's initial weights: seeded from (seed, 0, server, init)
-        torch.manual_seed(_torch_seed(seed, 0, "server", "init"))
+        torch.manual_seed(torch_seed(seed, 0, "server", "init"))
         model = build_classifier(info, cfg.model)
     local = build_classifier(info, cfg.model)
     keys = list(model.state_dict())
@@ -258,13 +224,13 @@ def run_bare(cfg: Any, task: Any) -> tuple[Timing, list[dict[str, Any]], Any]:
                 opt = torch.optim.Adam(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
                 local.train()
                 client_losses = []
-                torch.manual_seed(_torch_seed(seed, r, cid, "dropout"))
+                torch.manual_seed(torch_seed(seed, r, cid, "dropout"))
                 for epoch in range(tcfg.local_epochs):
-                    order = np.random.default_rng(_derived(seed, r, cid, f"batches-{epoch}"))
-                    for pos in batch_rows(train.mask, tcfg.batch_size, order, drop_singletons=True):
-                        idx = train.indices[pos]
+                    # the engine's batch order (the data layer's View.batch_indices), as index arrays
+                    order = numpy_rng(seed, r, cid, f"batches-{epoch}")
+                    for idx, present in train.batch_indices(tcfg.batch_size, order, drop_singletons=True):
                         loss = torch.nn.functional.cross_entropy(
-                            local(inputs(idx, train.mask[pos[0]])), labels[torch.from_numpy(idx)]
+                            local(inputs(idx, present)), labels[torch.from_numpy(idx)]
                         )
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -291,14 +257,9 @@ def run_bare(cfg: Any, task: Any) -> tuple[Timing, list[dict[str, Any]], Any]:
                 test = task.test
                 with torch.no_grad():
                     for subset in info.subsets():
-                        keep = np.array([m in subset for m in names])
-                        mask = test.mask & keep[None, :]
-                        sel = mask.any(axis=1)
-                        idx_all, mask = test.indices[sel], mask[sel]
                         truth, preds = [], []
-                        for pos in batch_rows(mask, EVAL_BATCH, None, drop_singletons=False):
-                            idx = idx_all[pos]
-                            preds.append(model(inputs(idx, mask[pos[0]])).argmax(1).numpy())
+                        for idx, present in test.restrict(subset).batch_indices(EVAL_BATCH):
+                            preds.append(model(inputs(idx, present)).argmax(1).numpy())
                             truth.append(task.labels[idx])
                         y, p = np.concatenate(truth), np.concatenate(preds)
                         classes = list(range(info.num_classes))
