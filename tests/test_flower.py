@@ -95,6 +95,20 @@ def test_records_round_trip_is_bit_exact() -> None:
     assert get_message(records, "state", "client_0").nbytes == messages["client_0"].nbytes
 
 
+def test_a_message_travels_as_one_flower_array() -> None:
+    # Flower moves every Array as objects of its own, one request each between SuperNode and
+    # SuperLink: a model sent as an Array per tensor cost seconds per message (flower_records.py).
+    model = {f"layer{k}.weight": np.full((4, 3), k, dtype=np.float32) for k in range(50)}
+    model["b.bias"], model["a.bias"] = np.ones(3, np.float64), np.arange(2)  # not in sorted order
+    records = RecordDict()
+    put_message(records, "train", "client_0", Message.of(model, n=1))
+    arrays = records["train/client_0/arrays"]
+    assert list(arrays) == ["packed"] and len(arrays["packed"].children) <= 1
+    back = get_message(records, "train", "client_0").arrays
+    assert list(back) == list(model)  # names in the sender's order
+    assert all(back[k].tobytes() == v.tobytes() and back[k].dtype == v.dtype for k, v in model.items())
+
+
 @pytest.fixture(scope="module")
 def node_folders(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three node folders from the tiny task: node_0 image/text-only clients, node_1 and node_2 image+text."""

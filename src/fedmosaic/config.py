@@ -155,11 +155,11 @@ class EngineConfig(_Strict):
         "on small batches, where thread synchronisation costs more than it gains (BENCHMARKS.md, "
         "'Torch threads')",
     )
-    workers: int = Field(
+    workers: int | Literal["auto"] = Field(
         1,
-        ge=1,
-        description="local engine: processes that train a round's sampled clients in parallel (forked, one "
-        "torch thread each); the replies, and so every metric, equal those of 1 worker",
+        description="local engine: processes that train and evaluate a round's clients in parallel "
+        "(forked, one torch thread each); the replies, and so every metric, equal those of 1 worker. "
+        "auto: one per usable CPU core, at most one per client, and 1 on a GPU or without fork",
     )
     dropout: float = Field(
         0.0,
@@ -174,6 +174,14 @@ class EngineConfig(_Strict):
         "machine), auto (cuda, else mps, else cpu), cuda, cuda:N or mps. Flower nodes take theirs from "
         "their own --node-config device=...",
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        # One message for both spellings (pydantic would give one line per union member).
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"expected a whole number >= 1 or 'auto', got {value!r}")
 
     @field_validator("device")
     @classmethod

@@ -20,6 +20,7 @@ from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import FedmosaicWarning
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task, task_outline
+from fedmosaic.engines.client_pool import asked_workers
 from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
@@ -66,7 +67,7 @@ def start(
     (default: a :class:`FedmosaicWarning`) before the first round, and written into report.md."""
     folder = Path(out) if out is not None else default_folder(cfg)
     # a device this machine lacks: one line, before the folder exists
-    resolve_device(cfg.engine.device, workers=cfg.engine.workers)
+    resolve_device(cfg.engine.device, workers=asked_workers(cfg.engine.workers))
     if (outline := task_outline(cfg)) is not None:
         check_fit(cfg)(outline)  # before the lock creates the folder (or its parents)
     with FolderLock(folder, "--out"):
@@ -118,7 +119,7 @@ def resume(
         run.check_config(cfg.to_toml_dict())  # an edited config.toml is refused before loading, too
         check_extras(cfg)
         # resumed on another machine: its device must be here too
-        resolve_device(cfg.engine.device, workers=cfg.engine.workers)
+        resolve_device(cfg.engine.device, workers=asked_workers(cfg.engine.workers))
         configure_threads(cfg.engine.threads)
         task = build_task(cfg, check=check_fit(cfg))
         for line in data_notes(task.data_summary()):

@@ -32,6 +32,7 @@ from fedmosaic.core.errors import ConfigError, FedmosaicWarning
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
+from fedmosaic.engines.client_pool import asked_workers, resolve_workers
 from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import InProcessTransport, MemoryStateStore, configure_threads
 from fedmosaic.engines.protocol import (
@@ -94,7 +95,7 @@ class Federation:
         eval_every: int = 1,
         eval_clients: int | None = None,
         dropout: float = 0.0,
-        workers: int = 1,
+        workers: int | str = 1,
         state_cache: int = 64,
         device: str = "cpu",
         client_wrappers: Sequence[ClientWrapper] = (),
@@ -107,7 +108,9 @@ class Federation:
     ) -> None:
         self.algorithm = get_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
         self.config = _algorithm_config(self.algorithm, config)
-        self.device = resolve_device(device, key="device", workers=workers if transport is None else 1)
+        in_process = transport is None
+        asked = asked_workers(workers) if in_process else 1
+        self.device = resolve_device(device, key="device", workers=asked)
         # Before any half is built: a misfit is one line per problem, not a failure inside a model.
         if problems := self.algorithm.check_task(task.info):
             raise ConfigError("\n".join(f"algorithm: {line}" for line in problems))
@@ -150,8 +153,11 @@ class Federation:
             if self.folder is not None
             else MemoryStateStore()
         )
+        self.workers = (
+            resolve_workers(workers, self.device, self.settings.clients_per_round) if in_process else 1
+        )
         self.transport: Transport = transport or InProcessTransport(
-            self.client, task, self.states, self.seed, dropout, workers
+            self.client, task, self.states, self.seed, dropout, self.workers
         )
         self.history: list[RoundResult] = []
         self._totals: dict[str, Any] = {"bytes_up": 0, "bytes_down": 0, "wall_s": 0.0}
@@ -180,7 +186,7 @@ class Federation:
         ``folder`` receives the run's outputs; its ``config.toml`` is written when absent.
         """
         configure_threads(cfg.engine.threads)
-        workers = cfg.engine.workers if transport is None else 1
+        workers = asked_workers(cfg.engine.workers) if transport is None else 1
         # before the data is built or config.toml written
         device = resolve_device(cfg.engine.device, workers=workers)
         if task is None:

@@ -240,16 +240,30 @@ class LocalFederation:
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     def wait_run(self, run_id: int, timeout_s: float, poll_s: float = 0.5) -> str:
-        """Wait (bounded) until the run leaves pending/starting/running; return its final status."""
+        """Wait (bounded) until the run leaves pending/starting/running; return its final status.
+
+        ``flwr list`` is a fresh Python process (about 1 CPU second): asked every ``poll_s`` it kept
+        one of two cores busy and slowed the run it watched. So it is asked only while no ServerApp
+        process runs under this SuperLink (the run has not started yet, or has just ended); while
+        one runs, a look at ``/proc`` is enough.
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            status = self.run_status(run_id)
-            if status.startswith("finished"):
-                return status
+            if not self.serverapp_running():
+                status = self.run_status(run_id)
+                if status.startswith("finished"):
+                    return status
             if self.processes["superlink"].poll() is not None:
                 raise RuntimeError(f"the SuperLink exited: {self.log('superlink')[-2000:]}")
             time.sleep(poll_s)
         raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s")
+
+    def serverapp_running(self) -> bool:
+        """Whether a ``flwr-serverapp`` process runs below this SuperLink (Linux ``/proc``)."""
+        link = self.processes.get("superlink")
+        if link is None or link.poll() is not None:
+            return False
+        return any(b"flwr-serverapp" in command_line(pid) for pid in descendants(link.pid) if alive(pid))
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
@@ -303,6 +317,14 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def command_line(pid: int) -> bytes:
+    """The process's command line as ``/proc`` has it (NUL-separated), or b"" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def alive(pid: int) -> bool:

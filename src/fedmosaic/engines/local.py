@@ -75,7 +75,10 @@ class InProcessTransport:
         return replies, dropped
 
     def evaluate(self, round: int, plan: dict[str, Message]) -> Exchanged:
-        """Each asked client evaluates its current state."""
+        """Each asked client evaluates its current state (in the pool, if any)."""
+        if self.pool is not None:
+            jobs = [(cid, msg, self.states.get(cid)) for cid, msg in plan.items()]
+            return dict(zip(plan, self.pool.evaluate(jobs), strict=True)), []
         replies = {
             cid: self.client.evaluate(msg, self.states.get(cid), self.task.client(cid))
             for cid, msg in plan.items()

@@ -9,6 +9,10 @@ capped at ``FEDMOSAIC_SUPERNODE_POLL_S`` seconds (default 0.2): the same argumen
 authentication and node config; only more frequent (small) pull requests to the SuperLink, which
 a consortium of many nodes may not want (then use ``flower-supernode`` itself).
 
+Its SuperExec also starts each message's ClientApp process warm (forked from a process that has
+imported Flower's ClientApp runtime once, :mod:`fedmosaic.engines.warm_clientapp`) instead of cold;
+``FEDMOSAIC_WARM_CLIENTAPP=0`` keeps Flower's own start.
+
 The cap replaces the ``time`` module *as that Flower module sees it* (the rest of Flower and the
 process keep the real one) and is applied only to the flwr version it was written against: with
 any other version the launcher warns and runs the SuperNode untouched.
@@ -21,6 +25,8 @@ import sys
 import time
 import types
 import warnings
+
+from fedmosaic.engines import warm_clientapp
 
 FLWR_VERSION = "1.41.0"  # the version whose polling loop this was read from
 DEFAULT_POLL_S = 0.2
@@ -64,8 +70,10 @@ def install(cap_s: float) -> bool:
 
 
 def main() -> None:
-    """Run ``flower-supernode`` with the given arguments and the poll cap installed."""
+    """Run ``flower-supernode`` with the given arguments, the poll cap and warm ClientApp starts."""
     install(poll_seconds())
+    if warm_clientapp.enabled():
+        warm_clientapp.install_supernode()
     from flwr.supernode.cli import flower_supernode
 
     sys.argv[0] = "flower-supernode"
