@@ -105,7 +105,7 @@ def measure(
     load_before = os.getloadavg()[0]
     imports = {
         m: import_seconds(m)
-        for m in ("flwr.clientapp", "fedmosaic.engines.flower_client", "fedmosaic.engines.flower_node")
+        for m in ("flwr.supernode.cli", "fedmosaic.engines.flower_client", "fedmosaic.engines.flower_node")
     }
     t0 = time.perf_counter()
     with local_federation(workdir / "federation", fast_poll=fast_poll) as fed:
@@ -187,19 +187,23 @@ def table(m: dict, command: str) -> str:
             f"{'yes' if m['identical'] else 'NO'}; {m['bytes_per_round'] / 1e6:.2f} MB counted per "
             "round on both.",
             "",
-            f"Where the overhead goes: Flower still starts a `flwr-clientapp` process per node and message "
-            f"(Flower's accounting: {m['clientapp_s']:.1f} s of ClientApp process time per message); it "
-            f"imports only Flower and `fedmosaic.engines.flower_client` ({light[0]:.1f} s wall, "
-            f"{light[1]:.1f} s CPU in a fresh process run alone just before; Flower's `flwr.clientapp` "
-            f"alone: {flwr_only[0]:.1f} s, {flwr_only[1]:.1f} s CPU) and forwards the message to the "
-            f"node worker, which keeps torch, "
-            f"the algorithms and the node's data loaded (without a worker the process imports "
-            f"`fedmosaic.engines.flower_node`: {heavy[0]:.1f} s, {heavy[1]:.1f} s CPU, and reads the "
-            f"data). An idle "
-            f"`flower-supernode` polls the SuperLink every 3 s (fixed in flwr 1.41.0), so the next "
-            f"round's message waits up to 3 s on each node, 0.2 s with the launcher; SuperExec "
-            f"polls every 0.1 s here "
-            f"(`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`), the ServerApp every 0.05 s (`poll-s`). Machine: 2 CPU "
+            f"Where the overhead goes: Flower starts a `flwr-clientapp` process per node and message "
+            f"(Flower's accounting: {m['clientapp_s']:.1f} s of ClientApp process time per message). "
+            f"A cold one imports Flower's SuperNode stack first ({flwr_only[0]:.1f} s wall, "
+            f"{flwr_only[1]:.1f} s CPU for `flwr.supernode.cli` in a fresh process run alone just before); "
+            f"here each is forked from a zygote that imported it once per node "
+            f"(`fedmosaic.engines.warm_clientapp`), then imports only Flower and "
+            f"`fedmosaic.engines.flower_client` (cold: {light[0]:.1f} s, {light[1]:.1f} s CPU) and "
+            f"forwards the message to the node worker, which keeps torch, the algorithms and the node's "
+            f"data loaded (without a worker the process imports `fedmosaic.engines.flower_node`: "
+            f"{heavy[0]:.1f} s, {heavy[1]:.1f} s CPU, and reads the data). A message's arrays travel as "
+            f"one Flower Array (one object per message between SuperNode and SuperLink, not one per "
+            f"model tensor). An idle `flower-supernode` polls the SuperLink every 3 s (fixed in flwr "
+            f"1.41.0), so the next round's message waits up to 3 s on each node, 0.2 s with the launcher; "
+            f"SuperExec polls every 0.1 s here (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`), the ServerApp every "
+            f"0.05 s (`poll-s`). What remains per round: the nodes' training itself (three nodes share "
+            f"the machine's cores, as the local engine's workers do), the ServerApp's aggregation, and "
+            f"those polls. Machine: 2 CPU "
             f"cores shared with other jobs (1-min load average {m['load'][0]:.1f} before, "
             f"{m['load'][1]:.1f} after).",
         ]
