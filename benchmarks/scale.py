@@ -52,6 +52,7 @@ def overrides(
         "compare=[]",
         "engine.progress=false",
         "engine.threads=1",
+        "engine.workers=1",  # the live-model counts are of this one process
         "output.plots=false",
         f"task.options.n_samples={n_samples}",
         f"task.test_fraction={test_size / n_samples!r}",

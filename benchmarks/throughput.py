@@ -36,7 +36,9 @@ TARGET = 1.15
 OWN_PARTS = ("data assembly", "state copies", "screen + aggregate", "I/O")
 EVAL_BATCH = 256  # what the engine's evaluation uses (models/train.py::predict)
 
-COMMON = ["compare=[]", "engine.progress=false", "engine.threads=1", "output.plots=false"]
+# One process, one thread, as the bare loop (the embedded default's engine.workers = "auto" would
+# train on every core)
+COMMON = ["compare=[]", "engine.progress=false", "engine.threads=1", "engine.workers=1", "output.plots=false"]
 SMOKE = [
     "task.options.n_samples=300",
     "task.proxy_size=30",
