@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from fedmosaic.engines.flower_client import handle
 from fedmosaic.engines.flower_records import get_message, put_json, put_message
 from fedmosaic.engines.flower_resume import RUN_KEY_FILE, load_run, resume_flag
 from fedmosaic.engines.node_states import open_states
+from test_flower_dropout import _Reply  # a Flower reply as Grid.pull_messages gives it
 
 # scaffold: every client keeps a control variate c_i in its state, so a lost or stale state changes
 # the next round's update; 3 rounds so the crash (round 3) comes after two committed ones.
@@ -41,24 +41,6 @@ SETS = [*TINY_OVERRIDES, "rounds=3", "output.plots=false", "algorithm.name=scaff
 
 class Killed(BaseException):
     """The ServerApp process dies (not an error it could handle)."""
-
-
-@dataclass
-class _Reply:
-    source: str
-    content: RecordDict | None = None
-    reason: str = ""
-
-    @property
-    def metadata(self):
-        return type("Metadata", (), {"reply_to_message_id": self.source})()
-
-    def has_error(self) -> bool:
-        return bool(self.reason)
-
-    @property
-    def error(self):
-        return type("Error", (), {"reason": self.reason})()
 
 
 class InProcessGrid:
@@ -118,13 +100,16 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return prepare_nodes(load_config(None, SETS), tmp_path_factory.mktemp("nodes"), 2)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def uninterrupted_metrics(root: Path) -> bytes:
     """An uninterrupted run's metrics.jsonl (the local engine's: Flower's equal it, tests/test_flower.py)."""
     cfg = load_config(None, SETS)
-    folder = tmp_path_factory.mktemp("local") / "run"
-    Federation.from_config(cfg, build_task(cfg), folder=folder).run()
-    return (folder / "metrics.jsonl").read_bytes()
+    Federation.from_config(cfg, build_task(cfg), folder=root / "run").run()
+    return (root / "run" / "metrics.jsonl").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return uninterrupted_metrics(tmp_path_factory.mktemp("local"))
 
 
 def node_configs(nodes: list[Path], states: Path | None) -> dict[int, dict]:

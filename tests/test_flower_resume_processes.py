@@ -23,18 +23,11 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from conftest import TINY_OVERRIDES
 from fedmosaic.config import load_config
-from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower import prepare_nodes, write_app
 from fedmosaic.engines.flower_local import LocalFederation, alive, descendants, local_federation
 from fedmosaic.engines.run_folder import read_jsonl
-
-SETS = [*TINY_OVERRIDES, "rounds=3", "output.plots=false", "algorithm.name=scaffold"]
-WAIT_S = 600.0  # bounded waits for a round on a loaded 2-core machine
-RUN_TIMEOUT_S = 900.0
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3 * WAIT_S + 2 * RUN_TIMEOUT_S)]
+from test_flower_resume import SETS, uninterrupted_metrics
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +37,12 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """An uninterrupted run's metrics.jsonl."""
-    cfg = load_config(None, SETS)
-    folder = tmp_path_factory.mktemp("local") / "run"
-    Federation.from_config(cfg, build_task(cfg), folder=folder).run()
-    return (folder / "metrics.jsonl").read_bytes()
+    return uninterrupted_metrics(tmp_path_factory.mktemp("local"))
+
+
+WAIT_S = 600.0  # bounded waits for a round on a loaded 2-core machine
+RUN_TIMEOUT_S = 900.0
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3 * WAIT_S + 2 * RUN_TIMEOUT_S)]
 
 
 def start_node(fed: LocalFederation, k: int, nodes: list[Path], states: Path, worker: bool = True):
@@ -66,6 +60,19 @@ def kill(pid: int) -> list[int]:
         time.sleep(0.1)
     assert not [p for p in pids if alive(p)], "killed processes still alive after 30 s"
     return pids
+
+
+def leftovers(root: Path) -> list[int]:
+    """Processes still running with this test's Flower home (an orphan no PID list reached)."""
+    marker = f"FLWR_HOME={root / 'flower' / 'flwr-home'}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0") and alive(int(environ.parent.name)):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
 
 
 def server_app_pid(fed: LocalFederation) -> int:
@@ -91,11 +98,16 @@ def wait_for(what: str, check, timeout_s: float, fed: LocalFederation):
     raise TimeoutError(f"{what} within {timeout_s:.0f} s")
 
 
-def start_run_and_wait_for_round_2_states(fed: LocalFederation, app: Path, out: Path, states: Path, **rc):
-    """Submit the run and return once a node has written a client's round-2 state (mid-round 2)."""
-    run_id = fed.submit(app, {"set": ";".join(SETS), "out": str(out), "min-nodes": 2, **rc})
+def start_run_and_wait_for_round_2_states(fed: LocalFederation, nodes: list[Path], root: Path):
+    """Start two SuperNodes (and workers), submit the run into ``root/out`` and return once a node has
+    written a client's round-2 state (mid-round 2): the SuperNode processes and the app folder."""
+    states = root / "states"
+    started = [start_node(fed, k, nodes, states) for k in range(2)]
+    fed.wait_workers()
+    app = write_app(root / "app")
+    fed.submit(app, {"set": ";".join(SETS), "out": str(root / "out"), "min-nodes": 2})
     wait_for("a round-2 client state", lambda: list(states.glob("*/*/*/r00002.safetensors")), WAIT_S, fed)
-    return run_id
+    return started, app
 
 
 def resume_and_compare(fed: LocalFederation, app: Path, out: Path, reference: bytes, **rc) -> None:
@@ -113,10 +125,7 @@ def test_serverapp_killed_mid_round_and_a_supernode_restarted_resume_exactly(
 ) -> None:
     states, out = tmp_path / "states", tmp_path / "out"
     with local_federation(tmp_path / "flower") as fed:
-        started = [start_node(fed, k, nodes, states) for k in range(2)]
-        fed.wait_workers()
-        app = write_app(tmp_path / "app")
-        start_run_and_wait_for_round_2_states(fed, app, out, states)
+        started, app = start_run_and_wait_for_round_2_states(fed, nodes, tmp_path)
         kill(server_app_pid(fed))
         # node_1 restarts too (SuperNode and worker): nothing of its clients is left in memory
         kill(fed.processes["node_1-worker"].pid)
@@ -125,20 +134,22 @@ def test_serverapp_killed_mid_round_and_a_supernode_restarted_resume_exactly(
         fed.wait_workers()
         resume_and_compare(fed, app, out, reference)
     assert not [pid for pid in fed.stopped if alive(pid)]
+    assert not leftovers(tmp_path)
 
 
 def test_superlink_killed_mid_round_resumes_exactly(nodes, reference, tmp_path: Path) -> None:
     states, out = tmp_path / "states", tmp_path / "out"
     with local_federation(tmp_path / "flower") as fed:
-        started = [start_node(fed, k, nodes, states) for k in range(2)]
-        fed.wait_workers()
-        app = write_app(tmp_path / "app")
-        start_run_and_wait_for_round_2_states(fed, app, out, states)
+        started, app = start_run_and_wait_for_round_2_states(fed, nodes, tmp_path)
         kill(fed.processes["superlink"].pid)  # with its SuperExec and the ServerApp
-        fed.start_superlink()  # same port, empty (in-memory) state: the nodes must connect again
-        for k, proc in enumerate(started):
-            if proc.poll() is None:  # a SuperNode that gave up on the lost SuperLink is restarted
-                continue
-            start_node(fed, k, nodes, states, worker=False)  # its worker still runs
+        # A SuperNode whose SuperLink went away retries, then ends by itself ("SuperNode terminated
+        # gracefully" in flwr 1.41.0), leaving a ClientApp it had started behind: the sites restart
+        # theirs (killed here at once, with everything they started). Node workers keep running.
+        for proc in started:
+            kill(proc.pid)
+        fed.start_superlink()  # same port, in-memory state: it knows no node any more
+        for k in range(2):
+            start_node(fed, k, nodes, states, worker=False)
         resume_and_compare(fed, app, out, reference)
     assert not [pid for pid in fed.stopped if alive(pid)]
+    assert not leftovers(tmp_path)
