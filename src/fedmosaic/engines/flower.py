@@ -12,7 +12,8 @@ round protocol, checkpoints and summary), with one difference: instead of callin
 in-process, the plan is grouped by the SuperNode that hosts each client and sent as one Flower
 message per node
 (:mod:`fedmosaic.engines.flower_records` does the Message <-> RecordDict mapping). A client's
-persistent state lives in Flower's ``Context.state`` on its node and survives between rounds.
+persistent state lives on its node: in Flower's ``Context.state``, or with node config ``state-dir``
+on the node's disk (:mod:`fedmosaic.engines.node_states`), where it outlives a restart.
 
 Where the data comes from:
 
@@ -32,7 +33,8 @@ for ``min-nodes`` before round 1), ``reply-timeout-s`` (bounded wait for a round
 ``on-node-failure`` (``"drop"``: a node that dies, fails or misses the timeout mid-round is left
 out of that round, its clients recorded as ``dropped`` and the node in ``lost_nodes``; the round
 goes on with the replies that arrived and the node is asked again next round if the SuperLink
-still lists it. ``"fail"``: the run stops), ``poll-s``.
+still lists it. ``"fail"``: the run stops), ``poll-s``, ``resume`` (``true``: continue the run in
+``out`` after its last committed round, :mod:`fedmosaic.engines.flower_resume`).
 
 Plug-ins: the run config travels in every message and a node validates it like any process
 (:func:`fedmosaic.config.validate`), so it imports the config's ``plugins`` modules and its own
@@ -48,13 +50,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tomli_w
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedmosaic.algorithms.registry import get_algorithm
@@ -75,13 +76,14 @@ from fedmosaic.engines.flower_client import (  # noqa: F401  (the ClientApp, imp
     handle_query,
     handle_train,
 )
-from fedmosaic.engines.flower_node import parse_overrides
+from fedmosaic.engines.flower_exchange import Exchange, wait_for_nodes
 from fedmosaic.engines.flower_records import get_json, get_messages, put_json, put_message, spec_from_json
+from fedmosaic.engines.flower_resume import check_start, load_run, start_folder
 from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.node_data import export_node, info_to_json
 from fedmosaic.engines.protocol import Exchanged, check_fit
-from fedmosaic.engines.run_folder import RunFolder, default_folder, read_jsonl
+from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 
 NODE_FAILURE = ("drop", "fail")  # run config on-node-failure: go on without a lost node, or stop the run
 log = logging.getLogger("fedmosaic.flower")
@@ -94,80 +96,11 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "reply-timeout-s": 600.0,
     "on-node-failure": "drop",
     "poll-s": 0.05,
+    "resume": False,
 }
 
 
 # --------------------------------------------------------------------------------------------- server
-
-
-def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, poll_s: float = 0.2) -> list[int]:
-    """Connected node ids once ``minimum`` are there; :class:`FlowerRunError` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) >= minimum:
-            return nodes
-        if time.monotonic() >= deadline:
-            raise FlowerRunError(
-                f"min-nodes: {len(nodes)} SuperNode(s) connected after {timeout_s:.0f} s, {minimum} needed"
-            )
-        time.sleep(poll_s)
-
-
-class Exchange:
-    """One request/reply round trip with a set of nodes, bounded in time.
-
-    Uses ``Grid.push_messages``/``pull_messages`` rather than ``send_and_receive``: the latter sleeps
-    3 s between polls, which would dominate a round of a small task.
-
-    With ``tolerate`` a node that fails (its ClientApp raised, or the SuperLink reports it offline)
-    or does not answer within ``timeout_s`` is left out of the returned replies and recorded in
-    :attr:`failed` (node id -> reason) instead of failing the run.
-    """
-
-    def __init__(self, grid: Grid, timeout_s: float, poll_s: float, tolerate: bool = False) -> None:
-        self.grid, self.timeout_s, self.poll_s, self.tolerate = grid, timeout_s, poll_s, tolerate
-        self.failed: dict[int, str] = {}  # the last call's lost nodes (only filled when tolerating)
-
-    def __call__(
-        self, kind: str, contents: dict[int, RecordDict], group: str, tolerate: bool | None = None
-    ) -> dict[int, RecordDict]:
-        tolerate = self.tolerate if tolerate is None else tolerate
-        self.failed = {}
-        messages = [
-            Message(content=content, dst_node_id=node, message_type=kind, group_id=group)
-            for node, content in contents.items()
-        ]
-        ids = list(self.grid.push_messages(messages))
-        node_of = dict(zip(ids, contents, strict=True))
-        pending, replies = set(ids), {}
-        deadline = time.monotonic() + self.timeout_s
-        while pending:
-            for reply in self.grid.pull_messages(list(pending)):
-                source = reply.metadata.reply_to_message_id
-                pending.discard(source)
-                if reply.has_error():
-                    reason = f"node {node_of[source]} failed on {kind} ({group}): {reply.error.reason}"
-                    if not tolerate:
-                        raise FlowerRunError(reason)
-                    self._lose(node_of[source], reason)
-                    continue
-                replies[node_of[source]] = reply.content
-            if pending and time.monotonic() >= deadline:
-                missing = sorted(node_of[m] for m in pending)
-                reason = f"did not answer {kind} ({group}) within reply-timeout-s={self.timeout_s:g} s"
-                if not tolerate:
-                    raise FlowerRunError(f"reply-timeout-s: node(s) {missing} {reason}")
-                for node in missing:
-                    self._lose(node, f"node {node} {reason}")
-                break
-            if pending:
-                time.sleep(self.poll_s)
-        return replies
-
-    def _lose(self, node: int, reason: str) -> None:
-        log.warning("%s; the round goes on without it", reason)
-        self.failed[node] = reason
 
 
 def federated_algorithm(cfg: RunConfig) -> type:
@@ -201,11 +134,16 @@ class FlowerTransport:
 
     Rounds, checkpoints, ``metrics.jsonl``, ``timings.jsonl`` and ``summary.json`` are
     :class:`fedmosaic.Federation`'s, as on the local engine; only the delivery differs. Client
-    states stay on the nodes, so there is no ``--resume`` on Flower.
+    states stay on the nodes (``run``: the run key and resumed-after round they are kept under).
     """
 
     def __init__(
-        self, cfg: RunConfig, exchange: Exchange, node_of: dict[str, int], clients_per_round: int
+        self,
+        cfg: RunConfig,
+        exchange: Exchange,
+        node_of: dict[str, int],
+        clients_per_round: int,
+        run: dict[str, Any] | None = None,
     ) -> None:
         self.exchange, self.node_of = exchange, node_of
         self.lost: dict[int, str] = {}  # nodes lost in the current round -> why
@@ -213,6 +151,7 @@ class FlowerTransport:
         self.run_record = {
             "config": tomli_w.dumps(cfg.to_toml_dict()),
             "clients-per-round": clients_per_round,
+            **(run or {}),
         }
 
     def _send(self, kind: str, r: int, plan: dict[str, FMessage]) -> tuple[dict[str, FMessage], list[str]]:
@@ -267,18 +206,20 @@ def flower_federation(
     specs: list[ClientSpec],
     node_of: dict[str, int],
     client_val: int,
+    run: dict[str, Any] | None = None,
 ) -> Federation:
-    """The coordinator's :class:`fedmosaic.Federation`: the server half here, clients on the nodes."""
+    """The coordinator's :class:`fedmosaic.Federation`: the server half here, clients on the nodes
+    (``run``: what every message says about the run, :func:`fedmosaic.engines.flower_resume.start_folder`)."""
     federated_algorithm(cfg)
     per_round = cfg.clients.per_round or len(specs)
-    transport = FlowerTransport(cfg, exchange, node_of, per_round)
+    transport = FlowerTransport(cfg, exchange, node_of, per_round, run)
     server_task = _ServerTask(task, sum(s.n_train for s in specs), client_val)
     task_view: Any = server_task  # what Federation reads of a task; the clients are on the nodes
     return Federation.from_config(cfg, task_view, folder=folder.path, transport=transport, specs=specs)
 
 
 def query_nodes(
-    exchange: Exchange, nodes: list[int], cfg: RunConfig, task: Task
+    exchange: Exchange, nodes: list[int], cfg: RunConfig, task: Task, run: dict[str, Any] | None = None
 ) -> tuple[list[ClientSpec], dict[str, int], int]:
     """Ask every node which clients it hosts; check that its data describes the server's task.
 
@@ -288,7 +229,7 @@ def query_nodes(
     contents = {}
     for node in nodes:
         contents[node] = RecordDict()
-        put_json(contents[node], RUN, round=0, config=tomli_w.dumps(cfg.to_toml_dict()))
+        put_json(contents[node], RUN, round=0, config=tomli_w.dumps(cfg.to_toml_dict()), **(run or {}))
     answers = exchange(QUERY, contents, "query", tolerate=False)  # a node that cannot say what it hosts
     expected = info_to_json(task.info)
     found: list[tuple[int, str, ClientSpec]] = []
@@ -317,33 +258,30 @@ def query_nodes(
 def run_server(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     """The ServerApp's work: wait for nodes, learn their clients, run every round, write the outputs."""
     rc = {**DEFAULT_RUN_CONFIG, **run_config}
-    path = Path(str(rc["config"])) if rc["config"] else None
-    cfg = load_config(path, parse_overrides(str(rc["set"])))
+    cfg, folder, resume = load_run(rc)  # resume = true: the folder's own config
     configure_threads(cfg.engine.threads)
     federated_algorithm(cfg)  # fail before waiting for nodes
-    folder = RunFolder(Path(str(rc["out"])) if rc["out"] else default_folder(cfg))
     with FolderLock(folder.path, "out"):
-        return _serve(grid, rc, cfg, folder)
+        return _serve(grid, rc, cfg, folder, resume)
 
 
-def _serve(grid: Grid, rc: dict[str, Any], cfg: RunConfig, folder: RunFolder) -> dict[str, Any]:
+def _serve(grid: Grid, rc: dict[str, Any], cfg: RunConfig, folder: RunFolder, resume: bool) -> dict[str, Any]:
     """:func:`run_server` once the results folder is locked."""
     from fedmosaic.data.tasks import build_task
     from fedmosaic.reporting.report import write_run_report
 
-    if folder.exists():
-        raise ConfigError(f"out: {folder.path} already holds a run; pick a new results folder")
+    check_start(folder, resume)
     if rc["on-node-failure"] not in NODE_FAILURE:  # before anything is written
         raise ConfigError(f"on-node-failure: {rc['on-node-failure']!r} is not one of {NODE_FAILURE}")
     # The coordinator's proxy, labelled and test sets (and the task description); the algorithm's fit
     # to the data is checked first, before anything is written or any node is waited for.
     task = build_task(cfg, check=check_fit(cfg, baselines=False))
-    folder.write_config(cfg.to_toml_dict())
+    run = start_folder(folder, cfg, resume)  # the run key the nodes keep client states under
     drop = rc["on-node-failure"] == "drop"
     exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]), tolerate=drop)
     nodes = wait_for_nodes(grid, int(rc["min-nodes"]), float(rc["node-wait-s"]))
-    specs, node_of, client_val = query_nodes(exchange, nodes, cfg, task)
-    summary = flower_federation(cfg, task, folder, exchange, specs, node_of, client_val).run()
+    specs, node_of, client_val = query_nodes(exchange, nodes, cfg, task, run)
+    summary = flower_federation(cfg, task, folder, exchange, specs, node_of, client_val, run).run()
     summary["engine"] = {"name": "flower", "nodes": len(set(node_of.values()))}
     if lost := {n for row in read_jsonl(folder.metrics) for n in row.get("lost_nodes", {})}:
         summary["engine"]["lost_nodes"] = sorted(lost, key=int)  # nodes that failed in some round

@@ -8,8 +8,9 @@ Unix socket and its reply comes back; torch, fedmosaic's algorithms and the node
 there between messages. Without a worker the process does the work itself
 (:func:`fedmosaic.engines.flower_node.answer`, imported only then), exactly as before.
 
-Client states live in Flower's ``Context.state`` either way (the worker gets them with the message
-and returns the new ones), so a worker can be started, stopped or restarted at any time.
+Client states live in Flower's ``Context.state``, or with node config ``state-dir`` on the node's disk
+(:mod:`fedmosaic.engines.node_states`), either way in this process: the worker gets them with the
+message and returns the new ones, so a worker can be started, stopped or restarted at any time.
 """
 
 from __future__ import annotations
@@ -40,8 +41,23 @@ def _states_of(content: RecordDict, kind: str, state: RecordDict) -> RecordDict:
 def handle(kind: str, content: RecordDict, state: RecordDict, node_config: Mapping[str, Any]) -> RecordDict:
     """The reply content to a ``kind`` message: from the node worker if one runs, else computed here.
 
-    A ``train`` message updates the client states in ``state``.
+    A ``train`` message updates the client states: in ``state`` (Flower's ``Context.state``), or with
+    node config ``state-dir`` on the node's disk, written before the reply leaves
+    (:mod:`fedmosaic.engines.node_states`; numpy and safetensors, no torch).
     """
+    from fedmosaic.engines.node_states import open_states
+
+    disk = open_states(kind, content, node_config)
+    if disk is not None:
+        state = disk.load()
+    reply = _answer(kind, content, state, node_config)
+    if disk is not None:
+        disk.save(state)
+    return reply
+
+
+def _answer(kind: str, content: RecordDict, state: RecordDict, node_config: Mapping[str, Any]) -> RecordDict:
+    """:func:`handle` once the clients' states are in ``state``."""
     from fedmosaic.engines.node_worker import forward
 
     states = _states_of(content, kind, state)

@@ -155,12 +155,16 @@ class LocalFederation:
         modalities: str | None = None,
         private_key: Path | None = None,
         worker: bool = True,
+        state_dir: Path | None = None,
     ) -> subprocess.Popen:
         """Start a SuperNode whose clients come from ``data_dir`` (its node config), optionally narrowed,
-        and (``worker``) a node worker beside it with the same node config, named ``<name>-worker``."""
+        and (``worker``) a node worker beside it with the same node config, named ``<name>-worker``.
+        ``state_dir``: the node keeps its clients' states there (node config ``state-dir``)."""
         node_config = f'data-dir="{Path(data_dir).resolve()}"'
         if modalities:
             node_config += f' modalities="{modalities}"'
+        if state_dir is not None:
+            node_config += f' state-dir="{Path(state_dir).resolve()}"'
         if worker:
             self.start_worker(f"{name}-worker", node_config)
         # fedmosaic.engines.supernode: Flower's own flower-supernode, its 3 s idle poll capped

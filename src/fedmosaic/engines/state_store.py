@@ -35,8 +35,12 @@ class ClientStateStore:
         found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _VERSION.match(p.name))]
         return sorted(found)
 
-    def get(self, client: str) -> Message:
-        """The client's newest state (empty Message if it has none yet)."""
+    def get(self, client: str, at_most: int | None = None) -> Message:
+        """The client's newest state (empty Message if it has none yet); with ``at_most``, its newest
+        from round ``at_most`` or before (read from disk: the cache holds only the newest)."""
+        if at_most is not None:
+            versions = [(r, path) for r, path in self._versions(client) if r <= at_most]
+            return load_message(versions[-1][1]) if versions else Message()
         if client in self._cache:
             self._cache.move_to_end(client)
             return self._cache[client]
