@@ -83,7 +83,7 @@ class _Crash(RuntimeError):
 def test_a_step_killed_half_way_reruns_to_the_same_numbers(
     tiny_cfg: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedmosaic.engines.files as files
+    import fedmosaic.engines.files_mail as mail
 
     cfg = _gvf(tiny_cfg)
     reference = FilePipeline.init(tmp_path / "reference", cfg)
@@ -93,17 +93,17 @@ def test_a_step_killed_half_way_reruns_to_the_same_numbers(
         reference.update_clients()
 
     pipeline = FilePipeline.init(tmp_path / "crashed", cfg)
-    save = files.save_message
+    save = mail.save_message
 
     def dies_writing_the_reply(path: Path, message) -> None:
         if path.name == "outbox.safetensors":
             raise _Crash  # the new state is on disk, the reply is not
         save(path, message)
 
-    monkeypatch.setattr(files, "save_message", dies_writing_the_reply)
+    monkeypatch.setattr(mail, "save_message", dies_writing_the_reply)
     with pytest.raises(_Crash):
         pipeline.train_clients()
-    monkeypatch.setattr(files, "save_message", save)
+    monkeypatch.setattr(mail, "save_message", save)
     pipeline.train_clients()
     pipeline.aggregate_vectors()
 

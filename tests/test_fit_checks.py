@@ -95,7 +95,7 @@ def test_the_check_runs_after_loading_when_the_data_set_declares_nothing(
     def no_split(*args: Any) -> Any:
         raise AssertionError("the task was split before the algorithm's fit was checked")
 
-    monkeypatch.setattr(tasks, "_server_parts", no_split)
+    monkeypatch.setattr(tasks, "server_parts", no_split)
     cfg = load_config(None, [*TINY_OVERRIDES, "algorithm.name=mmfedavg"])
     assert tasks.task_outline(cfg) is None
     with pytest.raises(ConfigError, match=r"^algorithm\.name: mmfedavg needs \(channels, time\)"):

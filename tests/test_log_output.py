@@ -114,13 +114,13 @@ def test_piped_run_prints_whole_tables_and_plain_progress_lines(tmp_path: Path) 
 def test_plain_progress_cadence(monkeypatch) -> None:
     from rich.console import Console
 
-    from fedmosaic import cli as cli_module
+    from fedmosaic.cli import progress as cli_module
 
     buffer = io.StringIO()
     monkeypatch.setattr(cli_module, "err", Console(file=buffer, width=200))
     clock = iter(range(0, 10_000, 1))  # one second per round
     monkeypatch.setattr(cli_module.time, "monotonic", lambda: float(next(clock)))
-    update = cli_module._plain_progress("fedavg", 100)
+    update = cli_module.plain_progress("fedavg", 100)
     for r in range(1, 101):
         update(r, {"round": r, "eval": {"overall": {"accuracy": 0.5}}, "train": {"train_loss": 1.0}})
     rounds = [int(line.split()[2].split("/")[0]) for line in buffer.getvalue().splitlines()]
@@ -130,7 +130,7 @@ def test_plain_progress_cadence(monkeypatch) -> None:
     buffer.seek(0)
     slow = iter(range(0, 10_000, 45))  # 45 s per round: every round is due by time
     monkeypatch.setattr(cli_module.time, "monotonic", lambda: float(next(slow)))
-    update = cli_module._plain_progress("fedavg", 100)
+    update = cli_module.plain_progress("fedavg", 100)
     for r in range(5, 9):  # a resume starting at round 5
         update(r, {"round": r})
     assert [line.split()[2] for line in buffer.getvalue().splitlines()] == [

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from fedmosaic.cli import app
 from fedmosaic.config import load_config
-from fedmosaic.data import tasks
+from fedmosaic.data import splitting
 from fedmosaic.data.registry import ROLE_FREE, ROLE_TEST, LoadedData
 from fedmosaic.data.tasks import TaskSplitError, build_task
 
@@ -117,9 +117,9 @@ def test_allow_lost_runs_on_without_the_lost_client(tmp_path: Path, monkeypatch:
     with pytest.raises(TaskSplitError, match="allow_lost"):
         build_task(load_config(None, overrides(broken, mix)))
     dealt: list[int] = []
-    holdings = tasks._holdings
+    deal = splitting.deal_modalities
     monkeypatch.setattr(
-        tasks, "_holdings", lambda cfg, names, n, rng: dealt.append(n) or holdings(cfg, names, n, rng)
+        splitting, "deal_modalities", lambda cfg, names, n, rng: dealt.append(n) or deal(cfg, names, n, rng)
     )
     task = build_task(load_config(None, overrides(broken, mix, "clients.allow_lost=true")))
     whole = build_task(load_config(None, overrides(healthy, mix)))
@@ -146,7 +146,7 @@ def test_owners_lost_to_the_server_sets_or_empty_and_test_users_are_not_lost() -
         role=np.array([ROLE_FREE, ROLE_FREE, ROLE_TEST, ROLE_TEST, ROLE_FREE]),
     )
     cfg = load_config(None, [])
-    assert tasks._lost_owners(cfg, loaded, loaded.role, kept=[0]) == [
+    assert splitting.lost_owners(cfg, loaded, loaded.role, kept=[0]) == [
         (2, "all 1 of its samples went to the server's test/proxy/labelled sets"),
         (3, "no sample of it loaded (its data holds none)"),
     ]

@@ -69,7 +69,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from torch.nn import functional as F
 
 from fedmosaic.algorithms.autoencoder_base import (
     AutoencoderAlgorithm,
@@ -80,6 +79,16 @@ from fedmosaic.algorithms.autoencoder_base import (
     train_reconstruction,
 )
 from fedmosaic.algorithms.base import weighted_train_loss
+from fedmosaic.algorithms.fedmekt_distillation import (
+    LAYERS,
+    PROXY_IDX,
+    Distiller,
+    emb_key,
+    encode_proxy,
+    kd_layers,
+    proxy_key,
+    to_wire,
+)
 from fedmosaic.algorithms.proxy_delivery import ProxyDelivery
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
@@ -87,24 +96,11 @@ from fedmosaic.core.algorithm import ServerData, Settings, Uploads, sample_clien
 from fedmosaic.core.device import to_device
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
-from fedmosaic.core.seeding import SERVER, Rng, torch_seed
+from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import ClientData
 from fedmosaic.core.validation import ArraySpec, ReplySpec
-from fedmosaic.models.autoencoder import SplitAutoencoder, joint_projection, kd_from_log_teacher
+from fedmosaic.models.autoencoder import SplitAutoencoder
 from fedmosaic.models.params import load_arrays, to_arrays
-
-LAYERS = ("top", "first")
-PROXY_IDX = "proxy_idx"
-
-
-def emb_key(modality: str, layer: str) -> str:
-    """Message array name of a modality's embeddings of the proxy batch (``emb/acc/top``)."""
-    return f"emb/{modality}/{layer}"
-
-
-def proxy_key(modality: str) -> str:
-    """Message/state array name of a modality's proxy windows (``proxy/acc``)."""
-    return f"proxy/{modality}"
 
 
 class FedMEKTConfig(AutoencoderConfig):
@@ -138,100 +134,6 @@ class FedMEKTConfig(AutoencoderConfig):
                 "algorithm.kd_axis: 'time' needs algorithm.kd_steps = 'all' (one step's softmax is constant)"
             )
         return self
-
-
-def _steps(embedding: torch.Tensor, cfg: FedMEKTConfig) -> torch.Tensor:
-    return embedding[:, -1:, :] if cfg.kd_steps == "last" else embedding
-
-
-class Distiller:
-    """The KD term of either side: per modality (S, or a unimodal party) or through the joint layer (C)."""
-
-    def __init__(self, settings: Settings[FedMEKTConfig], model: SplitAutoencoder) -> None:
-        self.cfg = settings.algorithm
-        self.names = settings.info.modality_names
-        widths = {"top": model.rep_size, "first": model.hidden}
-        self.joint = {
-            layer: joint_projection(
-                len(self.names), w, torch_seed(settings.seed, 0, SERVER, f"joint-{layer}")
-            ).to(settings.device)  # drawn on the CPU generator: the same projection on every device
-            for layer, w in widths.items()
-        }
-        self.widths = widths
-
-    def _join(self, embeddings: dict[str, torch.Tensor], layer: str) -> torch.Tensor:
-        """Joint embedding: the held modalities' embeddings through their rows of the joint layer."""
-        w, q = self.widths[layer], self.joint[layer]
-        return sum(
-            embeddings[m] @ q[i * w : (i + 1) * w] for i, m in enumerate(self.names) if m in embeddings
-        )  # type: ignore[return-value]
-
-    def _distributions(
-        self, embeddings: dict[str, dict[str, torch.Tensor]], layer: str
-    ) -> list[torch.Tensor]:
-        """What the KD compares at ``layer``: the joint embedding (C, several modalities) or each one's."""
-        if self.cfg.variant == "C" and len(embeddings) > 1:
-            return [self._join({m: e[layer] for m, e in embeddings.items()}, layer)]
-        return [embeddings[m][layer] for m in sorted(embeddings)]
-
-    def log_targets(self, teacher: dict[str, dict[str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
-        """Per layer, the log-softmax of the distributions of ``teacher`` (``{modality: {layer: ...}}``).
-
-        The teacher is constant for a whole round (the global or the averaged embeddings), so its
-        joint embedding and softmax are computed once here, not at every step; the softmax is per
-        sample (over D or over T), so a step's rows are a slice of this.
-        """
-        cfg = self.cfg
-        dim = -1 if cfg.kd_axis == "embedding" else -2
-        return {
-            layer: [F.log_softmax(t / cfg.temperature, dim=dim) for t in self._distributions(teacher, layer)]
-            for layer in LAYERS
-        }
-
-    def loss(
-        self,
-        student: dict[str, dict[str, torch.Tensor]],
-        log_teacher: dict[str, list[torch.Tensor]],
-        weights: dict[str, float],
-        rows: slice | torch.Tensor = slice(None),
-    ) -> torch.Tensor:
-        """``sum_layer weight[layer] * KD(student || teacher)``; student ``{modality: {layer: (B,T,D)}}``.
-
-        ``log_teacher`` is :meth:`log_targets` of the teacher embeddings of the same modalities;
-        ``rows`` selects the samples of this step from it.
-        """
-        cfg = self.cfg
-        dim = -1 if cfg.kd_axis == "embedding" else -2
-        total = torch.zeros(())
-        for layer in LAYERS:
-            if weights[layer] == 0:
-                continue
-            pairs = zip(self._distributions(student, layer), log_teacher[layer], strict=True)
-            term = sum(kd_from_log_teacher(s, t[rows], cfg.temperature, dim) for s, t in pairs)
-            total = total + weights[layer] * term
-        return total
-
-
-def _wire(embedding: torch.Tensor) -> np.ndarray:
-    """An embedding as a C-contiguous array: a batch-first LSTM output is a transposed view, and an
-    engine that serialises messages (Flower, files) delivers it contiguous, which torch rounds
-    differently; sending it contiguous keeps every engine bit-identical.
-
-    A copy, not ``np.ascontiguousarray``: that returns a ``kd_steps = "last"`` slice ``(B, 1, D)``
-    of the transposed view as it is (numpy ignores the stride of a length-1 axis), and torch still
-    rounds those strides differently from the canonical ones a deserialised array has.
-    """
-    return embedding.cpu().numpy().copy(order="C")
-
-
-def _encode(
-    model: SplitAutoencoder, windows: dict[str, torch.Tensor], cfg: FedMEKTConfig
-) -> dict[str, dict[str, torch.Tensor]]:
-    out = {}
-    for m, x in windows.items():
-        top, first = model.encode(x, m)
-        out[m] = {"top": _steps(top, cfg), "first": _steps(first, cfg)}
-    return out
 
 
 class FedMEKTClient:
@@ -293,18 +195,18 @@ class FedMEKTClient:
                 top, first = model.encode(torch.cat([x, batch[m][rows]]), m)
                 n = len(x)
                 codes[m] = top[:n, -1, :]
-                student[m] = {"top": _steps(top[n:], cfg), "first": _steps(first[n:], cfg)}
+                student[m] = kd_layers(top[n:], first[n:], cfg)
             rec = model.reconstruction_loss(inputs, cfg.reverse_target, codes)
             return rec + self._distiller.loss(student, log_teacher, weights, rows)  # type: ignore[union-attr]
 
         loss = train_reconstruction(model, data.train, held, self.settings, rng, loss_fn)
         model.eval()
         with torch.no_grad():
-            mine = _encode(model, batch, cfg)
+            mine = encode_proxy(model, batch, cfg)
         reply = Message(
             {
                 PROXY_IDX: idx.copy(),
-                **{emb_key(m, layer): _wire(mine[m][layer]) for m in held for layer in LAYERS},
+                **{emb_key(m, layer): to_wire(mine[m][layer]) for m in held for layer in LAYERS},
             },
             {"n_train": len(data.train), "train_loss": loss},
         )
@@ -348,8 +250,8 @@ class FedMEKTServer(LinearEvalServer):
             windows = to_device(
                 {m: torch.from_numpy(a[idx]) for m, a in self.proxy.items()}, self.settings.device
             )
-            enc = _encode(self.model, windows, self.cfg)
-        return {m: {layer: _wire(t) for layer, t in e.items()} for m, e in enc.items()}
+            enc = encode_proxy(self.model, windows, self.cfg)
+        return {m: {layer: to_wire(t) for layer, t in e.items()} for m, e in enc.items()}
 
     def configure(self, round: int, clients: list[ClientSpec], rng: Rng) -> dict[str, Message]:
         picked = sample_clients(clients, self.settings.clients_per_round, rng)
@@ -425,10 +327,7 @@ class FedMEKTServer(LinearEvalServer):
                 rec = model.reconstruction_loss(batch, cfg.reverse_target, codes)
                 kd = torch.zeros(())
                 if averaged:
-                    student = {
-                        m: {"top": _steps(encoded[m][0], cfg), "first": _steps(encoded[m][1], cfg)}
-                        for m in averaged
-                    }
+                    student = {m: kd_layers(*encoded[m], cfg) for m in averaged}
                     kd = self.distiller.loss(student, log_teacher, weights, rows)
                 optimizer.zero_grad(set_to_none=True)
                 (rec + kd).backward()

@@ -30,7 +30,7 @@ from fedmosaic.algorithms.fedavg import FedAvgClient, FedAvgServer
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import AlgorithmConfig, ServerData, Settings
-from fedmosaic.core.message import Message
+from fedmosaic.core.message import Message, prefixed, split_prefixed
 from fedmosaic.core.seeding import Rng
 from fedmosaic.models.params import load_arrays, to_arrays
 
@@ -110,19 +110,12 @@ class FedOptServer(FedAvgServer):
         return weighted_train_loss(replies)
 
     def state(self) -> Message:
-        moments = {f"{FIRST_MOMENT}{n}": a for n, a in self.m.items()}
-        moments.update({f"{SECOND_MOMENT}{n}": a for n, a in self.v.items()})
-        return Message({**to_arrays(self.model), **moments})
+        m, v = prefixed(self.m, FIRST_MOMENT), prefixed(self.v, SECOND_MOMENT)
+        return Message({**to_arrays(self.model), **m, **v})
 
     def load_state(self, state: Message) -> None:
-        moment = (FIRST_MOMENT, SECOND_MOMENT)
-        load_arrays(self.model, {n: a for n, a in state.arrays.items() if not n.startswith(moment)})
-        self.m = {
-            n.removeprefix(FIRST_MOMENT): a for n, a in state.arrays.items() if n.startswith(FIRST_MOMENT)
-        }
-        self.v = {
-            n.removeprefix(SECOND_MOMENT): a for n, a in state.arrays.items() if n.startswith(SECOND_MOMENT)
-        }
+        weights, (self.m, self.v) = split_prefixed(state.arrays, FIRST_MOMENT, SECOND_MOMENT)
+        load_arrays(self.model, weights)
 
 
 @register

@@ -45,7 +45,7 @@ from fedmosaic.core.algorithm import (
     sample_clients,
 )
 from fedmosaic.core.device import to_device
-from fedmosaic.core.message import Message
+from fedmosaic.core.message import Message, prefixed, split_prefixed
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import ClientData
@@ -55,6 +55,7 @@ from fedmosaic.models.train import train_epochs
 
 VARIATE = "c/"  # the server's c in a message, a client's c_i in its state, the server's c in its state
 DELTA = "dc/"  # a client's c_i+ - c_i in its reply
+HOLDERS = "holders/"  # the server state's meta keys of its holder counts
 ALL = "*"  # holders key of the parts every client holds (the head)
 
 
@@ -100,9 +101,8 @@ class ScaffoldClient:
 
     def fit(self, message: Message, state: Message, data: ClientData, rng: Rng) -> tuple[Message, Message]:
         model = self.slot.model
-        x = {n: a for n, a in message.arrays.items() if not n.startswith(VARIATE)}
+        x, (c,) = split_prefixed(message.arrays, VARIATE)
         load_arrays(model, x)
-        c = {n.removeprefix(VARIATE): a for n, a in message.arrays.items() if n.startswith(VARIATE)}
         # a variate this client has never updated is zero (the paper's initialisation)
         c_i = {n: state.arrays.get(VARIATE + n, np.zeros_like(a)) for n, a in c.items()}
         correction = {
@@ -199,15 +199,14 @@ class ScaffoldServer(GlobalModelServer):
         return weighted_train_loss(replies)
 
     def state(self) -> Message:
-        meta = {f"holders/{m}": n for m, n in self.holders.items()}
-        return Message({**to_arrays(self.model), **{VARIATE + n: c for n, c in self.c.items()}}, meta)
+        arrays = {**to_arrays(self.model), **prefixed(self.c, VARIATE)}
+        return Message(arrays, prefixed(self.holders, HOLDERS))
 
     def load_state(self, state: Message) -> None:
-        load_arrays(self.model, {n: a for n, a in state.arrays.items() if not n.startswith(VARIATE)})
-        self.c = {n.removeprefix(VARIATE): a for n, a in state.arrays.items() if n.startswith(VARIATE)}
-        self.holders = {
-            k.removeprefix("holders/"): int(v) for k, v in state.meta.items() if k.startswith("holders/")
-        }
+        weights, (self.c,) = split_prefixed(state.arrays, VARIATE)
+        load_arrays(self.model, weights)
+        _, (holders,) = split_prefixed(state.meta, HOLDERS)
+        self.holders = {m: int(n) for m, n in holders.items()}
 
 
 @register

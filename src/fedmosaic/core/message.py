@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 MetaValue = str | int | float | bool
+V = TypeVar("V")
 
 
 @dataclass
@@ -49,3 +51,29 @@ class Message:
     def of(cls, arrays: Mapping[str, np.ndarray] | None = None, **meta: MetaValue) -> Message:
         """Build a message from arrays and keyword metadata."""
         return cls(dict(arrays or {}), dict(meta))
+
+
+# A server's or client's state often holds its model's weights beside other named groups (optimiser
+# moments, control variates, a velocity), each under its own prefix; the two functions below are the
+# one way those groups are packed into a flat Message and unpacked again.
+
+
+def prefixed(values: Mapping[str, V], prefix: str) -> dict[str, V]:
+    """``values`` with ``prefix`` put before every name (``{"w": a}``, ``"opt/m/"`` -> ``{"opt/m/w": a}``)."""
+    return {prefix + name: value for name, value in values.items()}
+
+
+def split_prefixed(values: Mapping[str, V], *prefixes: str) -> tuple[dict[str, V], list[dict[str, V]]]:
+    """The inverse of :func:`prefixed`: the entries under none of ``prefixes``, and per prefix (in the
+    order given) its entries with the prefix removed. An entry goes to the first prefix it starts with;
+    each part keeps the order of ``values``."""
+    rest: dict[str, V] = {}
+    groups: list[dict[str, V]] = [{} for _ in prefixes]
+    for name, value in values.items():
+        for prefix, group in zip(prefixes, groups, strict=True):
+            if name.startswith(prefix):
+                group[name.removeprefix(prefix)] = value
+                break
+        else:
+            rest[name] = value
+    return rest, groups

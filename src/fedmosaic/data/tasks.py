@@ -25,36 +25,26 @@ them in ``Task.extras["test_classes_without_clients"]`` (``summary.json``: ``dat
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedmosaic.core.errors import TaskSplitError
-from fedmosaic.core.modality import ClientSpec, Modality, group_name
+from fedmosaic.core.modality import ClientSpec, Modality
 from fedmosaic.core.seeding import numpy_rng
 from fedmosaic.core.task import ClientData, Task, TaskInfo, View
-from fedmosaic.data.partition import (
-    client_modalities,
-    drop_modalities,
-    parse_mix,
-    split_dirichlet,
-    split_iid,
-    split_natural,
-    take_blocks,
-)
-from fedmosaic.data.registry import (
-    ROLE_FREE,
-    ROLE_LABELLED,
-    ROLE_PROXY,
-    ROLE_TEST,
-    ROLE_VAL,
-    LoadContext,
-    LoadedData,
-    get_dataset,
-)
+from fedmosaic.data.preprocess import prepare_store
+from fedmosaic.data.registry import LoadContext, LoadedData, get_dataset
 from fedmosaic.data.scenarios import Scenario, apply_scenarios
+from fedmosaic.data.splitting import (
+    client_parts,
+    lost_holdings,
+    lost_message,
+    owner_client_id,
+    server_parts,
+    train_val,
+)
 from fedmosaic.data.streams import streams_from_recordings
 
 if TYPE_CHECKING:
@@ -62,9 +52,6 @@ if TYPE_CHECKING:
 
 # Called with the task's description before the heavy work (see build_task); raises to stop the build.
 InfoCheck = Callable[[TaskInfo], None]
-
-# Per-channel standardisation applies to these kinds (images are bytes, text ids, embeddings as given).
-STANDARDISED_KINDS = ("timeseries", "audio")
 
 log = logging.getLogger("fedmosaic.data")
 
@@ -124,13 +111,13 @@ def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
     blocks = loaded.blocks if loaded.blocks is not None else np.arange(n)
     present = loaded.present if loaded.present is not None else np.ones((n, m), dtype=bool)
 
-    server, pool = _server_parts(cfg, role, blocks, rng)
-    owners, parts, lost = _client_parts(cfg, loaded, role, pool, rng)
-    holdings, lost_clients = _lost_holdings(cfg, loaded, names, owners, len(parts), lost, rng)
+    server, pool = server_parts(cfg, role, blocks, rng)
+    owners, parts, lost = client_parts(cfg, loaded, role, pool, rng)
+    holdings, lost_clients = lost_holdings(cfg, loaded, names, owners, len(parts), lost, rng)
     if lost_clients and cfg.clients.mix is not None and not cfg.clients.allow_lost:
-        raise TaskSplitError(_lost_message(lost_clients, len(parts) + len(lost), cfg))
+        raise TaskSplitError(lost_message(lost_clients, len(parts) + len(lost), cfg))
 
-    modalities, store = _prepare_store(cfg, loaded, np.concatenate(parts))
+    modalities, store = prepare_store(cfg, loaded, np.concatenate(parts))
     info = TaskInfo(cfg.task.dataset, modalities, len(loaded.class_names), loaded.class_names)
 
     def view(idx: np.ndarray, keep: np.ndarray | None = None) -> View:
@@ -145,9 +132,9 @@ def build_task(cfg: RunConfig, check: InfoCheck | None = None) -> Task:
     clients = []
     for k, (held, idx) in enumerate(zip(holdings, parts, strict=True)):
         keep = np.array([name in held for name in names])
-        train_idx, val_idx = _train_val(idx, role, cfg.task.val_fraction, rng)
+        train_idx, val_idx = train_val(idx, role, cfg.task.val_fraction, rng)
         train, val = view(train_idx, keep), view(val_idx, keep)
-        client_id = _client_id(loaded, owners[k]) if owners else f"client_{k}"
+        client_id = owner_client_id(loaded, owners[k]) if owners else f"client_{k}"
         if len(train) == 0:
             raise TaskSplitError(
                 f"clients.mix: client {client_id} holds {info.group(held) or 'nothing'} but none of its "
@@ -230,224 +217,3 @@ def _unheld_message(unheld: dict[str, int], labelled: dict[str, int]) -> str:
             f" (the server's labelled set, which only semi-supervised algorithms train on, has {on_server})"
         )
     return text
-
-
-def _server_parts(
-    cfg: RunConfig, role: np.ndarray, blocks: np.ndarray, rng: np.random.Generator
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Test, proxy and labelled index sets (whole blocks, or as the data fixes them) and the rest."""
-    n = len(role)
-    free = np.flatnonzero(role == ROLE_FREE)
-    default = min(200, round(0.1 * n))
-    wanted = {
-        "test": (ROLE_TEST, max(1, round(cfg.task.test_fraction * n))),
-        "proxy": (ROLE_PROXY, default if cfg.task.proxy_size is None else cfg.task.proxy_size),
-        "labelled": (ROLE_LABELLED, default if cfg.task.labelled_size is None else cfg.task.labelled_size),
-    }
-    parts: dict[str, np.ndarray] = {}
-    for name, (fixed_role, size) in wanted.items():
-        fixed = np.flatnonzero(role == fixed_role)
-        if len(fixed):
-            parts[name] = fixed
-        else:
-            parts[name], free = take_blocks(free, blocks, size, rng)
-    pool = np.sort(np.concatenate([free, np.flatnonzero(role == ROLE_VAL)]))
-    if len(pool) == 0:
-        taken = sum(len(p) for p in parts.values())
-        raise TaskSplitError(
-            f"task.proxy_size/labelled_size/test_fraction: the server sets take {taken} of {n} samples, "
-            "leaving none for clients"
-        )
-    return parts, pool
-
-
-def _client_parts(
-    cfg: RunConfig, loaded: LoadedData, role: np.ndarray, pool: np.ndarray, rng: np.random.Generator
-) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]]]:
-    """The samples of each client: ``(natural owner ids or [], parts, lost owners)``.
-
-    Lost owners (natural split only) are ``(owner id, why)``; a lost owner still counts for the mix,
-    which is written for every owner the data has.
-    """
-    names = tuple(m.name for m in loaded.modalities)
-    if cfg.task.partition == "natural":
-        if loaded.groups is None:
-            raise TaskSplitError(
-                f"task.partition: data set {cfg.task.dataset!r} has no natural clients; use iid or dirichlet"
-            )
-        owners, parts = split_natural(pool, loaded.groups)
-        lost = _lost_owners(cfg, loaded, role, owners)
-        wanted, expected = _configured_count(cfg, names), len(parts) + len(lost)
-        if wanted is not None and wanted != expected:
-            unit = get_dataset(cfg.task.dataset).natural_unit or "owner"
-            raise TaskSplitError(
-                f"clients.mix: the natural split of {cfg.task.dataset!r} gives {expected} clients (one per "
-                f"{unit} outside the server's sets), but the config asks for {wanted}; give a mix that sums "
-                f'to {expected}, or clients.mix="" for every modality at every client'
-            )
-        return owners, parts, lost
-    n_clients = _configured_count(cfg, names) or 10
-    per_client_min = 2 if cfg.task.val_fraction == 0 else 3
-    if len(pool) < per_client_min * n_clients:
-        raise TaskSplitError(
-            f"clients.count: {n_clients} clients need at least {per_client_min * n_clients} "
-            f"samples, but only {len(pool)} are left for clients"
-        )
-    if cfg.task.partition == "dirichlet":
-        return [], split_dirichlet(pool, loaded.labels, n_clients, cfg.task.alpha, rng, per_client_min), []
-    return [], split_iid(pool, n_clients, rng), []
-
-
-def _lost_owners(
-    cfg: RunConfig, loaded: LoadedData, role: np.ndarray, kept: list[int]
-) -> list[tuple[int, str]]:
-    """Natural owners the data names (``group_names``) that got no client, and why.
-
-    An owner whose every sample has a server role fixed by the data (official test users) is the
-    server's by design, not lost. The others had samples meant for training, or none at all: every
-    one bad and skipped, or an empty samples file.
-    """
-    assert loaded.groups is not None
-    n_owners = max(len(loaded.group_names), int(loaded.groups.max(initial=-1)) + 1)
-    owned = loaded.groups >= 0
-    total = np.bincount(loaded.groups[owned], minlength=n_owners)
-    server_role = np.isin(role, (ROLE_TEST, ROLE_PROXY, ROLE_LABELLED))
-    fixed = np.bincount(loaded.groups[owned & server_role], minlength=n_owners)
-    skip = cfg.task.on_bad_sample == "skip"
-    lost = []
-    for owner in sorted(set(range(n_owners)) - set(kept)):
-        if total[owner] == 0:
-            why = (
-                'no sample of it loaded (every one was bad and skipped: task.on_bad_sample = "skip")'
-                if skip
-                else "no sample of it loaded (its data holds none)"
-            )
-            lost.append((owner, why))
-        elif fixed[owner] < total[owner]:
-            lost.append(
-                (owner, f"all {total[owner]} of its samples went to the server's test/proxy/labelled sets")
-            )
-    return lost
-
-
-def _lost_holdings(
-    cfg: RunConfig,
-    loaded: LoadedData,
-    names: tuple[str, ...],
-    owners: list[int],
-    n_parts: int,
-    lost: list[tuple[int, str]],
-    rng: np.random.Generator,
-) -> tuple[list[frozenset[str]], list[dict[str, str]]]:
-    """What each kept client holds, and the lost clients as records ``{id, group, reason}``.
-
-    With a mix, the modalities are dealt over every owner the data has, lost ones included (the mix
-    counts them), so a lost client takes its own group with it. Without a mix they are dealt over the
-    kept clients only, exactly as before lost clients were recorded (the same numbers as before).
-    """
-    if not lost or cfg.clients.mix is None:
-        holdings = _holdings(cfg, names, n_parts, rng)
-        return holdings, [{"id": _client_id(loaded, k), "group": "", "reason": why} for k, why in lost]
-    everyone = sorted([*owners, *(k for k, _ in lost)])
-    by_owner = dict(zip(everyone, _holdings(cfg, names, len(everyone), rng), strict=True))
-    records = [
-        {"id": _client_id(loaded, k), "group": group_name(by_owner[k], names), "reason": why}
-        for k, why in lost
-    ]
-    return [by_owner[k] for k in owners], records
-
-
-def _lost_message(lost: list[dict[str, str]], expected: int, cfg: RunConfig) -> str:
-    which = "; ".join(f"{c['id']} (group {c['group']}): {c['reason']}" for c in lost)
-    verb, pronoun = ("was", "it") if len(lost) == 1 else ("were", "them")
-    return (
-        f"clients.mix: {len(lost)} of the {expected} clients {verb} lost, {which}; fix the data, or set "
-        f"clients.allow_lost = true to run without {pronoun}"
-    )
-
-
-def _configured_count(cfg: RunConfig, names: tuple[str, ...]) -> int | None:
-    if cfg.clients.mix is not None:
-        return cfg.clients.total_for(names)
-    return cfg.clients.count
-
-
-def _holdings(
-    cfg: RunConfig, names: tuple[str, ...], n_clients: int, rng: np.random.Generator
-) -> list[frozenset[str]]:
-    """Which modalities each client holds: the mix (shuffled over natural owners), a drop rate, or all."""
-    if cfg.clients.drop_rate is not None:
-        return drop_modalities(n_clients, names, cfg.clients.drop_rate, rng)
-    if cfg.clients.mix is None:
-        return [frozenset(names)] * n_clients
-    held = client_modalities(parse_mix(cfg.clients.mix, names))
-    if cfg.task.partition == "natural":  # which user gets which sensors must not follow user ids
-        held = [held[i] for i in rng.permutation(len(held))]
-    return held
-
-
-def _train_val(
-    idx: np.ndarray, role: np.ndarray, val_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """A client's own validation samples: those the data marks ``val``, else a random fraction."""
-    fixed = role[idx] == ROLE_VAL
-    if fixed.any():
-        return np.sort(idx[~fixed]), np.sort(idx[fixed])
-    idx = rng.permutation(idx)
-    n_val = round(val_fraction * len(idx))
-    return np.sort(idx[n_val:]), np.sort(idx[:n_val])
-
-
-def _client_id(loaded: LoadedData, owner: int) -> str:
-    name = loaded.group_names[owner] if owner < len(loaded.group_names) else f"client_{owner}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def _prepare_store(
-    cfg: RunConfig, loaded: LoadedData, client_idx: np.ndarray
-) -> tuple[tuple[Modality, ...], dict[str, np.ndarray]]:
-    """Tokenise text, standardise sensor/audio channels (client statistics only), freeze if asked."""
-    modalities = list(loaded.modalities)
-    store = dict(loaded.store)
-    stats: dict[str, dict[str, list[float]]] = {}
-    for j, mod in enumerate(modalities):
-        if mod.name in loaded.texts:
-            store[mod.name], vocab = _tokenise(cfg, loaded.texts[mod.name], client_idx, mod.shape[0])
-            modalities[j] = Modality(mod.name, mod.kind, mod.shape, vocab_size=vocab)
-        elif mod.kind in STANDARDISED_KINDS:
-            store[mod.name], stats[mod.name] = _standardise(store[mod.name], client_idx)
-    loaded.extras["normalisation"] = stats
-    if cfg.model.freeze_encoders:
-        from fedmosaic.models.frozen import freeze_store
-
-        frozen, store, report = freeze_store(tuple(modalities), store, cfg.model, cfg.seed)
-        loaded.extras["frozen_encoders"] = report
-        return tuple(frozen), store
-    return tuple(modalities), store
-
-
-def _tokenise(
-    cfg: RunConfig, texts: list[str], client_idx: np.ndarray, max_tokens: int
-) -> tuple[np.ndarray, int]:
-    from fedmosaic.data.text import load_tokenizer, tokenize_texts, train_wordpiece
-    from fedmosaic.models.encoders import has_encoder
-
-    if has_encoder("text", cfg.model.text_encoder):
-        # tiny or a plug-in's encoder: no tokenizer of its own, so the task learns a vocabulary,
-        # from client texts only: test captions must not shape it.
-        tokenizer = train_wordpiece([texts[i] for i in client_idx])
-    else:
-        tokenizer = load_tokenizer(cfg.model.text_encoder)
-    return tokenize_texts(tokenizer, texts, max_tokens), len(tokenizer)
-
-
-def _standardise(array: np.ndarray, client_idx: np.ndarray) -> tuple[np.ndarray, dict[str, list[float]]]:
-    """Per-channel (axis 1) mean/std over the clients' samples, applied to every sample."""
-    sample = array[client_idx]
-    axes = tuple(i for i in range(sample.ndim) if i != 1)
-    mean = sample.mean(axis=axes, dtype=np.float64)
-    std = sample.std(axis=axes, dtype=np.float64)
-    std = np.where(std > 1e-8, std, 1.0)  # a constant channel carries no information; keep it at 0
-    shape = (1, -1) + (1,) * (array.ndim - 2)
-    out = ((array - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
-    return out, {"mean": mean.tolist(), "std": std.tolist()}

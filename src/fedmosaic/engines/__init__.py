@@ -1,1 +1,1 @@
-"""Engines run any Algorithm: local (in-process simulation, the default); Flower and files later."""
+"""Engines run any Algorithm: local (in-process, the default), flower (deployment), files (folders)."""

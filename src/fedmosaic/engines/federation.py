@@ -383,7 +383,7 @@ def _algorithm_config(algorithm: type[Algorithm], config: AlgorithmConfig | dict
     """``config`` validated as the algorithm's own config class (one line naming the field if not)."""
     from pydantic import ValidationError
 
-    from fedmosaic.config import ConfigError, _format_error
+    from fedmosaic.config import ConfigError, format_error
 
     if isinstance(config, algorithm.Config):
         return config
@@ -395,4 +395,4 @@ def _algorithm_config(algorithm: type[Algorithm], config: AlgorithmConfig | dict
     try:
         return algorithm.Config.model_validate(fields)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, prefix="algorithm")) from None
+        raise ConfigError(format_error(exc, prefix="algorithm")) from None

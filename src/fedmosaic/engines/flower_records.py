@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
 
-SEP = "/"  # client ids are [A-Za-z0-9_.-]+ (see data.tasks._client_id), so '/' cannot clash
+SEP = "/"  # client ids are [A-Za-z0-9_.-]+ (see data.splitting.owner_client_id), so '/' cannot clash
 
 
 def _key(slot: str, client: str, part: str) -> str:

@@ -22,7 +22,7 @@ from fedmosaic.algorithms.fedavg import FedAvg, FedAvgClient, FedAvgServer
 from fedmosaic.algorithms.registry import register
 from fedmosaic.algorithms.robust import aggregation_of
 from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Settings
-from fedmosaic.core.message import Message
+from fedmosaic.core.message import Message, prefixed, split_prefixed
 from fedmosaic.core.seeding import Rng
 from fedmosaic.models.params import load_arrays, to_arrays
 
@@ -85,14 +85,11 @@ class FedAvgMServer(FedAvgServer):
         return weighted_train_loss(replies)
 
     def state(self) -> Message:
-        velocity = {f"{VELOCITY}{n}": v for n, v in self.velocity.items()}
-        return Message({**to_arrays(self.model), **velocity})
+        return Message({**to_arrays(self.model), **prefixed(self.velocity, VELOCITY)})
 
     def load_state(self, state: Message) -> None:
-        load_arrays(self.model, {n: a for n, a in state.arrays.items() if not n.startswith(VELOCITY)})
-        self.velocity = {
-            n.removeprefix(VELOCITY): a for n, a in state.arrays.items() if n.startswith(VELOCITY)
-        }
+        weights, (self.velocity,) = split_prefixed(state.arrays, VELOCITY)
+        load_arrays(self.model, weights)
 
 
 @register

@@ -1,0 +1,5 @@
+"""``python -m fedmosaic.cli``: the same command as the ``fedmosaic`` script."""
+
+from fedmosaic.cli import main
+
+main()
