@@ -55,6 +55,7 @@ class Row:
     name: str
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] | None = None  # None: the run's --seeds (ablations may use fewer)
+    params: dict[str, Any] = field(default_factory=dict)  # what else the measurement varies (JSON-able)
 
 
 @dataclass
@@ -102,10 +103,15 @@ def cpu_seconds() -> float:
 
 
 def federation_run(
-    overrides: Iterable[str], ctx: Context, *, client_wrappers: Iterable[Callable[[Any], Any]] = ()
+    overrides: Iterable[str],
+    ctx: Context,
+    *,
+    client_wrappers: Iterable[Callable[[Any], Any]] = (),
+    keep_rows: bool = False,
 ) -> dict[str, Any]:
     """One fedmosaic run of ``overrides`` (seed included) through the public API: its summary plus
-    ``cpu_s``; the task is shared with the other rows of the seed (:meth:`Context.task`)."""
+    ``cpu_s`` (and with ``keep_rows`` its metrics rows, ``rows``, for the measurement to digest: they
+    are too big to store); the task is shared with the other rows of the seed (:meth:`Context.task`)."""
     from fedmosaic import Federation, load_config
 
     cfg = load_config(None, ["engine.progress=false", "output.plots=false", "compare=[]", *overrides])
@@ -117,6 +123,8 @@ def federation_run(
     summary = fed.run()
     summary["cpu_s"] = cpu_seconds() - start
     summary.get("data", {}).pop("skipped_examples", None)  # file names of the machine it ran on
+    if keep_rows:
+        summary["rows"] = fed.rows()
     return summary
 
 
@@ -124,6 +132,16 @@ def default_measure(row: Row, seed: int, ctx: Context) -> dict[str, Any]:
     """A row's fedmosaic run at ``seed`` with the script's common overrides (``ctx.data['common']``)."""
     rounds = [f"rounds={ctx.args.rounds}"] if getattr(ctx.args, "rounds", None) else []
     return federation_run([*ctx.data.get("common", []), *rounds, f"seed={seed}", *row.overrides], ctx)
+
+
+def smoke_prepare(overrides: Iterable[str]) -> Callable[[Context], None]:
+    """A ``prepare`` that gives every run ``overrides`` in smoke mode only (the tiny sizes)."""
+    tiny = list(overrides)
+
+    def prepare(ctx: Context) -> None:
+        ctx.data["common"] = tiny if ctx.smoke else []
+
+    return prepare
 
 
 @dataclass
@@ -149,6 +167,7 @@ class Benchmark:
     prepare: Callable[[Context], None] | None = None
     once: Callable[[Context], dict[str, Any]] | None = None
     options: Callable[[argparse.ArgumentParser], None] | None = None
+    draw: Callable[[Results, argparse.Namespace], None] | None = None  # figures, from the stored results
 
     def parser(self) -> argparse.ArgumentParser:
         """The common options plus the script's own."""
@@ -159,6 +178,7 @@ class Benchmark:
 
     def main(self, argv: list[str] | None = None) -> Results:
         """Parse the options, run (or, with ``--from-results``, only read) and publish the section."""
+        commit = git_commit()  # now, while the code that runs is the code on disk
         p = self.parser()
         args = p.parse_args(argv)
         smoke_defaults(args, self.smoke_rounds)
@@ -168,12 +188,16 @@ class Benchmark:
                 ctx = Context(args, Path(tmp))
                 if self.prepare is not None:
                     self.prepare(ctx)
-                self._loop(p, args, ctx, path)
+                self._loop(p, args, ctx, path, commit)
         stored = load(path)
+        if self.draw is not None:
+            self.draw(stored, args)
         publish_stored(stored, self.render, args)
         return stored
 
-    def _loop(self, p: argparse.ArgumentParser, args: argparse.Namespace, ctx: Context, path: Path) -> None:
+    def _loop(
+        self, p: argparse.ArgumentParser, args: argparse.Namespace, ctx: Context, path: Path, commit: str
+    ) -> None:
         rows = self.rows(args)
         old = load(path) if args.resume and path.is_file() else None
         stored = new_results(self.section, self.script, p, args, old)
@@ -185,7 +209,7 @@ class Benchmark:
         ]
         done = {(r["row"], r["seed"], tuple(r["overrides"])) for r in stored["runs"]}
         todo = [(row, seed) for row, seed in units if (row.name, seed, row.overrides) not in done]
-        session = start_session()
+        session = start_session(commit)
         if self.once is not None and ("once" not in stored or not args.resume):
             stored["once"] = self.once(ctx)
         if args.jobs > 1 and len(todo) > 1:
@@ -216,7 +240,14 @@ def record(stored: Results, row: Row, seed: int, numbers: dict[str, Any], wall: 
     """Add one run's numbers (replacing an older run of the same row and seed) and save the file."""
     stored["runs"] = [r for r in stored["runs"] if (r["row"], r["seed"]) != (row.name, seed)]
     stored["runs"].append(
-        {"row": row.name, "seed": seed, "overrides": list(row.overrides), "wall_s": wall, "numbers": numbers}
+        {
+            "row": row.name,
+            "seed": seed,
+            "overrides": list(row.overrides),
+            "params": row.params,
+            "wall_s": wall,
+            "numbers": numbers,
+        }
     )
     print(f"{row.name} seed {seed}: {wall:.0f} s", flush=True)
     save(stored, path)
@@ -319,11 +350,11 @@ def new_results(
     return old
 
 
-def start_session() -> dict[str, Any]:
+def start_session(commit: str) -> dict[str, Any]:
     """When, where and at which load a measurement starts (closed by :func:`store`)."""
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _commit(),
+        "commit": commit,
         "cores": os.cpu_count(),
         "load_before": round(os.getloadavg()[0], 2),
         "_wall0": time.perf_counter(),
@@ -331,7 +362,8 @@ def start_session() -> dict[str, Any]:
     }
 
 
-def _commit() -> str:
+def git_commit() -> str:
+    """The checked-out commit, marked when the code (``src``, the scripts) differs from it."""
     try:
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],

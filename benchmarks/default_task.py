@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 
 from _common import mean_std as _ms
-from _harness import Benchmark, Context, Results, Row, by_row, provenance, seeds_of
+from _harness import Benchmark, Results, Row, by_row, provenance, seeds_of, smoke_prepare
 
 ALGORITHMS = ("fedavg", "local", "centralized")
 KEYS = ("group/image", "group/text", "group/image+text", "overall")
@@ -31,10 +31,6 @@ SMOKE = [
 def rows(args: argparse.Namespace) -> list[Row]:
     """One row per algorithm, all on the default config."""
     return [Row(name, (f"algorithm.name={name}",)) for name in ALGORITHMS]
-
-
-def prepare(ctx: Context) -> None:
-    ctx.data["common"] = SMOKE if ctx.smoke else []
 
 
 def render(stored: Results) -> str:
@@ -61,7 +57,13 @@ def render(stored: Results) -> str:
 
 
 BENCH = Benchmark(
-    "default-task", __doc__, "benchmarks/default_task.py", rows, render, rounds=20, prepare=prepare
+    "default-task",
+    __doc__,
+    "benchmarks/default_task.py",
+    rows,
+    render,
+    rounds=20,
+    prepare=smoke_prepare(SMOKE),
 )
 
 if __name__ == "__main__":

@@ -264,6 +264,14 @@ def smoke_command(task: str, algorithm: str, seeds: list[int]) -> str:
     return f"python benchmarks/matrix.py --smoke --tasks {task} --algorithms {algorithm}"
 
 
+def stored_section(rows_csv: Path = ROWS_CSV, figures: Path = FIGURES, output: Path = BENCHMARKS_MD) -> str:
+    """The published section from the committed rows alone (the figures already drawn in ``figures``)."""
+    labels = {n: t.label for n, t in TASKS.items()}
+    paths = {k: figures / name for k, name in report.FIGURES.items()}
+    planned = {n: t.algorithms for n, t in TASKS.items()}
+    return report.section(report.read_rows(rows_csv), labels, paths, output.parent, planned, row_command)
+
+
 def _smoke_paths(args: argparse.Namespace) -> None:
     """Smoke runs never write the published files: outputs left at their defaults go to a temp folder."""
     scratch = Path(tempfile.mkdtemp(prefix="matrix-smoke-"))
