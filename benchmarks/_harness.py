@@ -31,6 +31,7 @@ import os
 import re
 import resource
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -40,12 +41,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import BENCHMARKS_MD, ROOT, SHARED, publish
+import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+SHARED = ROOT.parent / "shared"  # the real data sets: ../shared/datasets beside the project, or --shared
 RESULTS = ROOT / "benchmarks" / "results"
+# The tiny synthetic image+text task of smoke runs: every code path in seconds, numbers meaningless.
+TINY = [
+    "task.options.n_samples=300",
+    "task.proxy_size=20",
+    "task.labelled_size=20",
+    "model.embed_dim=16",
+    "model.text_hidden=16",
+]
 Results = dict[str, Any]
 # options that say where things go or how fast they run, never what is measured: left out of the command
-_NOT_IN_COMMAND = {"output", "results", "from_results", "resume", "jobs", "note", "shared", "workdir"}
+_NOT_IN_COMMAND = {"output", "results", "from_results", "resume", "jobs", "note", "shared", "timeout"}
 
 
 @dataclass(frozen=True)
@@ -77,8 +89,10 @@ class Context:
         from fedmosaic import build_task
 
         tree = cfg.to_toml_dict()
-        tree.pop("algorithm", None)
-        tree.pop("compare", None)
+        for block in ("algorithm", "compare", "output"):  # what runs on the data, not the data
+            tree.pop(block, None)
+        for key in ("workers", "progress", "eval_every"):
+            tree.get("engine", {}).pop(key, None)
         key = (json.dumps(tree, sort_keys=True, default=str),)
         if key not in self._tasks:
             self._tasks.clear()  # one task alive at a time: seeds are the outer loop
@@ -180,15 +194,21 @@ class Benchmark:
         """Parse the options, run (or, with ``--from-results``, only read) and publish the section."""
         commit = git_commit()  # now, while the code that runs is the code on disk
         p = self.parser()
-        args = p.parse_args(argv)
-        smoke_defaults(args, self.smoke_rounds)
+        return self.execute(p, p.parse_args(argv), commit)
+
+    def execute(self, p: argparse.ArgumentParser, args: argparse.Namespace, commit: str) -> Results:
+        """Run the rows x seeds (unless ``--from-results``), then publish from the stored results.
+
+        ``p`` parsed ``args``: a script with two sections parses once and executes each."""
+        smoke_defaults(args, self.smoke_rounds if self.rounds is not None else None)
         path = results_path(args, self.section)
         if not args.from_results:
+            session = start_session(commit)  # the data preparation is part of the cost
             with tempfile.TemporaryDirectory() as tmp:
                 ctx = Context(args, Path(tmp))
                 if self.prepare is not None:
                     self.prepare(ctx)
-                self._loop(p, args, ctx, path, commit)
+                self._loop(p, args, ctx, path, session)
         stored = load(path)
         if self.draw is not None:
             self.draw(stored, args)
@@ -196,7 +216,12 @@ class Benchmark:
         return stored
 
     def _loop(
-        self, p: argparse.ArgumentParser, args: argparse.Namespace, ctx: Context, path: Path, commit: str
+        self,
+        p: argparse.ArgumentParser,
+        args: argparse.Namespace,
+        ctx: Context,
+        path: Path,
+        session: dict[str, Any],
     ) -> None:
         rows = self.rows(args)
         old = load(path) if args.resume and path.is_file() else None
@@ -209,7 +234,6 @@ class Benchmark:
         ]
         done = {(r["row"], r["seed"], tuple(r["overrides"])) for r in stored["runs"]}
         todo = [(row, seed) for row, seed in units if (row.name, seed, row.overrides) not in done]
-        session = start_session(commit)
         if self.once is not None and ("once" not in stored or not args.resume):
             stored["once"] = self.once(ctx)
         if args.jobs > 1 and len(todo) > 1:
@@ -254,11 +278,13 @@ def record(stored: Results, row: Row, seed: int, numbers: dict[str, Any], wall: 
 
 
 def parser(
-    doc: str, *, seeds: Iterable[int] = (0, 1, 2), rounds: int | None = None
+    doc: str, *, seeds: Iterable[int] | None = (0, 1, 2), rounds: int | None = None, loop: bool = True
 ) -> argparse.ArgumentParser:
-    """The options every benchmark script takes (``doc``: the script's docstring)."""
+    """The options every benchmark script takes (``doc``: the script's docstring). ``seeds=None``: the
+    script has no seeds; ``loop=False``: it runs its own loop (no ``--resume``, ``--jobs``)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    if seeds is not None:
+        p.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
     if rounds is not None:
         p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one seed; prints, publishes nothing")
@@ -269,17 +295,47 @@ def parser(
     p.add_argument(
         "--from-results", action="store_true", help="run nothing: write the section from the stored results"
     )
-    p.add_argument("--resume", action="store_true", help="keep the stored runs; run only the missing ones")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    if loop:
+        p.add_argument(
+            "--resume", action="store_true", help="keep the stored runs; run only the missing ones"
+        )
+        p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     p.add_argument("--note", default="", help="a sentence stored with the results and shown in the section")
     p.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
     return p
 
 
+def standalone(
+    section: str,
+    script: str,
+    p: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    measure: Callable[[], dict[str, Any]],
+    render: Callable[[Results], str],
+    smoke_rounds: int | None = None,
+) -> Results:
+    """For a script with a loop of its own: ``measure()`` gives all its numbers, stored as one run
+    (unless ``--from-results``), then the section is published from the stored results."""
+    commit = git_commit()
+    smoke_defaults(args, smoke_rounds)
+    path = results_path(args, section)
+    if not args.from_results:
+        session = start_session(commit)
+        stored = new_results(section, script, p, args)
+        start = time.perf_counter()
+        numbers = measure()
+        record(stored, Row(section), 0, numbers, time.perf_counter() - start, path)
+        store(stored, path, session)
+    stored = load(path)
+    publish_stored(stored, render, args)
+    return stored
+
+
 def smoke_defaults(args: argparse.Namespace, smoke_rounds: int | None = None) -> None:
     """Smoke mode: one seed, few rounds, results in a temporary folder unless ``--results`` names one."""
     if args.smoke:
-        args.seeds = args.seeds[:1]
+        if getattr(args, "seeds", None) is not None:
+            args.seeds = args.seeds[:1]
         if smoke_rounds is not None and getattr(args, "rounds", None) is not None:
             args.rounds = smoke_rounds
         if args.results is None:
@@ -300,10 +356,8 @@ def command(script: str, p: argparse.ArgumentParser, args: argparse.Namespace) -
         if dest in _NOT_IN_COMMAND or not action.option_strings or dest == "help":
             continue
         value = getattr(args, dest, None)
-        if dest == "seeds" and args.smoke:
-            continue  # smoke picks its own seed
-        if dest == "rounds" and args.smoke:
-            continue
+        if dest in ("seeds", "rounds") and args.smoke:
+            continue  # smoke picks its own
         if value == action.default:
             continue
         flag = action.option_strings[-1]
@@ -463,3 +517,46 @@ def section_text(path: Path, name: str) -> str | None:
         re.escape(f"<!-- {name}:begin -->\n") + "(.*?)" + re.escape(f"\n<!-- {name}:end -->"), text, re.S
     )
     return None if found is None else found.group(1)
+
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    """``mean ± std`` over seeds (population std; one seed gives ± 0)."""
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def write_section(path: Path, name: str, section: str) -> None:
+    """Replace (or append) the text between ``<!-- name:begin -->`` and ``<!-- name:end -->``.
+
+    ``section`` is the body; the markers are added here so that each script owns exactly its part.
+    """
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{section.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def publish(section: str, output: Path, name: str, smoke: bool) -> None:
+    """Print a script's section; outside smoke mode also write it into its part of ``output``.
+
+    Smoke runs only prove that a script still works: they never overwrite published numbers.
+    """
+    print(section, flush=True)
+    if not smoke:
+        write_section(output, name, section)
+
+
+def unpack_hapt(shared: Path, dest: Path) -> Path:
+    """Unpack the shipped HAPT archive into ``dest`` (once) and return its ``HAPT`` folder."""
+    target = dest / "HAPT"
+    if not (target / "RawData" / "labels.txt").is_file():
+        archive = shared / "datasets" / "uci-hapt" / "HAPT-RawData.tar.xz"
+        if not archive.is_file():
+            raise SystemExit(f"{archive} not found: pass --shared PATH (the folder holding datasets/)")
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    return target

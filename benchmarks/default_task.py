@@ -14,18 +14,10 @@ import argparse
 
 import numpy as np
 
-from _common import mean_std as _ms
-from _harness import Benchmark, Results, Row, by_row, provenance, seeds_of, smoke_prepare
+from _harness import TINY, Benchmark, Results, Row, by_row, mean_std, provenance, seeds_of, smoke_prepare
 
 ALGORITHMS = ("fedavg", "local", "centralized")
 KEYS = ("group/image", "group/text", "group/image+text", "overall")
-SMOKE = [
-    "task.options.n_samples=300",
-    "task.proxy_size=20",
-    "task.labelled_size=20",
-    "model.embed_dim=16",
-    "model.text_hidden=16",
-]
 
 
 def rows(args: argparse.Namespace) -> list[Row]:
@@ -46,10 +38,10 @@ def render(stored: Results) -> str:
         "|---|" + "---:|" * (len(KEYS) + 4),
     ]
     for name, summaries in results.items():
-        acc = [_ms([s["final"][k]["accuracy"] for s in summaries]) for k in KEYS]
-        f1 = _ms([s["final"]["overall"]["macro_f1"] for s in summaries])
+        acc = [mean_std([s["final"][k]["accuracy"] for s in summaries]) for k in KEYS]
+        f1 = mean_std([s["final"]["overall"]["macro_f1"] for s in summaries])
         mb = np.mean([(s["bytes_up"] + s["bytes_down"]) / s["rounds"] / 1e6 for s in summaries])
-        sec = _ms([s["seconds_per_round"] for s in summaries])
+        sec = mean_std([s["seconds_per_round"] for s in summaries])
         mem = np.mean([s["peak_rss_mb"] for s in summaries])
         lines.append(f"| {name} | " + " | ".join(acc) + f" | {f1} | {mb:.2f} | {sec} | {mem:.0f} |")
     lines += ["", "Majority-class accuracy on this task is about 1/12 = 0.083 (balanced classes).", ""]
@@ -63,7 +55,7 @@ BENCH = Benchmark(
     rows,
     render,
     rounds=20,
-    prepare=smoke_prepare(SMOKE),
+    prepare=smoke_prepare(TINY),
 )
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ import argparse
 
 import numpy as np
 
-from _common import mean_std
-from _harness import Benchmark, Context, Results, Row, federation_run, provenance, seeds_of
+from _harness import Benchmark, Context, Results, Row, federation_run, mean_std, provenance, seeds_of
 
 # smoke: every code path (infiltration starts in round 2), at a fraction of the cost
 SMOKE = ["training.local_epochs=1", "clients.per_round=4", "model.embed_dim=16", "model.text_hidden=16"]

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import mean_std as _ms
-from _harness import Benchmark, Context, Results, Row, federation_run, provenance
+from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std, provenance
 
 MAIN = ("local", "fedavg", "gvf")
 # Each ablation switches one part of gvf's defaults (alignment and the proxy-label extension are off
@@ -46,14 +45,11 @@ ABLATIONS = {
     # measure what keeping them private costs.
     "diagnostic: encoders shared too": ["algorithm.name=gvf-shared-encoders"],
 }
-SMOKE = [
-    "task.options.n_samples=300",
-    "task.proxy_size=20",
-    "task.labelled_size=20",
-    "model.embed_dim=16",
-    "model.text_hidden=16",
-    "algorithm.dim=16",
-]
+
+
+def smoke(algorithm: str) -> list[str]:
+    """The tiny sizes; gvf's own width only for gvf's rows (a baseline's algorithm block has no ``dim``)."""
+    return [*TINY, *(["algorithm.dim=16"] if algorithm.startswith("gvf") else [])]
 
 
 def datasets(shared: Path, smoke: bool) -> dict[str, list[str]]:
@@ -85,7 +81,7 @@ def measure(row: Row, seed: int, ctx: Context) -> dict:
     """One run of a row on its task, evaluated after the last round only."""
     rounds = ctx.args.rounds
     task = datasets(ctx.args.shared, ctx.smoke)[row.params["task"]]
-    tiny = SMOKE if ctx.smoke else []
+    tiny = smoke(row.overrides[0].removeprefix("algorithm.name=")) if ctx.smoke else []
     return federation_run(
         [*task, f"rounds={rounds}", f"engine.eval_every={rounds}", *tiny, f"seed={seed}", *row.overrides], ctx
     )
@@ -117,9 +113,9 @@ def table(name: str, results: dict[str, list[dict]]) -> list[str]:
     for row, summaries in results.items():
         cells = []
         for g in groups:
-            cells.append(_ms([s["final"][f"group/{g}"]["accuracy"] for s in summaries]))
-            cells.append(_ms([s["final"][f"group/{g}"]["macro_f1"] for s in summaries]))
-        overall = _ms([s["final"]["overall"]["accuracy"] for s in summaries])
+            cells.append(mean_std([s["final"][f"group/{g}"]["accuracy"] for s in summaries]))
+            cells.append(mean_std([s["final"][f"group/{g}"]["macro_f1"] for s in summaries]))
+        overall = mean_std([s["final"]["overall"]["accuracy"] for s in summaries])
         sec = np.mean([s["seconds_per_round"] for s in summaries])
         mb = np.mean([(s["bytes_up"] + s["bytes_down"]) / s["rounds"] / 1e6 for s in summaries])
         lines.append(

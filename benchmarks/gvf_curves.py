@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT
-from _common import mean_std as _ms
-from _harness import Benchmark, Context, Results, Row, federation_run, provenance
-from gvf import SMOKE, datasets
+from _harness import ROOT, Benchmark, Context, Results, Row, federation_run, mean_std, provenance
+from gvf import datasets, smoke
 
 METHODS = ("local", "fedavg", "gvf")
 FIGURE = ROOT / "benchmarks" / "figures" / "gvf_curves.png"
@@ -44,7 +42,12 @@ def measure(row: Row, seed: int, ctx: Context) -> dict:
     """Group -> [round, accuracy] at every evaluated round, and the run's summary numbers."""
     every = 1 if ctx.smoke else ctx.args.every
     task = datasets(ctx.args.shared, ctx.smoke)[row.params["task"]]
-    sets = [*task, f"rounds={ctx.args.rounds}", f"engine.eval_every={every}", *(SMOKE if ctx.smoke else [])]
+    sets = [
+        *task,
+        f"rounds={ctx.args.rounds}",
+        f"engine.eval_every={every}",
+        *(smoke(row.params["method"]) if ctx.smoke else []),
+    ]
     summary = federation_run([*sets, f"seed={seed}", *row.overrides], ctx, keep_rows=True)
     curves: Curves = {}
     for result in summary.pop("rows"):
@@ -122,7 +125,7 @@ def table(task: str, runs: dict[str, list[Curves]]) -> list[str]:
             mean = acc.mean(0)
             best = int(mean.argmax())
             gap = "" if method == "gvf" else f"{100 * (gvf_acc[:, -1].mean() - acc[:, -1].mean()):+.1f}"
-            final, peak = _ms(list(acc[:, -1])), f"{mean[best]:.3f} ({rounds[best]})"
+            final, peak = mean_std(list(acc[:, -1])), f"{mean[best]:.3f} ({rounds[best]})"
             lines.append(f"| {group} | {method} | {final} | {peak} | {gap} |")
     return lines
 

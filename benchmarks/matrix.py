@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import matrix_report as report
-from _common import BENCHMARKS_MD, ROOT, SHARED, unpack_hapt, write_section
+from _harness import BENCHMARKS_MD, ROOT, SHARED, unpack_hapt, write_section
 
 SECTION = "matrix"
 RESULTS = ROOT / "benchmarks" / "results" / "matrix"

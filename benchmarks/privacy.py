@@ -17,19 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, mean_std
-from _harness import Benchmark, Results, Row, by_row, provenance, seeds_of, smoke_prepare
+from _harness import (
+    ROOT,
+    TINY,
+    Benchmark,
+    Results,
+    Row,
+    by_row,
+    mean_std,
+    provenance,
+    seeds_of,
+    smoke_prepare,
+)
 
 CLIP = 1.0
 DELTA = 1e-5
 NOISE = (0.001, 0.003, 0.01, 0.03, 0.1)  # None = no DP is always run first
-SMOKE = [
-    "task.options.n_samples=300",
-    "task.proxy_size=20",
-    "task.labelled_size=20",
-    "model.embed_dim=16",
-    "model.text_hidden=16",
-]
 FIGURE = ROOT / "benchmarks" / "figures" / "privacy.png"
 
 
@@ -147,7 +150,7 @@ BENCH = Benchmark(
     rows,
     render,
     rounds=20,
-    prepare=smoke_prepare(SMOKE),
+    prepare=smoke_prepare(TINY),
     options=options,
     draw=plot,
 )

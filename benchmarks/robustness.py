@@ -26,8 +26,7 @@ import argparse
 
 import numpy as np
 
-from _common import mean_std as _ms
-from _harness import Benchmark, Context, Results, Row, federation_run, provenance, seeds_of
+from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std, provenance, seeds_of
 from fedmosaic.engines.faults import Attack
 
 FRACTIONS = (0.1, 0.2, 0.3)
@@ -57,13 +56,6 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
         "norm_1e6",
     ),
 }
-SMOKE = [
-    "task.options.n_samples=400",
-    "task.proxy_size=40",
-    "task.labelled_size=40",
-    "model.embed_dim=16",
-    "model.text_hidden=16",
-]
 ATTACK = Attack("signflip", 10.0)
 
 
@@ -92,7 +84,7 @@ def measure(row: Row, seed: int, ctx: Context) -> dict:
 
     attack, fraction = row.params["attack"], row.params["fraction"]
     base = [f"rounds={ctx.args.rounds}", "engine.threads=1", "algorithm.name=fedavg"]
-    overrides = [*base, *(SMOKE if ctx.smoke else []), f"seed={seed}", *row.overrides]
+    overrides = [*base, *(TINY if ctx.smoke else []), f"seed={seed}", *row.overrides]
     task = ctx.task(load_config(None, overrides))  # the one federation_run trains on
     bad = poisoned_clients([s.id for s in task.specs], fraction, seed)
     wrappers = []
@@ -137,7 +129,7 @@ def render(stored: Results) -> str:
         "over all rounds and seeds (poisoned ones / all; poisoned replies sent per cell = poisoned clients "
         f"x {rounds} rounds x {len(seeds)} seeds). Command: `{stored['command']}`.",
         "",
-        f"Clean run (no poisoned client, weighted mean): accuracy {_ms([r['acc'] for r in clean])}.",
+        f"Clean run (no poisoned client, weighted mean): accuracy {mean_std([r['acc'] for r in clean])}.",
         "",
         f"| rule | {header} |",
         "|---|" + "---:|---:|" * len(fractions),
@@ -152,7 +144,7 @@ def render(stored: Results) -> str:
             rej = sum(r["rejected"] for r in cell)
             rej_bad = sum(r["rejected_poisoned"] for r in cell)
             sent = sum(r["replies_poisoned"] for r in cell)
-            cells.append(f"{_ms([r['acc'] for r in cell])} | {rej_bad}/{sent} poisoned, {rej} in all")
+            cells.append(f"{mean_std([r['acc'] for r in cell])} | {rej_bad}/{sent} poisoned, {rej} in all")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", provenance(stored)])
 

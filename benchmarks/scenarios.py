@@ -23,8 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import mean_std, unpack_hapt
-from _harness import Benchmark, Context, Results, Row, federation_run, provenance, seeds_of
+from _harness import (
+    Benchmark,
+    Context,
+    Results,
+    Row,
+    federation_run,
+    mean_std,
+    provenance,
+    seeds_of,
+    unpack_hapt,
+)
 
 ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "moon")
 RATES = (0.1, 0.3, 0.5)
@@ -255,7 +264,7 @@ def table(
 ) -> str:
     """The section's tables and text, ``results`` per setting: one dict per seed (``_seed``, ``_cpu_s``
     and each column's summary)."""
-    # any algorithm's summary describes the task (a --variant pass has no fedavg run)
+    # any algorithm's summary describes the task (an --only or stopped run may lack a column)
     first = next(v for runs in results.values() for r in runs for k, v in r.items() if not k.startswith("_"))
     present = {k for runs in results.values() for r in runs for k in r}
     columns = [*ALGORITHMS, *(v for v in VARIANTS if v in present)]

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import mean_std, unpack_hapt
-from _harness import Benchmark, Context, Results, Row, by_row, provenance, seeds_of
+from _harness import Benchmark, Context, Results, Row, by_row, mean_std, provenance, seeds_of, unpack_hapt
 
 SETTINGS = {"acc+gyro at every client": [], "modality drop rate 0.5": ["clients.drop_rate=0.5"]}
 SUBSETS = ("test/acc+gyro", "test/acc", "test/gyro")

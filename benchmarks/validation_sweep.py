@@ -48,17 +48,11 @@ NEEDS_ARRAY = {"nan", "inf", "wrong_shape", "wrong_dtype", "missing_array", "nor
 
 def sensor_overrides(folder: Path) -> list[str]:
     """A small mHealth-format task (synthetic logs in the real format) for the autoencoder algorithms."""
-    from fedmekt import write_mhealth_like  # benchmarks/fedmekt.py's writer of mHealth-format logs
+    from fedmekt import mhealth_overrides, write_mhealth_like  # benchmarks/fedmekt.py's mHealth files
 
-    data = write_mhealth_like(folder, scale=0.05)
     return [
         "rounds=1",
-        "compare=[]",
-        "engine.progress=false",
-        "output.plots=false",
-        "task.dataset=mhealth",
-        f"task.data_dir={data}",
-        'task.options.modalities=["acc", "gyro"]',
+        *mhealth_overrides(write_mhealth_like(folder, scale=0.05)),
         "task.options.window=32",
         "task.partition=iid",
         "task.proxy_size=40",

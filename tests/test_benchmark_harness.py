@@ -17,7 +17,7 @@ from benchmark_runs import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _harness as harness
-from _common import mean_std
+from _harness import mean_std
 
 STORED = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
 
@@ -157,3 +157,12 @@ def test_provenance_sums_sessions_and_keeps_notes() -> None:
         "Measured 2026-12-01 to 2026-12-02 at commit abc in 2 sessions: 150 s wall, 120 CPU s"
     )
     assert "load average 0.5 to 3 on 2 cores" in text and text.endswith("\n\nSplit over two days.")
+
+
+def test_jobs_give_the_same_results_in_row_order(tmp_path: Path) -> None:
+    one = _main(tmp_path / "one", "--seeds", "0", "1")
+    two = _main(tmp_path / "two", "--seeds", "0", "1", "--jobs", "2")
+    assert [(r["row"], r["seed"], r["numbers"]) for r in two["runs"]] == [
+        (r["row"], r["seed"], r["numbers"]) for r in one["runs"]
+    ]
+    assert two["command"] == one["command"]  # how many processes ran it changes no number
