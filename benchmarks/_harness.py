@@ -469,9 +469,14 @@ def load(path: Path) -> Results:
     return json.loads(path.read_text())
 
 
+def rendered(stored: Results, render: Callable[[Results], str]) -> str:
+    """The section of the stored results: the script's text, then where and when they were measured."""
+    return "\n\n".join(part for part in (render(stored).strip(), provenance(stored)) if part)
+
+
 def publish_stored(stored: Results, render: Callable[[Results], str], args: argparse.Namespace) -> str:
     """Render the stored results; print the section, and outside smoke mode write it into ``--output``."""
-    section = render(stored)
+    section = rendered(stored, render)
     publish(section, args.output, stored["section"], args.smoke)
     return section
 

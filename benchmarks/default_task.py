@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from _harness import TINY, Benchmark, Results, Row, by_row, mean_std, provenance, seeds_of, smoke_prepare
+from _harness import TINY, Benchmark, Results, Row, by_row, mean_std, seeds_of, smoke_prepare
 
 ALGORITHMS = ("fedavg", "local", "centralized")
 KEYS = ("group/image", "group/text", "group/image+text", "overall")
@@ -45,7 +45,7 @@ def render(stored: Results) -> str:
         mem = np.mean([s["peak_rss_mb"] for s in summaries])
         lines.append(f"| {name} | " + " | ".join(acc) + f" | {f1} | {mb:.2f} | {sec} | {mem:.0f} |")
     lines += ["", "Majority-class accuracy on this task is about 1/12 = 0.083 (balanced classes).", ""]
-    return "\n".join([*lines, provenance(stored)])
+    return "\n".join(lines)
 
 
 BENCH = Benchmark(

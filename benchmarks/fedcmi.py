@@ -25,7 +25,7 @@ import argparse
 
 import numpy as np
 
-from _harness import Benchmark, Context, Results, Row, federation_run, mean_std, provenance, seeds_of
+from _harness import Benchmark, Context, Results, Row, federation_run, mean_std, seeds_of
 
 # smoke: every code path (infiltration starts in round 2), at a fraction of the cost
 SMOKE = ["training.local_epochs=1", "clients.per_round=4", "model.embed_dim=16", "model.text_hidden=16"]
@@ -126,7 +126,7 @@ def render(stored: Results) -> str:
         "over the clients that hold the subset of their own models."
     )
     tables = [table(label, results, seeds, rounds) for label, results in by_task.items()]
-    return "\n\n".join([intro, *tables, provenance(stored)])
+    return "\n\n".join([intro, *tables])
 
 
 BENCH = Benchmark("fedcmi", __doc__, "benchmarks/fedcmi.py", rows, render, measure, rounds=15)

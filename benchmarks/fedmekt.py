@@ -48,7 +48,6 @@ from _harness import (
     cpu_seconds,
     git_commit,
     mean_std,
-    provenance,
     seeds_of,
     unpack_hapt,
 )
@@ -325,7 +324,9 @@ def speed_rows(args: argparse.Namespace) -> list[Row]:
     out = []
     for label in SPEED_RUNS:
         name, _, workers = label.partition(", ")
-        out.append(Row(label, tuple(ALGORITHMS[name]), params={"workers": int(workers.split()[0] or 1)}))
+        out.append(
+            Row(label, tuple(ALGORITHMS[name]), params={"workers": int(workers.split()[0]) if workers else 1})
+        )
     return out
 
 
@@ -366,8 +367,6 @@ def speed_table(stored: Results) -> str:
         f"{wall:.2f} s per round. One worker needs {cpu:.2f} CPU s per round. Wall seconds are only "
         "meaningful on an otherwise idle machine (`uptime` before the run); CPU seconds include the "
         "workers' (a worker's `fit` cannot be split out, hence the dashes).",
-        "",
-        provenance(stored),
     ]
     return "\n".join(lines)
 
@@ -453,7 +452,7 @@ def table(stored: Results) -> str:
     )
     lines += ["", controls_check(results)]
     if "FedMEKT-C" not in results or "mmFedAvg" not in results:
-        return "\n".join([*lines, "", provenance(stored)])
+        return "\n".join(lines)
     c = np.mean([d["median"][s]["weighted_f1"] for d in results["FedMEKT-C"] for s in SUBSETS])
     a = np.mean([d["median"][s]["weighted_f1"] for d in results["mmFedAvg"] for s in SUBSETS])
     cm = np.mean([d["up"] + d["down_steady"] for d in results["FedMEKT-C"]])
@@ -468,8 +467,6 @@ def table(stored: Results) -> str:
         f"modalities sent once to each client) vs mmFedAvg {mb(am)} MB: FedMEKT ships (proxy batch × 128 "
         "steps × (4 + 32)) floats per held modality each way, mmFedAvg the ≈ 10.6k weights of a modality's "
         "encoder and decoder.",
-        "",
-        provenance(stored),
     ]
     return "\n".join(lines)
 

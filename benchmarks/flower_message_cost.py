@@ -31,7 +31,7 @@ import tomli_w
 from flwr.app import RecordDict
 from flwr.common.serde import recorddict_to_proto
 
-from _harness import Benchmark, Context, Results, Row, by_row, provenance
+from _harness import Benchmark, Context, Results, Row, by_row
 from fedmosaic.config import load_config
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
@@ -166,8 +166,6 @@ def render(stored: Results) -> str:
             f"training itself. Machine: 2 CPU cores shared with other jobs (1-min load average "
             f"{m['load'][0]:.1f} before, {m['load'][1]:.1f} after), so wall seconds are inflated; CPU "
             f"seconds much less so.",
-            "",
-            provenance(stored),
         ]
     )
 

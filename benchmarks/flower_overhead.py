@@ -206,6 +206,11 @@ def table(m: dict, command: str) -> str:
     )
 
 
+def render(stored: _harness.Results) -> str:
+    """The section from the stored results."""
+    return table(stored["runs"][0]["numbers"], stored["command"])
+
+
 def main() -> None:
     parser = _harness.parser(__doc__, seeds=None, rounds=3, loop=False)
     parser.add_argument("--nodes", type=int, default=3)
@@ -225,9 +230,6 @@ def main() -> None:
             return measure(
                 overrides, args.nodes, Path(tmp), args.timeout, not args.no_worker, not args.no_fast_poll
             )
-
-    def render(stored: _harness.Results) -> str:
-        return table(stored["runs"][0]["numbers"], stored["command"])
 
     _harness.standalone(SECTION, "benchmarks/flower_overhead.py", parser, args, run, render, smoke_rounds=2)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std, provenance
+from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std
 
 MAIN = ("local", "fedavg", "gvf")
 # Each ablation switches one part of gvf's defaults (alignment and the proxy-label extension are off
@@ -158,7 +158,7 @@ def render(stored: Results) -> str:
     ]
     for name, results in by_task.items():
         lines += [*table(name, results), ""]
-    return "\n".join([*lines, provenance(stored)])
+    return "\n".join(lines)
 
 
 BENCH = Benchmark(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _harness import ROOT, Benchmark, Context, Results, Row, federation_run, mean_std, provenance
+from _harness import ROOT, Benchmark, Context, Results, Row, federation_run, mean_std
 from gvf import datasets, smoke
 
 METHODS = ("local", "fedavg", "gvf")
@@ -147,7 +147,7 @@ def render(stored: Results) -> str:
     ]
     for task, runs in by_task(stored).items():
         lines += [*table(task, runs), ""]
-    return "\n".join([*lines, provenance(stored)])
+    return "\n".join(lines)
 
 
 BENCH = Benchmark(

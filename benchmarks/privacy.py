@@ -25,7 +25,6 @@ from _harness import (
     Row,
     by_row,
     mean_std,
-    provenance,
     seeds_of,
     smoke_prepare,
 )
@@ -137,8 +136,6 @@ def render(stored: Results) -> str:
         "s / round is wall time and includes whatever else shared the 2 cores during the run.",
         "",
         f"![accuracy against epsilon]({FIGURE.relative_to(ROOT).as_posix()})",
-        "",
-        provenance(stored),
     ]
     return "\n".join(lines)
 

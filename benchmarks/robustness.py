@@ -26,7 +26,7 @@ import argparse
 
 import numpy as np
 
-from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std, provenance, seeds_of
+from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std, seeds_of
 from fedmosaic.engines.faults import Attack
 
 FRACTIONS = (0.1, 0.2, 0.3)
@@ -146,7 +146,7 @@ def render(stored: Results) -> str:
             sent = sum(r["replies_poisoned"] for r in cell)
             cells.append(f"{mean_std([r['acc'] for r in cell])} | {rej_bad}/{sent} poisoned, {rej} in all")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", provenance(stored)])
+    return "\n".join(lines)
 
 
 BENCH = Benchmark(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from _harness import Benchmark, Context, Results, Row, by_row, mean_std, provenance, seeds_of
+from _harness import Benchmark, Context, Results, Row, by_row, mean_std, seeds_of
 
 PER_ROUND = 10
 SAMPLES_PER_CLIENT = 30  # 27 training + 3 validation samples at val_fraction 0.1
@@ -231,8 +231,6 @@ def render(stored: Results) -> str:
         "CPU seconds are the contention-free figure (the machine is shared with other jobs, which "
         "inflates wall time). Task setup is generating the data (it grows with the clients: "
         f"{SAMPLES_PER_CLIENT} samples each) and assembling the task.",
-        "",
-        provenance(stored),
     ]
     return "\n".join(lines)
 

@@ -30,7 +30,6 @@ from _harness import (
     Row,
     federation_run,
     mean_std,
-    provenance,
     seeds_of,
     unpack_hapt,
 )
@@ -249,7 +248,7 @@ def render(stored: Results) -> str:
         stored["command"],
         once["defaults"],
     )
-    return "\n\n".join([text, provenance(stored)])
+    return text
 
 
 def table(

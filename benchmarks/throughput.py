@@ -393,6 +393,12 @@ def section(results: list[dict[str, Any]], command: str, load: str) -> str:
     return "\n".join(lines)
 
 
+def render(stored: _harness.Results) -> str:
+    """The section from the stored results."""
+    numbers = stored["runs"][0]["numbers"]
+    return section(numbers["results"], stored["command"], numbers["load"])
+
+
 def main() -> None:
     parser = _harness.parser(__doc__, seeds=None, rounds=5, loop=False)
     args = parser.parse_args()
@@ -411,10 +417,6 @@ def main() -> None:
                 )
             )
         return {"results": results, "load": load}
-
-    def render(stored: _harness.Results) -> str:
-        numbers = stored["runs"][0]["numbers"]
-        return section(numbers["results"], stored["command"], numbers["load"])
 
     _harness.standalone(SECTION, "benchmarks/throughput.py", parser, args, measure, render, smoke_rounds=1)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _harness import Benchmark, Context, Results, Row, by_row, mean_std, provenance, seeds_of, unpack_hapt
+from _harness import Benchmark, Context, Results, Row, by_row, mean_std, seeds_of, unpack_hapt
 
 SETTINGS = {"acc+gyro at every client": [], "modality drop rate 0.5": ["clients.drop_rate=0.5"]}
 SUBSETS = ("test/acc+gyro", "test/acc", "test/gyro")
@@ -88,8 +88,6 @@ def render(stored: Results) -> str:
         "Conv+GRU model with attention fusion and a Dirichlet(α = 5.0) split of the training windows "
         "over clients; we cut windows from the raw HAPT recordings, use a small 1-D CNN per sensor "
         "with mean fusion, and one client per user (a natural, user-skewed split).",
-        "",
-        provenance(stored),
     ]
     return "\n".join(lines)
 

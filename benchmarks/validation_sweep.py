@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _harness import Benchmark, Context, Results, Row, by_row, provenance
+from _harness import Benchmark, Context, Results, Row, by_row
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import load_config
 from fedmosaic.core.algorithm import ServerData
@@ -151,8 +151,6 @@ def render(stored: Results) -> str:
         f"Total: {total_caught} of {total_tried} bad replies caught; by kind: "
         + ", ".join(f"{k} {c}/{t}" for k, (c, t) in by_kind.items())
         + ".",
-        "",
-        provenance(stored),
     ]
     return "\n".join(lines)
 
