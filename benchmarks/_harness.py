@@ -17,10 +17,18 @@ owns everything else, so that it is written once:
 * publishing: the section is *always* rendered from the results file read back from disk, so
   ``--from-results`` (render only, nothing run) gives the published section byte for byte, and a
   render that reads anything but the stored results (the clock, the machine) shows up at once.
-  Smoke mode (tiny sizes, one seed) stores into a temporary folder and only prints.
+  The harness ends every section with when, at which commit and at which machine load its numbers
+  were measured and what they cost (:func:`provenance`), so no script writes that by hand. Figures
+  are drawn from the stored results too (``draw``). Smoke mode (tiny sizes, one seed) stores into a
+  temporary folder and only prints.
+
+Why one harness: the scripts had grown thirteen copies of the option parsing, seed loop, smoke switch
+and command-line reconstruction, and each stored its runs its own way (``--keep``, ``--cache``,
+``--workdir``) or not at all, so most sections could not be regenerated without rerunning them.
 
 A script whose loop is not rows x seeds of runs (the Flower processes, the throughput comparison)
-uses :func:`parser`, :func:`store` and :func:`publish_stored` around its own loop.
+uses :func:`parser` and :func:`standalone` around its own measurement: same options, results file and
+publishing.
 """
 
 from __future__ import annotations
@@ -56,8 +64,9 @@ TINY = [
     "model.text_hidden=16",
 ]
 Results = dict[str, Any]
-# options that say where things go or how fast they run, never what is measured: left out of the command
-_NOT_IN_COMMAND = {"output", "results", "from_results", "resume", "jobs", "note", "shared", "timeout"}
+# options that say how it runs, never what is measured: left out of the command and the stored options
+# (as is every path: where the data is read and the outputs go)
+_NOT_IN_COMMAND = {"from_results", "resume", "jobs", "note", "timeout"}
 
 
 @dataclass(frozen=True)
@@ -102,12 +111,7 @@ class Context:
     def folder(self, *parts: object) -> Path:
         """A fresh run folder under the scratch folder."""
         name = "-".join("".join(c if c.isalnum() else "_" for c in str(p)) for p in parts)
-        path = self.workdir / "runs" / name
-        n = 0
-        while path.exists():
-            n += 1
-            path = path.with_name(f"{name}-{n}")
-        return path
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
 
 
 def cpu_seconds() -> float:
@@ -356,10 +360,8 @@ def command(script: str, p: argparse.ArgumentParser, args: argparse.Namespace) -
         if dest in _NOT_IN_COMMAND or not action.option_strings or dest == "help":
             continue
         value = getattr(args, dest, None)
-        if dest in ("seeds", "rounds") and args.smoke:
-            continue  # smoke picks its own
-        if value == action.default:
-            continue
+        if value == action.default or isinstance(value, Path) or (dest in ("seeds", "rounds") and args.smoke):
+            continue  # smoke picks its own seeds and rounds
         flag = action.option_strings[-1]
         if isinstance(value, bool):
             parts.append(flag)
@@ -383,9 +385,7 @@ def new_results(
     old: Results | None = None,
 ) -> Results:
     """An empty results record (or, with ``--resume``, the stored one) for these options."""
-    options = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in _NOT_IN_COMMAND
-    }
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_IN_COMMAND and not isinstance(v, Path)}
     fresh = {
         "section": section,
         "script": script,
