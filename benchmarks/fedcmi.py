@@ -14,82 +14,54 @@ over seeds; and the paired per-seed difference fedcmi - fedavg. Ablations: fedcm
 class-wise temperatures (T = 1 for every class), and without infiltration (self projectors only).
 Writes the ``fedcmi`` section of BENCHMARKS.md.
 
-    python benchmarks/fedcmi.py            # full: 2 tasks x 3 seeds x 5 variants (see ROUNDS)
+    python benchmarks/fedcmi.py            # full: 2 tasks x 3 seeds x 5 variants (15 rounds)
+    python benchmarks/fedcmi.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/fedcmi.py --smoke    # tiny sizes, 1 seed, prints only (CI)
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, mean_std, publish
-from fedmosaic.config import RunConfig, load_config, validate
-from fedmosaic.data.tasks import build_task
-from fedmosaic.engines.federation import Federation
+from _harness import Benchmark, Context, Results, Row, federation_run, mean_std, seeds_of
 
-SECTION = "fedcmi"
-ROUNDS = 15
 # smoke: every code path (infiltration starts in round 2), at a fraction of the cost
 SMOKE = ["training.local_epochs=1", "clients.per_round=4", "model.embed_dim=16", "model.text_hidden=16"]
 # name -> algorithm block
-VARIANTS: dict[str, dict[str, object]] = {
-    "fedcmi": {"name": "fedcmi"},
-    "fedcmi, no class-wise T": {"name": "fedcmi", "class_temperature": False},
-    "fedcmi, no infiltration": {"name": "fedcmi", "infiltration": False},
-    "fedavg": {"name": "fedavg"},
-    "local": {"name": "local"},
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "fedcmi": ("algorithm.name=fedcmi",),
+    "fedcmi, no class-wise T": ("algorithm.name=fedcmi", "algorithm.class_temperature=false"),
+    "fedcmi, no infiltration": ("algorithm.name=fedcmi", "algorithm.infiltration=false"),
+    "fedavg": ("algorithm.name=fedavg",),
+    "local": ("algorithm.name=local",),
 }
-COMMON = ["engine.progress=false", "compare=[]", "output.plots=false", 'clients.mix="each:2,all:6"']
 
 
-def tasks(shared: Path, smoke: bool) -> dict[str, list[str]]:
-    """Each benchmark task as run-config overrides."""
-    fsdd = [
-        "task.dataset=fsdd-digits",
-        f"task.data_dir={shared / 'datasets' / 'fsdd'}",
-        "task.proxy_size=0",
-        "task.labelled_size=0",
+TASKS = {
+    "fsdd-digits (image+audio)": ("task.dataset=fsdd-digits",),
+    "synthetic, weak image (image+text)": ("task.dataset=synthetic", "task.options.texture_reliability=0.2"),
+}
+
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    """Every variant on every task (a row is ``<task>: <variant>``)."""
+    return [
+        Row(f"{task}: {name}", (*TASKS[task], *algorithm), params={"task": task, "variant": name})
+        for task in TASKS
+        for name, algorithm in VARIANTS.items()
     ]
-    synthetic = [
-        "task.dataset=synthetic",
-        "task.options.n_samples=" + ("200" if smoke else "2000"),
-        "task.options.texture_reliability=0.2",
-        "task.proxy_size=0",
-        "task.labelled_size=0",
-    ]
-    if smoke:
-        fsdd += SMOKE
-        synthetic += SMOKE
-    return {"fsdd-digits (image+audio)": fsdd, "synthetic, weak image (image+text)": synthetic}
 
 
-def variant_config(base: RunConfig, algorithm: dict[str, object]) -> RunConfig:
-    """``base`` with another algorithm block."""
-    tree = base.to_toml_dict()
-    tree["algorithm"] = dict(algorithm)
-    return validate(tree)
-
-
-def run_task(overrides: list[str], seeds: list[int], rounds: int, workdir: Path) -> dict[str, list[dict]]:
-    """Every variant's final evaluation per seed; the task is built once per seed and shared."""
-    out: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for seed in seeds:
-        base = load_config(None, [*COMMON, *overrides, f"seed={seed}", f"rounds={rounds}"])
-        task = build_task(base)
-        for name, algorithm in VARIANTS.items():
-            cfg = variant_config(base, algorithm)
-            folder = workdir / f"seed{seed}" / name.replace(" ", "_").replace(",", "")
-            t0 = time.process_time()
-            summary = Federation.from_config(cfg, task, folder=folder).run()
-            summary["cpu_s"] = time.process_time() - t0
-            out[name].append(summary)
-            print(f"  seed {seed} {name}: {summary['cpu_s']:.0f} s CPU", flush=True)
-    return out
+def measure(row: Row, seed: int, ctx: Context) -> dict:
+    """One variant's run; every variant of a task and seed trains on the same task."""
+    fsdd = "fsdd" in row.params["task"]
+    data = [f"task.data_dir={ctx.args.shared / 'datasets' / 'fsdd'}"] if fsdd else []
+    size = [] if fsdd else ["task.options.n_samples=" + ("200" if ctx.smoke else "2000")]
+    common = ['clients.mix="each:2,all:6"', "task.proxy_size=0", "task.labelled_size=0"]
+    sets = [*common, *data, *size, *(SMOKE if ctx.smoke else []), f"rounds={ctx.args.rounds}"]
+    return federation_run([*sets, f"seed={seed}", *row.overrides], ctx)
 
 
 def modality_names(results: dict[str, list[dict]]) -> tuple[str, str, str]:
@@ -137,40 +109,27 @@ def table(label: str, results: dict[str, list[dict]], seeds: list[int], rounds: 
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one seed; prints only")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    parser.add_argument("--shared", type=Path, default=SHARED, help="folder holding datasets/fsdd")
-    args = parser.parse_args()
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    rounds = 2 if args.smoke else args.rounds
-    sections = []
-    t0 = time.process_time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, overrides) in enumerate(tasks(args.shared, args.smoke).items()):
-            print(label, flush=True)
-            results = run_task(overrides, seeds, rounds, Path(tmp) / f"task{i}")
-            sections.append(table(label, results, seeds, rounds))
-    command = (
-        "python benchmarks/fedcmi.py"
-        + (" --smoke" if args.smoke else "")
-        + ("" if seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, seeds))}")
-    )
-    command += "" if rounds == ROUNDS or args.smoke else f" --rounds {rounds}"
+def render(stored: Results) -> str:
+    """Every task's table under one introduction."""
+    by_task: dict[str, dict[str, list[dict]]] = {}
+    for run in stored["runs"]:
+        task = by_task.setdefault(run["params"]["task"], {})
+        task.setdefault(run["params"]["variant"], []).append(run["numbers"])
+    seeds, rounds = seeds_of(stored), stored["options"]["rounds"]
+    cpu = sum(r["numbers"]["cpu_s"] for r in stored["runs"])
     intro = (
         "## FedCMI vs FedAvg vs local (issue 6)\n\n"
-        f"Command: `{command}` (total CPU {time.process_time() - t0:.0f} s). 10 clients (2 per single "
+        f"Command: `{stored['command']}` (total CPU {cpu:.0f} s of the runs). 10 clients (2 per single "
         "modality, 6 with both), all training every round; default training block (Adam, lr 0.003, "
         "batch 32, 2 local epochs), embed_dim 64, FedCMI defaults (lambda 1, warm-up 1 round, k = 2). "
         "fedavg/fedcmi: the global model on the test set seen through each subset; local: the mean "
         "over the clients that hold the subset of their own models."
     )
-    section = "\n\n".join([intro, *sections])
-    publish(section, args.output, SECTION, args.smoke)
+    tables = [table(label, results, seeds, rounds) for label, results in by_task.items()]
+    return "\n\n".join([intro, *tables])
 
+
+BENCH = Benchmark("fedcmi", __doc__, "benchmarks/fedcmi.py", rows, render, measure, rounds=15)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

@@ -23,6 +23,7 @@ the server's configure + aggregate and the linear evaluation; one run per seed.
 
     python benchmarks/fedmekt.py               # full: speed rows + 4 algorithms x 3 seeds x 20 rounds
     python benchmarks/fedmekt.py --speed-only  # only the speed rows (3 seeds x 5 rounds, a few minutes)
+    python benchmarks/fedmekt.py --from-results   # both sections from benchmarks/results/, no runs
     python benchmarks/fedmekt.py --smoke       # 1 short round, one seed, small speed files; prints only
     python benchmarks/fedmekt.py --no-speed --seeds 3 --mix "acc:5,gyro:5,acc+gyro:20" \
         --algorithms FedMEKT-C mmFedAvg --output /tmp/check.md   # a mix and a seed the table does not use
@@ -31,28 +32,32 @@ the server's configure + aggregate and the linear evaluation; one run per seed.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, mean_std, publish, unpack_hapt
+from _harness import (
+    Benchmark,
+    Context,
+    Results,
+    Row,
+    by_row,
+    cpu_seconds,
+    git_commit,
+    mean_std,
+    seeds_of,
+    unpack_hapt,
+)
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import RunConfig, load_config
 from fedmosaic.core.metrics import classification_metrics
 from fedmosaic.core.stream import UNLABELLED
-from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
 from fedmosaic.models.step_probe import window_scores
 
-SECTION = "fedmekt"
-SPEED_SECTION = "fedmekt-speed"
 ALGORITHMS = {
     "FedMEKT-C": ["algorithm.name=fedmekt", "algorithm.variant=C"],
     # the server_epochs default before issue 18 (4 server steps a round): the evidence for the new one
@@ -110,19 +115,14 @@ def hapt_overrides(data_dir: Path, seed: int, rounds: int, mix: str = MIX) -> li
     ]
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_one(cfg: RunConfig, task, folder: Path) -> dict:
     """Run one configured algorithm on a prepared task; per-round rows plus wall and CPU time."""
     fed = Federation.from_config(cfg, task, folder=folder)
     # CPU of this process plus its finished children (engine.workers > 1 trains clients in forked
     # workers, which the federation joins before run() returns)
-    cpu = time.process_time() + _children_cpu()
+    cpu = cpu_seconds()
     summary = fed.run()
-    cpu = time.process_time() + _children_cpu() - cpu
+    cpu = cpu_seconds() - cpu
     rows = fed.rows()
     return {"summary": summary, "rows": rows, "cpu_per_round": cpu / len(rows)}
 
@@ -169,29 +169,39 @@ def majority_line(task, protocol: str = "reference") -> dict[str, dict[str, floa
     return {"all": classification_metrics(truth, np.full_like(truth, label), task.info.num_classes)}
 
 
-def _hapt_job(
-    args: tuple[Path, int, int, Path, list[str], str, str, str, Path | None],
-) -> tuple[str, int, dict, dict, dict]:
-    """One (seed, algorithm) run in its own process: (label, seed, digest, majority line, sizes)."""
-    data_dir, seed, rounds, workdir, extra, label, mix, protocol, keep = args
+def hapt_rows(args: argparse.Namespace) -> list[Row]:
+    """One row per algorithm (smoke: without the old-default FedMEKT-C row, which adds nothing)."""
+    labels = args.algorithms
+    if args.smoke and labels == list(ALGORITHMS):
+        labels = [a for a in ALGORITHMS if a != "FedMEKT-C, server_epochs=2"]
+    return [Row(label, tuple(ALGORITHMS[label])) for label in labels]
+
+
+def hapt_prepare(ctx: Context) -> None:
+    ctx.data["hapt"] = unpack_hapt(ctx.args.shared, ctx.workdir)
+
+
+def hapt_measure(row: Row, seed: int, ctx: Context) -> dict:
+    """One (algorithm, seed) run: its digest, the majority-class line and the task's sizes."""
     import torch
 
     torch.set_num_threads(1)
-    base = [*hapt_overrides(data_dir, seed, rounds, mix), *extra]
+    args = ctx.args
+    extra = [*(SMOKE if ctx.smoke else []), f"engine.eval_every={args.eval_every}"]
+    base = [*hapt_overrides(ctx.data["hapt"], seed, args.rounds, args.mix), *extra]
     # the protocol is the autoencoder family's; supervised FedAvg is scored by its own head per window
-    chosen = [f"algorithm.eval_protocol={protocol}"] if label != "supervised FedAvg" else []
-    if chosen and all(s in extra for s in SMOKE):
+    chosen = [f"algorithm.eval_protocol={args.protocol}"] if row.name != "supervised FedAvg" else []
+    if chosen and ctx.smoke:
         chosen += SMOKE_AUTOENCODER
-    if label not in ("supervised FedAvg", CONTROL_SOURCE):
+    if row.name not in ("supervised FedAvg", CONTROL_SOURCE):
         # every autoencoder run of a seed scores the same controls (same task, same initial weights):
         # one run computes them (the table reads them from that run)
         chosen.append("algorithm.eval_controls=false")
-    cfg = load_config(None, [*base, *ALGORITHMS[label], *chosen])
-    task = build_task(cfg)  # the split depends on the seed only: every algorithm gets the same one
-    out = digest(run_one(cfg, task, workdir / f"{label}-{seed}"))
-    f1 = {s: round(out["median"][s]["weighted_f1"], 3) for s in SUBSETS}
-    print(f"{label} seed {seed}: weighted-F1 {f1}, {out['cpu']:.2f} CPU s/round", flush=True)
+    cfg = load_config(None, [*base, *row.overrides, *chosen])
+    task = ctx.task(cfg)  # the split depends on the seed only: every algorithm gets the same one
+    out = digest(run_one(cfg, task, ctx.folder(row.name, seed)))
     sizes = task.data_summary()
+    sizes.pop("skipped_examples", None)
     if task.streams is not None:
         sizes["streams"] = {
             "labelled_steps": len(task.streams.labelled),
@@ -200,47 +210,7 @@ def _hapt_job(
             "test_labelled": int((task.streams.test.labels != UNLABELLED).sum()),
             "test_recordings": len(task.streams.test.bounds) - 1,
         }
-    result = (label, seed, out, majority_line(task, protocol), sizes)
-    if keep is not None:  # one file per finished run: an interrupted benchmark keeps what it has
-        keep.mkdir(parents=True, exist_ok=True)
-        (keep / f"{label}-{seed}.json").write_text(json.dumps(result))
-    return result
-
-
-def run_hapt(
-    data_dir: Path,
-    seeds: list[int],
-    rounds: int,
-    workdir: Path,
-    extra: list[str],
-    jobs: int = 1,
-    labels: list[str] | None = None,
-    mix: str = MIX,
-    protocol: str = "reference",
-    keep: Path | None = None,
-) -> tuple[dict, dict, dict]:
-    """Digests per algorithm (one per seed), the majority-class line and the task's sizes."""
-    labels = list(ALGORITHMS) if labels is None else labels
-    # the controls come from the CONTROL_SOURCE runs: without them in ``labels``, no control rows
-    todo = [
-        (data_dir, seed, rounds, workdir, extra, label, mix, protocol, keep)
-        for seed in seeds
-        for label in labels
-    ]
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs) as pool:
-            done = list(pool.map(_hapt_job, todo))
-    else:
-        done = [_hapt_job(job) for job in todo]
-    return collect(done, labels)
-
-
-def collect(done: list, labels: list[str]) -> tuple[dict, dict, dict]:
-    """Per-run results -> (digests per label in ``labels`` order, majority line, sizes)."""
-    results: dict[str, list[dict]] = {label: [] for label in labels}
-    for label, _, out, _, _ in sorted(done, key=lambda d: d[1]):
-        results.setdefault(label, []).append(out)
-    return {k: v for k, v in results.items() if v}, done[0][3], done[0][4]
+    return {"digest": out, "majority": majority_line(task, args.protocol), "sizes": sizes}
 
 
 def write_mhealth_like(folder: Path, scale: float = 1.0) -> Path:
@@ -300,19 +270,26 @@ def cpu_split(algorithm: str) -> Iterator[dict[str, float]]:
             setattr(owner, name, method)
 
 
-def speed_row(workdir: Path, rounds: int, scale: float, seeds: list[int]) -> dict:
-    """FedMEKT-C and mmFedAvg seconds per round at mHealth-like sizes, one run per seed, with the CPU
-    split into clients / server / evaluation."""
-    data = write_mhealth_like(workdir / "mhealth", scale)
-    server_set = 200 if scale >= 1 else 20
-    base = [
-        f"rounds={rounds}",
+def mhealth_overrides(data: Path) -> list[str]:
+    """An mHealth-format acc + gyro task read from ``data`` (what the speed rows and the validation
+    sweep's autoencoder rows share)."""
+    return [
         "compare=[]",
         "engine.progress=false",
         "output.plots=false",
         "task.dataset=mhealth",
         f"task.data_dir={data}",
         'task.options.modalities=["acc", "gyro"]',
+    ]
+
+
+def speed_prepare(ctx: Context) -> None:
+    scale = 0.1 if ctx.smoke else 1.0
+    data = write_mhealth_like(ctx.workdir / "mhealth", scale)
+    server_set = 200 if scale >= 1 else 20
+    ctx.data["speed"] = [
+        f"rounds={1 if ctx.smoke else ctx.args.speed_rounds}",
+        *mhealth_overrides(data),
         "task.options.overlap=0",  # every row once per epoch, as the reference's sequence sweep
         "task.partition=iid",
         "task.test_fraction=0.1",
@@ -324,38 +301,49 @@ def speed_row(workdir: Path, rounds: int, scale: float, seeds: list[int]) -> dic
         "training.batch_size=32",
         "algorithm.eval_controls=false",  # the controls' one-off cost is not a round's
     ]
-    out: dict = {"seeds": seeds, "rounds": rounds, "scale": scale}
-    for seed in seeds:
-        task = build_task(load_config(None, [f"seed={seed}", *base, "algorithm.name=mmfedavg"]))
-        per_client = float(np.mean([len(c.train) for c in task.clients])) * task.info.modalities[0].shape[1]
-        out |= {"rows_per_client": per_client, "clients": len(task.clients)}
-        for label in SPEED_RUNS:
-            name, _, workers = label.partition(", ")
-            extra = [f"engine.workers={workers.split()[0]}"] if workers else []
-            cfg = load_config(None, [f"seed={seed}", *base, *ALGORITHMS[name], *extra])
-            with cpu_split(cfg.algorithm.name) as split:
-                result = run_one(cfg, task, workdir / f"speed-{label}-{seed}")
-            n = len(result["rows"])
-            run = {"wall": result["summary"]["seconds_per_round"], "cpu": result["cpu_per_round"]}
-            # with workers, fit runs in the children, where the split's timers cannot count it
-            run |= {part: cpu / n for part, cpu in split.items() if not (workers and part == "clients")}
-            out.setdefault(label, []).append(run)
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in run.items())
-            print(f"speed {label} seed {seed}: {shown}", flush=True)
+
+
+def speed_measure(row: Row, seed: int, ctx: Context) -> dict:
+    """Seconds per round at mHealth-like sizes, the CPU split into clients / server / evaluation."""
+    workers = row.params["workers"]
+    extra = [f"engine.workers={workers}"] if workers > 1 else []
+    cfg = load_config(None, [f"seed={seed}", *ctx.data["speed"], *row.overrides, *extra])
+    task = ctx.task(cfg)
+    per_client = float(np.mean([len(c.train) for c in task.clients])) * task.info.modalities[0].shape[1]
+    with cpu_split(cfg.algorithm.name) as split:
+        result = run_one(cfg, task, ctx.folder(row.name, seed))
+    n = len(result["rows"])
+    run = {"wall": result["summary"]["seconds_per_round"], "cpu": result["cpu_per_round"]}
+    # with workers, fit runs in the children, where the split's timers cannot count it
+    run |= {part: cpu / n for part, cpu in split.items() if not (workers > 1 and part == "clients")}
+    return {**run, "rows_per_client": per_client, "clients": len(task.clients), "rounds": n}
+
+
+def speed_rows(args: argparse.Namespace) -> list[Row]:
+    """FedMEKT-C and mmFedAvg with one worker, FedMEKT-C with two (the row the target is judged on)."""
+    out = []
+    for label in SPEED_RUNS:
+        name, _, workers = label.partition(", ")
+        out.append(
+            Row(label, tuple(ALGORITHMS[name]), params={"workers": int(workers.split()[0]) if workers else 1})
+        )
     return out
 
 
-def speed_table(speed: dict, command: str) -> str:
+def speed_table(stored: Results) -> str:
     """The markdown speed section: seconds per round, mean ± std over seeds, and the CPU split."""
+    speed = by_row(stored)
+    first = speed[SPEED_RUNS[0]][0]
+    smoke = stored["options"]["smoke"]
     lines = [
         "### FedMEKT speed at mHealth-like sizes",
         "",
-        f"{speed['clients']} clients (3 acc, 3 gyro, 3 acc+gyro), all sampled, "
-        f"{speed['rows_per_client']:.0f} rows per client per epoch, acc 9 + gyro 6 channels, 128-step "
+        f"{first['clients']} clients (3 acc, 3 gyro, 3 acc+gyro), all sampled, "
+        f"{first['rows_per_client']:.0f} rows per client per epoch, acc 9 + gyro 6 channels, 128-step "
         "windows, batches of 32, 2 local epochs, R = 2 server epochs, linear evaluation every round; "
         "generated mHealth-format files of the real data set's size. One torch thread. "
-        f"{speed['rounds']} rounds per run, mean ± std over seeds {', '.join(map(str, speed['seeds']))}. "
-        f"Command: `{command}`",
+        f"{first['rounds']} rounds per run, mean ± std over seeds {', '.join(map(str, seeds_of(stored)))}. "
+        f"Command: `{stored['command']}`",
         "",
         "| algorithm | CPU s / round | clients (fit) | server (configure + aggregate) | linear evaluation "
         "| s / round (wall) |",
@@ -369,7 +357,7 @@ def speed_table(speed: dict, command: str) -> str:
     cpu = float(np.mean([r["cpu"] for r in speed["FedMEKT-C"]]))
     wall = float(np.mean([r["wall"] for r in speed[SPEED_RUNS[-1]]]))
     verdict = "met" if wall <= 2.0 else "**not met**"
-    if speed["scale"] < 1:
+    if smoke:
         verdict = "not judged (smoke sizes, a tenth of the data)"
     lines += [
         "",
@@ -407,17 +395,13 @@ def _protocol_text(sizes: dict, protocol: str) -> str:
     )
 
 
-def table(
-    results: dict,
-    majority: dict,
-    sizes: dict,
-    seeds: list[int],
-    rounds: int,
-    command: str,
-    protocol: str = "reference",
-    mix: str = MIX,
-) -> str:
+def table(stored: Results) -> str:
     """The markdown section."""
+    runs = by_row(stored)
+    results = {label: [r["digest"] for r in rs] for label, rs in runs.items()}
+    majority, sizes = stored["runs"][0]["numbers"]["majority"], stored["runs"][0]["numbers"]["sizes"]
+    options, seeds, command = stored["options"], seeds_of(stored), stored["command"]
+    rounds, protocol, mix = options["rounds"], options["protocol"], options["mix"]
     lines = [
         "### FedMEKT on UCI HAPT (acc / gyro), reference protocol"
         if protocol == "reference"
@@ -541,82 +525,49 @@ def controls_check(results: dict) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=20)
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed-rounds", type=int, default=5)
     parser.add_argument("--speed-only", action="store_true", help="only the speed rows (no HAPT runs)")
-    parser.add_argument("--jobs", type=int, default=1, help="(seed, algorithm) runs in parallel processes")
-    parser.add_argument(
-        "--smoke", action="store_true", help="1 short round, one seed; BENCHMARKS.md untouched"
-    )
-    parser.add_argument("--eval-every", type=int, default=1, help="evaluate every n rounds (and the last)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed rows (section left as is)")
+    parser.add_argument("--eval-every", type=int, default=1, help="evaluate every n rounds (and the last)")
     parser.add_argument("--protocol", choices=("reference", "windows"), default="reference")
     parser.add_argument("--mix", default=MIX, help="clients.mix of the HAPT runs")
     parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
-    parser.add_argument("--keep", type=Path, help="write each finished run's result here (JSON)")
-    parser.add_argument("--from-kept", type=Path, help="only build the table from the results in this folder")
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
+
+
+SPEED = Benchmark(
+    "fedmekt-speed",
+    __doc__,
+    "benchmarks/fedmekt.py",
+    speed_rows,
+    speed_table,
+    speed_measure,
+    prepare=speed_prepare,
+    options=options,
+)
+HAPT = Benchmark(
+    "fedmekt",
+    __doc__,
+    "benchmarks/fedmekt.py",
+    hapt_rows,
+    table,
+    hapt_measure,
+    rounds=20,
+    smoke_rounds=1,
+    prepare=hapt_prepare,
+    options=options,
+)
+
+
+def main() -> None:
+    """The speed section, then the HAPT section, from one set of options."""
+    commit = git_commit()
+    parser = HAPT.parser()
     args = parser.parse_args()
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    if args.smoke and args.algorithms == list(ALGORITHMS):  # the old-default row adds nothing to a smoke
-        args.algorithms = [a for a in ALGORITHMS if a != "FedMEKT-C, server_epochs=2"]
-    rounds = 1 if args.smoke else args.rounds
-    command = "python benchmarks/fedmekt.py" + (
-        "" if seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, seeds))}"
-    )
-    if args.speed_rounds != 5:
-        command += f" --speed-rounds {args.speed_rounds}"
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        if not args.no_speed:
-            speed_rounds = 1 if args.smoke else args.speed_rounds
-            speed = speed_row(work / "speed", speed_rounds, 0.1 if args.smoke else 1.0, seeds)
-            speed_section = speed_table(speed, command + (" --speed-only" if args.speed_only else ""))
-            publish(speed_section, args.output, SPEED_SECTION, args.smoke)
-        if args.speed_only:
-            return
-        data_dir = unpack_hapt(args.shared, work)
-        extra = SMOKE if args.smoke else []
-        if args.eval_every != 1:
-            extra = [*extra, f"engine.eval_every={args.eval_every}"]
-        if args.from_kept is not None:
-            done = [json.loads(p.read_text()) for p in sorted(args.from_kept.glob("*.json"))]
-            results, majority, sizes = collect(done, args.algorithms)
-        else:
-            results, majority, sizes = run_hapt(
-                data_dir,
-                seeds,
-                rounds,
-                work / "runs",
-                extra,
-                args.jobs,
-                args.algorithms,
-                args.mix,
-                args.protocol,
-                args.keep,
-            )
-    if rounds != 20:
-        command += f" --rounds {rounds}"
-    if args.jobs > 1:
-        command += f" --jobs {args.jobs}"
-    for flag, value, default in (
-        ("--protocol", args.protocol, "reference"),
-        ("--mix", args.mix, MIX),
-    ):
-        if value != default:
-            command += f' {flag} "{value}"'
-    if args.algorithms != list(ALGORITHMS):
-        command += " --algorithms " + " ".join(f'"{a}"' for a in args.algorithms)
-    if args.eval_every != 1:
-        command += f" --eval-every {args.eval_every}"
-    if args.no_speed:
-        command += " --no-speed"
-    section = table(results, majority, sizes, seeds, rounds, command, args.protocol, args.mix)
-    publish(section, args.output, SECTION, args.smoke)
+    if not args.no_speed:
+        SPEED.execute(parser, args, commit)
+    if not args.speed_only:
+        HAPT.execute(parser, args, commit)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import SHARED, unpack_hapt
-from fedmekt import ALGORITHMS, _children_cpu, hapt_overrides
+from _harness import SHARED, cpu_seconds, unpack_hapt
+from fedmekt import ALGORITHMS, hapt_overrides
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
@@ -42,7 +42,7 @@ def drift(label: str, data_dir: Path, seed: int, rounds: int, folder: Path) -> d
         None, [*hapt_overrides(data_dir, seed, rounds), *RUNS[label], f"engine.eval_every={rounds}"]
     )
     task = build_task(cfg)
-    cpu, wall = time.process_time() + _children_cpu(), time.perf_counter()
+    cpu, wall = cpu_seconds(), time.perf_counter()
     fed = Federation.from_config(cfg, task, folder=folder)
     w0 = prev = encoder_vector(fed.server.state().arrays)
     per_round = []
@@ -56,7 +56,7 @@ def drift(label: str, data_dir: Path, seed: int, rounds: int, folder: Path) -> d
         print(f"{label}: {shown}", flush=True)
         prev = w
         last = result.eval
-    cpu, wall = time.process_time() + _children_cpu() - cpu, time.perf_counter() - wall
+    cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
     scores = {
         key: {s: last[f"{key}/{s}"]["weighted_f1"] for s in ("acc", "gyro")}
         for key in ("test", "control/untrained", "control/raw_stats")

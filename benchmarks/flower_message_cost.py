@@ -11,6 +11,7 @@ hardly depend on what else runs on the machine, wall seconds do: both are given.
 here, with or without a worker. Writes the ``flower-message`` section of BENCHMARKS.md.
 
     python benchmarks/flower_message_cost.py            # the default task (the flower_overhead run)
+    python benchmarks/flower_message_cost.py --from-results   # the section from benchmarks/results/
     python benchmarks/flower_message_cost.py --smoke    # tiny task; prints, never writes
 """
 
@@ -30,7 +31,7 @@ import tomli_w
 from flwr.app import RecordDict
 from flwr.common.serde import recorddict_to_proto
 
-from _common import BENCHMARKS_MD, publish
+from _harness import Benchmark, Context, Results, Row, by_row
 from fedmosaic.config import load_config
 from fedmosaic.core.seeding import SERVER, Rng
 from fedmosaic.data.tasks import build_task
@@ -40,7 +41,6 @@ from fedmosaic.engines.flower_node import answer
 from fedmosaic.engines.flower_records import put_json, put_message
 from fedmosaic.engines.node_data import load_node
 
-SECTION = "flower-message"
 SMOKE = ["task.options.n_samples=400", "task.proxy_size=40", "task.labelled_size=40"]
 SMOKE += ["model.embed_dim=16", "model.text_hidden=16"]
 # A fresh process answering one train message through the ClientApp's own handler.
@@ -132,7 +132,9 @@ def mean(rows: list[tuple], k: int) -> float:
     return sum(r[k] for r in rows) / len(rows)
 
 
-def table(m: dict, command: str) -> str:
+def render(stored: Results) -> str:
+    """The markdown section."""
+    m, command = by_row(stored)["train message"][0], stored["command"]
     alone, fwd, work = m["alone"], m["forwarded"], m["work"]
     rows = [
         "| on the node, per train message | wall s | CPU s |",
@@ -168,25 +170,31 @@ def table(m: dict, command: str) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny task, 1 repeat; does not touch BENCHMARKS.md"
-    )
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    args = parser.parse_args()
-    overrides = ["rounds=1", "compare=[]", "engine.progress=false", "output.plots=false"]
-    overrides += SMOKE if args.smoke else []
-    repeats = 1 if args.smoke else args.repeats
+def run(row: Row, seed: int, ctx: Context) -> dict:
+    """One round-1 train message's costs (the row is the only one)."""
+    overrides = [f"seed={seed}", "rounds=1", "compare=[]", "engine.progress=false", "output.plots=false"]
+    overrides += SMOKE if ctx.smoke else []
     workdir = Path(tempfile.mkdtemp(prefix="fmw-b-"))  # short: it holds the worker's Unix socket
     try:
-        result = measure(overrides, workdir, repeats)
+        return measure(overrides, workdir, 1 if ctx.smoke else ctx.args.repeats)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    command = "python benchmarks/flower_message_cost.py" + ("" if repeats == 2 else f" --repeats {repeats}")
-    publish(table(result, command), args.output, SECTION, args.smoke)
 
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeats", type=int, default=2, help="messages per way of answering")
+
+
+BENCH = Benchmark(
+    "flower-message",
+    __doc__,
+    "benchmarks/flower_message_cost.py",
+    lambda args: [Row("train message")],
+    render,
+    run,
+    seeds=(0,),
+    options=options,
+)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

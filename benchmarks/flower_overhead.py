@@ -8,12 +8,12 @@ process (importing torch and fedmosaic) per node and message. The metrics of bot
 too (they are bit-identical). Writes the ``flower`` section of BENCHMARKS.md.
 
     python benchmarks/flower_overhead.py            # the default task, 3 rounds, 3 SuperNodes
+    python benchmarks/flower_overhead.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/flower_overhead.py --smoke    # tiny task, 2 rounds; prints, never writes
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, publish
+import _harness
 from fedmosaic.config import load_config
 from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
@@ -210,13 +210,14 @@ def table(m: dict, command: str) -> str:
     )
 
 
+def render(stored: _harness.Results) -> str:
+    """The section from the stored results."""
+    return table(stored["runs"][0]["numbers"], stored["command"])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = _harness.parser(__doc__, seeds=None, rounds=3, loop=False)
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny task, 2 rounds; does not touch BENCHMARKS.md"
-    )
     parser.add_argument(
         "--no-worker", action="store_true", help="no node worker: every ClientApp process does the work"
     )
@@ -224,21 +225,17 @@ def main() -> None:
         "--no-fast-poll", action="store_true", help="flower-supernode itself (its idle poll: 3 s)"
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="bounded wait for the Flower run (s)")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
     args = parser.parse_args()
-    rounds = 2 if args.smoke else args.rounds
-    overrides = [f"rounds={rounds}", "compare=[]", "engine.progress=false", "output.plots=false"]
-    overrides += SMOKE if args.smoke else []
-    with tempfile.TemporaryDirectory() as tmp:
-        result = measure(
-            overrides, args.nodes, Path(tmp), args.timeout, not args.no_worker, not args.no_fast_poll
-        )
-    command = "python benchmarks/flower_overhead.py" + ("" if rounds == 3 else f" --rounds {rounds}")
-    command += "" if args.nodes == 3 else f" --nodes {args.nodes}"
-    command += " --no-worker" if args.no_worker else ""
-    command += " --no-fast-poll" if args.no_fast_poll else ""
-    section = table(result, command)
-    publish(section, args.output, SECTION, args.smoke)
+
+    def run() -> dict:
+        overrides = [f"rounds={args.rounds}", "compare=[]", "engine.progress=false", "output.plots=false"]
+        overrides += SMOKE if args.smoke else []
+        with tempfile.TemporaryDirectory() as tmp:
+            return measure(
+                overrides, args.nodes, Path(tmp), args.timeout, not args.no_worker, not args.no_fast_poll
+            )
+
+    _harness.standalone(SECTION, "benchmarks/flower_overhead.py", parser, args, run, render, smoke_rounds=2)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import publish
+from _harness import publish
 
 NO_GPU = 3
 SECTION = "gpu"

@@ -9,29 +9,22 @@ personal (not aggregated) classifier, no update step) and one diagnostic that br
 the section between ``<!-- gvf:begin -->`` and ``<!-- gvf:end -->`` of BENCHMARKS.md.
 
     python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2 for every row
+    python benchmarks/gvf.py --jobs 2         # the same, two runs at a time
+    python benchmarks/gvf.py --resume         # continue a stopped run: only the missing runs
+    python benchmarks/gvf.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/gvf.py --smoke          # tiny synthetic run, one seed, one ablation (CI, < 60 s)
-    python benchmarks/gvf.py --workdir W --run-only --tasks fsdd-digits --seeds 1   # one part of a split run
-    python benchmarks/gvf.py --workdir W --collect                                  # table of what finished
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, publish
-from _common import mean_std as _ms
-from fedmosaic import runner
-from fedmosaic.config import load_config
+from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std
 
-SECTION = "gvf"
-BASELINES = ("local", "fedavg")
+MAIN = ("local", "fedavg", "gvf")
 # Each ablation switches one part of gvf's defaults (alignment and the proxy-label extension are off
 # by default since they measured worse; their rows switch them on); the last two rows are variants
 # (algorithm.name, set after the main row's "gvf").
@@ -52,14 +45,11 @@ ABLATIONS = {
     # measure what keeping them private costs.
     "diagnostic: encoders shared too": ["algorithm.name=gvf-shared-encoders"],
 }
-SMOKE = [
-    "task.options.n_samples=300",
-    "task.proxy_size=20",
-    "task.labelled_size=20",
-    "model.embed_dim=16",
-    "model.text_hidden=16",
-    "algorithm.dim=16",
-]
+
+
+def smoke(algorithm: str) -> list[str]:
+    """The tiny sizes; gvf's own width only for gvf's rows (a baseline's algorithm block has no ``dim``)."""
+    return [*TINY, *(["algorithm.dim=16"] if algorithm.startswith("gvf") else [])]
 
 
 def datasets(shared: Path, smoke: bool) -> dict[str, list[str]]:
@@ -71,100 +61,37 @@ def datasets(shared: Path, smoke: bool) -> dict[str, list[str]]:
     return out
 
 
-def _overrides(base: list[str], seed: int, rounds: int, smoke: bool, compare: tuple[str, ...]) -> list[str]:
-    return [
-        *base,
-        f"seed={seed}",
-        f"rounds={rounds}",
-        f"engine.eval_every={rounds}",  # only the final evaluation is reported: skip the others
-        "engine.progress=false",
-        "output.plots=false",
-        "algorithm.name=gvf",
-        "compare=[" + ",".join(f'"{c}"' for c in compare) + "]",
-        *(SMOKE if smoke else []),
-    ]
-
-
-def finished(folder: Path, compare: tuple[str, ...]) -> dict | None:
-    """The summaries of a unit that already ran to its end in ``folder`` (``--workdir``), else None."""
-    paths = {"gvf": folder / "summary.json"}
-    paths.update({name: folder / "baselines" / name / "summary.json" for name in compare})
-    if not all(path.is_file() for path in paths.values()):
-        return None
-    return {name: json.loads(path.read_text()) for name, path in paths.items()}
-
-
-def run_unit(base: list[str], seed: int, extra: list[str], rounds: int, smoke: bool, folder: Path) -> dict:
-    """One run: gvf (with an ablation's ``extra`` overrides) and, when ``extra`` is empty, the baselines.
-
-    A unit whose folder already holds every summary (a ``--workdir`` filled by an earlier invocation)
-    is read back instead of rerun.
-    """
-    compare = () if extra else BASELINES
-    done = finished(folder, compare)
-    if done is not None:
-        return done
-    cfg = load_config(None, [*_overrides(base, seed, rounds, smoke, compare), *extra])
-    return runner.start(cfg, folder).summaries
-
-
-def run_all(
-    tasks: dict[str, list[str]],
-    seeds: list[int],
-    ablation_seeds: list[int],
-    rounds: int,
-    smoke: bool,
-    workdir: Path,
-    jobs: int,
-    ablations: dict[str, list[str]] | None = None,
-    collect: bool = False,
-) -> dict[str, dict[str, list[dict]]]:
-    """Summaries by task and row name: the baselines and gvf per seed, each ablation per ablation seed.
-
-    Every (task, seed, variant) is one independent run in ``workdir/<task>-<variant>-s<seed>``,
-    spread over ``jobs`` processes. ``collect``: run nothing, read the units that finished in
-    ``workdir`` (a row then has fewer seeds; the table says how many).
-    """
-    if ablations is None:
-        ablations = dict(list(ABLATIONS.items())[:1]) if smoke else ABLATIONS
-    # the main units (three runs each) first, so the long ones do not start last
-    units = [(name, None, seed, []) for name in tasks for seed in seeds]
-    units += [
-        (name, label, seed, extra)
-        for name in tasks
-        for label, extra in ablations.items()
-        for seed in ablation_seeds
-    ]
-    if collect:
-        units = [u for u in units if finished(workdir / _unit_dir(*u[:3]), () if u[3] else BASELINES)]
-    out: dict[str, dict[str, list[dict]]] = {
-        name: {row: [] for row in (*BASELINES, "gvf", *(f"gvf, {a}" for a in ablations))} for name in tasks
-    }
-    with ProcessPoolExecutor(max(1, jobs)) as pool:
-        futures = [
-            (
-                name,
-                label,
-                pool.submit(
-                    run_unit, tasks[name], seed, extra, rounds, smoke, workdir / _unit_dir(name, label, seed)
-                ),
-            )
-            for name, label, seed, extra in units
+def rows(args: argparse.Namespace) -> list[Row]:
+    """Per task: the baselines and gvf at ``--seeds``, then the ablations at ``--ablation-seeds``."""
+    ablations = dict(list(ABLATIONS.items())[:1]) if args.smoke else ABLATIONS
+    if args.ablations is not None:
+        ablations = {a: ABLATIONS[a] for a in args.ablations}
+    ablation_seeds = tuple(args.ablation_seeds[:1] if args.smoke else args.ablation_seeds)
+    out = []
+    for task in datasets(args.shared, args.smoke):
+        out += [Row(f"{task}: {name}", (f"algorithm.name={name}",), params={"task": task}) for name in MAIN]
+        out += [
+            Row(f"{task}: gvf, {label}", ("algorithm.name=gvf", *extra), ablation_seeds, {"task": task})
+            for label, extra in ablations.items()
         ]
-        for name, label, future in futures:  # in submission order: rows stay in seed order
-            summaries = future.result()
-            if label is None:
-                for row in (*BASELINES, "gvf"):
-                    out[name][row].append(summaries[row])
-            else:
-                out[name][f"gvf, {label}"].append(summaries["gvf"])
-    return {name: {row: runs for row, runs in rows.items() if runs} for name, rows in out.items()}
+    return out
 
 
-def _unit_dir(task: str, label: str | None, seed: int) -> str:
-    """The folder name of one unit: ``synthetic-main-s0``, ``fsdd-digits-no-gating-concatenation-s0``."""
-    variant = "main" if label is None else "-".join("".join(c if c.isalnum() else " " for c in label).split())
-    return f"{task}-{variant}-s{seed}"
+def measure(row: Row, seed: int, ctx: Context) -> dict:
+    """One run of a row on its task, evaluated after the last round only."""
+    rounds = ctx.args.rounds
+    task = datasets(ctx.args.shared, ctx.smoke)[row.params["task"]]
+    tiny = smoke(row.overrides[0].removeprefix("algorithm.name=")) if ctx.smoke else []
+    return federation_run(
+        [*task, f"rounds={rounds}", f"engine.eval_every={rounds}", *tiny, f"seed={seed}", *row.overrides], ctx
+    )
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--ablations", nargs="*", choices=list(ABLATIONS), help="run only these ablations (default: all)"
+    )
 
 
 def _groups(summary: dict) -> list[str]:
@@ -186,9 +113,9 @@ def table(name: str, results: dict[str, list[dict]]) -> list[str]:
     for row, summaries in results.items():
         cells = []
         for g in groups:
-            cells.append(_ms([s["final"][f"group/{g}"]["accuracy"] for s in summaries]))
-            cells.append(_ms([s["final"][f"group/{g}"]["macro_f1"] for s in summaries]))
-        overall = _ms([s["final"]["overall"]["accuracy"] for s in summaries])
+            cells.append(mean_std([s["final"][f"group/{g}"]["accuracy"] for s in summaries]))
+            cells.append(mean_std([s["final"][f"group/{g}"]["macro_f1"] for s in summaries]))
+        overall = mean_std([s["final"]["overall"]["accuracy"] for s in summaries])
         sec = np.mean([s["seconds_per_round"] for s in summaries])
         mb = np.mean([(s["bytes_up"] + s["bytes_down"]) / s["rounds"] / 1e6 for s in summaries])
         lines.append(
@@ -207,94 +134,36 @@ def table(name: str, results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the main rows")
-    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=4, help="runs in parallel processes")
-    parser.add_argument("--smoke", action="store_true", help="tiny synthetic run, one seed, one ablation")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="keep the run folders here; units that already finished in it are read, not rerun "
-        "(so a run can be split over several invocations and collected by a last one)",
-    )
-    parser.add_argument(
-        "--collect",
-        action="store_true",
-        help="with --workdir: run nothing; tabulate the units that finished there",
-    )
-    parser.add_argument(
-        "--run-only",
-        action="store_true",
-        help="with --workdir: run the units, write no table (a part of a split run)",
-    )
-    parser.add_argument("--tasks", nargs="+", help="run only these tasks (default: all available)")
-    parser.add_argument(
-        "--ablations", nargs="*", help=f"run only these ablations (default: all of {list(ABLATIONS)})"
-    )
-    args = parser.parse_args()
-    if args.run_only and args.workdir is None:
-        parser.error("--run-only: needs --workdir (the runs would be lost)")
-    if args.collect and args.workdir is None:
-        parser.error("--collect: needs --workdir (the folder the runs finished in)")
-    if not args.seeds and not args.run_only:
-        parser.error("--seeds: at least one seed for the main rows (or --run-only)")
-    unknown = sorted(set(args.ablations or ()) - set(ABLATIONS))
-    if unknown:
-        parser.error(f"--ablations: unknown {unknown[0]!r}; choose from {list(ABLATIONS)}")
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    ablation_seeds = args.ablation_seeds[:1] if args.smoke else args.ablation_seeds
-    rounds = 1 if args.smoke else args.rounds
-    start = time.perf_counter()
-    lines: list[str] = []
-    tasks = datasets(args.shared, args.smoke)
-    if args.tasks:
-        unknown = sorted(set(args.tasks) - set(tasks))
-        if unknown:
-            parser.error(f"--tasks: {unknown[0]!r} is not available; choose from {list(tasks)}")
-        tasks = {name: tasks[name] for name in args.tasks}
-    ablations = None if args.ablations is None else {a: ABLATIONS[a] for a in args.ablations}
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir or Path(tmp)
-        results = run_all(
-            tasks, seeds, ablation_seeds, rounds, args.smoke, workdir, args.jobs, ablations, args.collect
+def render(stored: Results) -> str:
+    """The markdown section: a table per task."""
+    by_task: dict[str, dict[str, list[dict]]] = {}
+    for run in stored["runs"]:
+        task = run["params"]["task"]
+        by_task.setdefault(task, {}).setdefault(run["row"].removeprefix(f"{task}: "), []).append(
+            run["numbers"]
         )
-    if args.run_only:
-        return
-    for name in tasks:
-        if "gvf" in results[name]:  # (a --collect finds no finished run of a task: no table)
-            lines += [*table(name, results[name]), ""]
-    command = "python benchmarks/gvf.py" + (" --smoke" if args.smoke else "")
-    if not args.smoke and (seeds != [0, 1, 2] or rounds != 10 or ablation_seeds != [0, 1, 2]):
-        command += f" --rounds {rounds} --seeds {' '.join(map(str, seeds))}"
-        command += f" --ablation-seeds {' '.join(map(str, ablation_seeds))}"
-    if args.ablations is not None:
-        command += " --ablations " + " ".join(f"'{a}'" for a in args.ablations)
-    took = f"{(time.perf_counter() - start) / 60:.0f} min on a shared 2-core machine"
-    if args.collect:
-        command += " --workdir DIR --collect"
-        took = (
-            "the runs were split over several `--run-only` invocations into one work folder and "
-            "collected; a row's `seeds` column says how many of its runs finished"
-        )
-    intro = [
+    options = stored["options"]
+    smoke = options["smoke"]
+    seeds, ablation_seeds = options["seeds"], options["ablation_seeds"][: 1 if smoke else None]
+    lines = [
         "### Global-vector fusion (gvf)",
         "",
-        f"2 single-modality-A, 2 single-modality-B and 6 complete clients; {rounds} rounds, "
-        f"{'tiny' if args.smoke else 'default'} sizes; main rows over seeds {', '.join(map(str, seeds))}, "
+        f"2 single-modality-A, 2 single-modality-B and 6 complete clients; {options['rounds']} rounds, "
+        f"{'tiny' if smoke else 'default'} sizes; main rows over seeds {', '.join(map(str, seeds))}, "
         f"ablation rows over seed(s) {', '.join(map(str, ablation_seeds))}; mean ± std. "
         "Each client group's metric is the mean over its clients of the model that client deploys "
         "(local, gvf: its own; fedavg: the global model on the modalities it holds). "
-        f"Command: `{command}` ({took}).",
+        f"Command: `{stored['command']}`.",
         "",
     ]
-    section = "\n".join(intro + lines)
-    publish(section, args.output, SECTION, args.smoke)
+    for name, results in by_task.items():
+        lines += [*table(name, results), ""]
+    return "\n".join(lines)
 
+
+BENCH = Benchmark(
+    "gvf", __doc__, "benchmarks/gvf.py", rows, render, measure, rounds=10, smoke_rounds=1, options=options
+)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

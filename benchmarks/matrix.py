@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import matrix_report as report
-from _common import BENCHMARKS_MD, ROOT, SHARED, unpack_hapt, write_section
+from _harness import BENCHMARKS_MD, ROOT, SHARED, unpack_hapt, write_section
 
 SECTION = "matrix"
 RESULTS = ROOT / "benchmarks" / "results" / "matrix"
@@ -262,6 +262,14 @@ def row_command(task: str, algorithm: str, seeds: list[int]) -> str:
 def smoke_command(task: str, algorithm: str, seeds: list[int]) -> str:
     """The smoke rows' command."""
     return f"python benchmarks/matrix.py --smoke --tasks {task} --algorithms {algorithm}"
+
+
+def stored_section(rows_csv: Path = ROWS_CSV, figures: Path = FIGURES, output: Path = BENCHMARKS_MD) -> str:
+    """The published section from the committed rows alone (the figures already drawn in ``figures``)."""
+    labels = {n: t.label for n, t in TASKS.items()}
+    paths = {k: figures / name for k, name in report.FIGURES.items()}
+    planned = {n: t.algorithms for n, t in TASKS.items()}
+    return report.section(report.read_rows(rows_csv), labels, paths, output.parent, planned, row_command)
 
 
 def _smoke_paths(args: argparse.Namespace) -> None:

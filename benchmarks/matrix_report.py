@@ -140,13 +140,16 @@ class Table:
         return "–" if row is None else f"{row['mean']:.{digits}f} ± {row['std']:.{digits}f}"
 
 
+FIGURES = {"communication": "matrix_f1_vs_bytes.png", "f1": "matrix_overall_f1.png"}
+
+
 def plots(rows: list[Row], labels: dict[str, str], folder: Path) -> dict[str, Path]:
     """The two figures: macro-F1 vs total bytes per task, and overall macro-F1 per task (bars)."""
     table = Table(rows, list(labels))
     folder.mkdir(parents=True, exist_ok=True)
     return {
-        "communication": _plot_communication(table, labels, folder / "matrix_f1_vs_bytes.png"),
-        "f1": _plot_bars(table, labels, folder / "matrix_overall_f1.png"),
+        "communication": _plot_communication(table, labels, folder / FIGURES["communication"]),
+        "f1": _plot_bars(table, labels, folder / FIGURES["f1"]),
     }
 
 

@@ -6,82 +6,63 @@ the ``privacy`` section of BENCHMARKS.md and a plot of overall accuracy against 
 epsilon (docs/privacy.md says what each epsilon means).
 
     python benchmarks/privacy.py              # full: 6 settings x 3 seeds (~15 min on an idle 2-core machine)
+    python benchmarks/privacy.py --from-results   # section and figure from benchmarks/results/
     python benchmarks/privacy.py --smoke      # tiny sizes, 1 seed, 2 rounds (CI); BENCHMARKS.md untouched
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, ROOT, mean_std, publish
-from fedmosaic import runner
-from fedmosaic.config import load_config
+from _harness import (
+    ROOT,
+    TINY,
+    Benchmark,
+    Results,
+    Row,
+    by_row,
+    mean_std,
+    seeds_of,
+    smoke_prepare,
+)
 
-SECTION = "privacy"
 CLIP = 1.0
 DELTA = 1e-5
 NOISE = (0.001, 0.003, 0.01, 0.03, 0.1)  # None = no DP is always run first
-SMOKE = [
-    "task.options.n_samples=300",
-    "task.proxy_size=20",
-    "task.labelled_size=20",
-    "rounds=2",
-    "model.embed_dim=16",
-    "model.text_hidden=16",
-]
 FIGURE = ROOT / "benchmarks" / "figures" / "privacy.png"
 
 
-def overrides(seed: int, noise: float | None, smoke: bool) -> list[str]:
-    """The ``--set`` list of one run (fedavg on the default task, DP off when ``noise`` is None)."""
-    sets = [f"seed={seed}", "compare=[]", "engine.progress=false", "output.plots=false"]
-    if noise is not None:
-        sets += ["privacy.enabled=true", f"privacy.clip={CLIP}", f"privacy.noise_multiplier={noise}"]
-        sets += [f"privacy.delta={DELTA}"]
-    return sets + (SMOKE if smoke else [])
-
-
-def run(seeds: list[int], noises: list[float | None], smoke: bool, workdir: Path, cache: Path | None) -> dict:
-    """Summaries by noise multiplier (None = no DP), one per seed.
-
-    With ``cache``, a run whose ``summary.json`` is already there (``z<noise>-s<seed>.json``) is not
-    repeated and every new one is saved there: a long benchmark can be resumed or extended.
-    """
-    out: dict = {}
-    for noise in noises:
-        for seed in seeds:
-            cached = cache / f"z{noise}-s{seed}.json" if cache is not None else None
-            if cached is not None and cached.is_file():
-                out.setdefault(noise, []).append(json.loads(cached.read_text()))
-                continue
-            cfg = load_config(None, overrides(seed, noise, smoke))
-            t0 = time.perf_counter()
-            result = runner.start(cfg, workdir / f"z{noise}-s{seed}")
-            summary = result.summaries["fedavg"]
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                cached.write_text(json.dumps(summary))
-            out.setdefault(noise, []).append(summary)
-            print(
-                f"z={noise} seed={seed}: overall acc {summary['final']['overall']['accuracy']:.3f} "
-                f"({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
+def rows(args: argparse.Namespace) -> list[Row]:
+    """No DP first, then one row per noise multiplier z (smoke: the first z only)."""
+    out = [Row("no DP")]
+    for z in args.noise[:1] if args.smoke else args.noise:
+        sets = ("privacy.enabled=true", f"privacy.clip={CLIP}", f"privacy.noise_multiplier={z}")
+        out.append(Row(f"z = {z:g}", (*sets, f"privacy.delta={DELTA}"), params={"noise": z}))
     return out
 
 
-def plot(results: dict, path: Path) -> None:
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--figure", type=Path, default=FIGURE, help="where the PNG goes")
+    parser.add_argument("--noise", type=float, nargs="+", default=list(NOISE), help="noise multipliers z")
+
+
+def noises(stored: Results) -> dict[str, float | None]:
+    """Row name -> its noise multiplier (None: no DP)."""
+    return {r["row"]: r.get("params", {}).get("noise") for r in stored["runs"]}
+
+
+def plot(stored: Results, args: argparse.Namespace) -> None:
     """Overall accuracy (mean ± std over seeds) against the federation epsilon (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    z = noises(stored)
+    results = {z[name]: runs for name, runs in by_row(stored).items()}
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     dp = [(z, s) for z, s in results.items() if z is not None]
@@ -100,13 +81,18 @@ def plot(results: dict, path: Path) -> None:
     ax.set_title(f"Default task, clip C = {CLIP:g}, mean ± std over seeds", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    # a smoke run never replaces the published figure
+    path = args.results / FIGURE.name if args.smoke and args.figure == FIGURE else args.figure
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def table(results: dict, seeds: list[int], command: str, figure: str) -> str:
+def render(stored: Results) -> str:
     """The markdown section."""
+    z = noises(stored)
+    results = {z[name]: runs for name, runs in by_row(stored).items()}
+    seeds = seeds_of(stored)
     lines = [
         "### Differential privacy: accuracy against epsilon",
         "",
@@ -114,7 +100,7 @@ def table(results: dict, seeds: list[int], command: str, figure: str) -> str:
         f"each upload clipped jointly to L2 norm C = {CLIP:g} and noised with std z·C per coordinate on "
         f"the client (client-level local DP, docs/privacy.md); epsilon from Opacus' RDP accountant at "
         f"delta = {DELTA:g}. Seeds {', '.join(map(str, seeds))}; mean ± std over seeds, compared with "
-        f"the same runs without DP. Command: `{command}`",
+        f"the same runs without DP. Command: `{stored['command']}`",
         "",
         "| setting | federation epsilon | local epsilon (per client) | overall acc | overall macro-F1 "
         "| s / round |",
@@ -149,35 +135,22 @@ def table(results: dict, seeds: list[int], command: str, figure: str) -> str:
         "very large epsilon: this table measures that cost, it is not a recommended setting. "
         "s / round is wall time and includes whatever else shared the 2 cores during the run.",
         "",
-        f"![accuracy against epsilon]({figure})",
+        f"![accuracy against epsilon]({FIGURE.relative_to(ROOT).as_posix()})",
     ]
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one seed; BENCHMARKS.md untouched")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    parser.add_argument("--figure", type=Path, default=FIGURE, help="where the PNG goes")
-    parser.add_argument("--cache", type=Path, default=None, help="reuse/save each run's summary here")
-    parser.add_argument("--noise", type=float, nargs="+", default=list(NOISE), help="noise multipliers z")
-    args = parser.parse_args()
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    noises: list[float | None] = [None, args.noise[0]] if args.smoke else [None, *args.noise]
-    with tempfile.TemporaryDirectory() as tmp:
-        results = run(seeds, noises, args.smoke, Path(tmp), args.cache)
-    plot(results, args.figure)
-    command = "python benchmarks/privacy.py" + (
-        " --smoke" if args.smoke else "" if seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, seeds))}"
-    )
-    try:
-        figure = args.figure.resolve().relative_to(args.output.resolve().parent).as_posix()
-    except ValueError:
-        figure = str(args.figure)
-    section = table(results, seeds, command, figure)
-    publish(section, args.output, SECTION, args.smoke)
-
+BENCH = Benchmark(
+    "privacy",
+    __doc__,
+    "benchmarks/privacy.py",
+    rows,
+    render,
+    rounds=20,
+    prepare=smoke_prepare(TINY),
+    options=options,
+    draw=plot,
+)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

@@ -7,6 +7,7 @@ is only how many clients exist. Each (size, seed) runs in its own subprocess, so
 memory is that run's alone. Writes the ``scale`` section of BENCHMARKS.md.
 
     python benchmarks/scale.py              # full: 10 / 100 / 1,000 clients x 3 seeds, 5 rounds (~6 min)
+    python benchmarks/scale.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/scale.py --smoke      # 10 and 30 clients, 1 seed, 2 rounds, prints only (CI)
     python benchmarks/scale.py --device cuda   # the same on a GPU (engine.device), adds peak device memory
 
@@ -30,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, mean_std, publish
+from _harness import Benchmark, Context, Results, Row, by_row, mean_std, seeds_of
 
-SECTION = "scale"
 PER_ROUND = 10
 SAMPLES_PER_CLIENT = 30  # 27 training + 3 validation samples at val_fraction 0.1
 TEST_SIZE = 500
@@ -149,29 +149,35 @@ def worker(n_clients: int, seed: int, rounds: int, test_size: int, device: str =
     }
 
 
-def measure(n_clients: int, seed: int, rounds: int, test_size: int, device: str = "cpu") -> dict[str, Any]:
+def rows(args: argparse.Namespace) -> list[Row]:
+    """One row per number of clients (smoke: 10 and 30)."""
+    if args.rounds < 2:
+        raise SystemExit("--rounds: at least 2 (round 1 is not timed)")
+    return [Row(str(n), params={"clients": n}) for n in ([10, 30] if args.smoke else sorted(args.sizes))]
+
+
+def measure(row: Row, seed: int, ctx: Context) -> dict[str, Any]:
     """Run :func:`worker` in a fresh interpreter (so its peak RSS is its own)."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        str(n_clients),
-        "--seeds",
-        str(seed),
-        "--rounds",
-        str(rounds),
-    ]
-    cmd += ["--test-size", str(test_size), "--device", device]
+    args = ctx.args
+    cmd = [sys.executable, __file__, "--worker", str(row.params["clients"]), "--seed", str(seed)]
+    cmd += ["--rounds", str(args.rounds), "--test-size", str(args.test_size), "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"{n_clients} clients, seed {seed} failed:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"{row.name} clients, seed {seed} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def table(
-    rows: dict[int, list[dict[str, Any]]], seeds: list[int], rounds: int, test_size: int, command: str
-) -> str:
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--test-size", type=int, default=TEST_SIZE, help="server test set size")
+    parser.add_argument("--device", default="cpu", help="engine.device of every run (default cpu)")
+
+
+def render(stored: Results) -> str:
     """The markdown section: one row per size, and the targets checked against the measurements."""
+    rows = {int(name): runs for name, runs in by_row(stored).items()}
+    seeds, rounds, test_size = seeds_of(stored), stored["options"]["rounds"], stored["options"]["test_size"]
+    command = stored["command"]
     device = next(iter(rows.values()))[0]["device"]
     cuda = "cuda_peak_mib" in next(iter(rows.values()))[0]
     lines = [
@@ -238,46 +244,22 @@ def flat(rows: dict[int, list[dict[str, Any]]], small: int, large: int, key: str
     return f"{a:,.2f} -> {b:,.2f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--smoke", action="store_true", help="10 and 30 clients, 1 seed, 2 rounds; prints only"
-    )
-    parser.add_argument("--test-size", type=int, default=TEST_SIZE, help="server test set size")
-    parser.add_argument("--device", default="cpu", help="engine.device of every run (default cpu)")
-    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one run, JSON on stdout
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    args = parser.parse_args()
-    if args.rounds < 2:
-        parser.error("--rounds: at least 2 (round 1 is not timed)")
-    if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.seeds[0], args.rounds, args.test_size, args.device)))
-        return
-    sizes = [10, 30] if args.smoke else sorted(args.sizes)
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    rounds = 2 if args.smoke else args.rounds
-    rows: dict[int, list[dict[str, Any]]] = {}
-    for n in sizes:
-        rows[n] = [measure(n, seed, rounds, args.test_size, args.device) for seed in seeds]
-        print(f"{n} clients: {rows[n]}", file=sys.stderr, flush=True)
-    command = "python benchmarks/scale.py" + (" --smoke" if args.smoke else "")
-    if not args.smoke:
-        if sizes != [10, 100, 1000]:
-            command += f" --sizes {' '.join(map(str, sizes))}"
-        if seeds != [0, 1, 2]:
-            command += f" --seeds {' '.join(map(str, seeds))}"
-        if rounds != 5:
-            command += f" --rounds {rounds}"
-        if args.test_size != TEST_SIZE:
-            command += f" --test-size {args.test_size}"
-    if args.device != "cpu":
-        command += f" --device {args.device}"
-    section = table(rows, seeds, rounds, args.test_size, command)
-    publish(section, args.output, SECTION, args.smoke)
+def worker_main() -> None:
+    """``--worker N --seed S ...``: one run in this process, its numbers as JSON on stdout."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--test-size", type=int, required=True)
+    parser.add_argument("--device", required=True)
+    a = parser.parse_args()
+    print(json.dumps(worker(a.worker, a.seed, a.rounds, a.test_size, a.device)))
 
+
+BENCH = Benchmark("scale", __doc__, "benchmarks/scale.py", rows, render, measure, rounds=5, options=options)
 
 if __name__ == "__main__":
-    main()
+    if "--worker" in sys.argv:
+        worker_main()
+    else:
+        BENCH.main()

@@ -5,11 +5,13 @@ The protocol follows FedMultimodal's UCI-HAR setup as far as the raw HAPT data a
 windows of the 6 basic activities (128 samples at 50 Hz, 50% overlap), the official UCI-HAR test
 users as the test set, the training windows split over 105 clients by a Dirichlet(alpha = 5.0) over
 labels, 10 clients sampled per round, SGD (lr 0.05, batch 16, 1 local epoch). fedavg runs with
-fedprox, fedopt (adam), scaffold and moon as ``compare`` baselines on the same task, so one command
-gives five rows. Writes the ``scenarios`` section of BENCHMARKS.md.
+fedprox, fedopt (adam), scaffold and moon as ``compare`` baselines on the same task (one command
+gives five columns; the script runs each as its own Federation on the shared task, as ``compare`` does),
+and scaffold at SGD momentum 0 as a sixth column. Writes the ``scenarios`` section of BENCHMARKS.md.
 
-    python benchmarks/scenarios.py            # 3 seeds x 11 settings x 5 algorithms (1219 CPU s of runs here)
-    python benchmarks/scenarios.py --variant 'scaffold, momentum 0'   # the extra column (258 CPU s here)
+    python benchmarks/scenarios.py            # 3 seeds x 11 settings x 6 columns (~1500 CPU s of runs)
+    python benchmarks/scenarios.py --resume   # continue a stopped run: only the missing runs
+    python benchmarks/scenarios.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/scenarios.py --smoke    # 1 round, 1 seed, 1 setting on part of HAPT, prints only
 """
 
@@ -17,18 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, mean_std, publish, unpack_hapt
-from fedmosaic import runner
-from fedmosaic.config import load_config
-from fedmosaic.core.metrics import classification_metrics
+from _harness import (
+    Benchmark,
+    Context,
+    Results,
+    Row,
+    federation_run,
+    mean_std,
+    seeds_of,
+    unpack_hapt,
+)
 
-SECTION = "scenarios"
 ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "moon")
 RATES = (0.1, 0.3, 0.5)
 # (label, scenario key) per kind of corruption; each row runs at every rate of RATES
@@ -37,9 +42,10 @@ KINDS = {
     "label missing": "task.label_missing_rate",
     "label noise": "task.label_noise_rate",
 }
-# Extra columns run as their own pass (--variant): SCAFFOLD's option-II rule assumes plain SGD
+# Extra columns beside the five algorithms: SCAFFOLD's option-II rule assumes plain SGD
 # (docs/scaffold.md), while the shared training block uses momentum 0.9 as FedMultimodal does.
-VARIANTS = {"scaffold, momentum 0": ["algorithm.name=scaffold", "compare=[]", "training.momentum=0"]}
+VARIANTS = {"scaffold, momentum 0": ["algorithm.name=scaffold", "training.momentum=0"]}
+COLUMNS = {**{a: [f"algorithm.name={a}"] for a in ALGORITHMS}, **VARIANTS}
 # FedMultimodal (Feng et al., KDD 2023), UCI-HAR, macro-F1 %, Dirichlet alpha 5.0, complete data,
 # attention fusion (their Table 4); the scenario tables are figures in the paper, not numbers.
 PUBLISHED = {"fedavg": 77.74, "fedopt": 85.17}
@@ -93,7 +99,6 @@ def overrides(data_dir: Path, seed: int, rounds: int, per_round: int) -> list[st
         f"rounds={rounds}",
         f"compare={json.dumps(list(ALGORITHMS[1:]))}",
         f"algorithm.name={ALGORITHMS[0]}",
-        "engine.progress=false",
         f"engine.eval_every={rounds}",  # only the final round is reported: evaluate once
         "output.plots=false",
         "task.dataset=uci-hapt",
@@ -118,43 +123,61 @@ def overrides(data_dir: Path, seed: int, rounds: int, per_round: int) -> list[st
 def command(extra: list[str], seed: int, rounds: int, per_round: int) -> str:
     """The ``fedmosaic run`` that gives a setting's five rows for one seed (HAPT unpacked in ./HAPT)."""
     sets = overrides(Path("HAPT"), seed, rounds, per_round) + extra
-    return "fedmosaic run " + " ".join(f"--set '{s}'" for s in sets if not s.startswith("engine.progress"))
+    return "fedmosaic run " + " ".join(f"--set '{s}'" for s in sets)
 
 
-def run(
-    data_dir: Path,
-    seeds: list[int],
-    rounds: int,
-    per_round: int,
-    chosen: dict[str, list[str]],
-    workdir: Path,
-    variant: str | None = None,
-) -> dict[str, list[dict]]:
-    """``{setting: [{algorithm: summary} per seed]}``, written to ``workdir/results.json`` after every run.
+def rows(args: argparse.Namespace) -> list[Row]:
+    """Every setting x column (a column: an algorithm, or a variant such as scaffold at momentum 0)."""
+    chosen = settings((0.5,) if args.smoke else tuple(args.rates))
+    if args.smoke:  # one corrupted setting on a fraction of the windows proves the script works
+        chosen = {"label noise 0.5": [*chosen["label noise 0.5"], *SMOKE]}
+    if args.only:
+        unknown = sorted(set(args.only) - set(chosen))
+        if unknown:
+            raise SystemExit(f"--only: unknown setting {unknown[0]!r} (known: {', '.join(chosen)})")
+        chosen = {k: v for k, v in chosen.items() if k in args.only}
+    return [
+        Row(
+            f"{label}: {column}", (*extra, *sets), params={"setting": label, "column": column, "extra": extra}
+        )
+        for label, extra in chosen.items()
+        for column, sets in COLUMNS.items()
+    ]
 
-    Seeds are the outer loop, so a run stopped early still has every setting at its first seeds.
-    """
-    out: dict[str, list[dict]] = {label: [] for label in chosen}
-    for seed in seeds:
-        for k, (label, extra) in enumerate(chosen.items()):
-            more = VARIANTS[variant] if variant else []
-            cfg = load_config(None, [*overrides(data_dir, seed, rounds, per_round), *extra, *more])
-            start = time.process_time()
-            result = runner.start(cfg, workdir / f"{k}-{seed}")
-            runs = {variant: result.summaries[cfg.algorithm.name]} if variant else result.summaries
-            summaries: dict = {"_seed": seed, "_cpu_s": time.process_time() - start, **runs}
-            out[label].append(summaries)
-            f1s = {a: round(f1(v), 1) for a, v in runs.items()}
-            print(f"{label} seed {seed}: {f1s} ({summaries['_cpu_s']:.0f} CPU s)", flush=True)
-            (workdir / "results.json").write_text(json.dumps(out))
-    return out
+
+def prepare(ctx: Context) -> None:
+    ctx.data["hapt"] = unpack_hapt(ctx.args.shared, ctx.workdir)
+
+
+def measure(row: Row, seed: int, ctx: Context) -> dict:
+    """One column of one setting; the five algorithms of a setting and seed share the task."""
+    args = ctx.args
+    base = overrides(ctx.data["hapt"], seed, args.rounds, args.per_round)
+    summary = federation_run([*base, "compare=[]", *row.overrides], ctx)
+    print(f"{row.name} seed {seed}: F1 {f1(summary):.1f}", flush=True)
+    return summary
+
+
+def once(ctx: Context) -> dict:
+    """What the section states once: the trivial predictors' F1 and the algorithms' defaults."""
+    smoke = SMOKE if ctx.smoke else []
+    return {"trivial": baselines(ctx.data["hapt"], ctx.args.seeds[0], smoke), "defaults": defaults()}
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
+    parser.add_argument("--only", nargs="+", help="run only these settings (labels as in the table)")
 
 
 def baselines(data_dir: Path, seed: int, extra: list[str]) -> dict[str, float]:
     """Macro-F1 (%) of trivial predictors on the test set: the clients' majority class, and an
     untrained model (round 0: FedAvg's initial weights, evaluated without any training)."""
+    from fedmosaic import load_config
+
     cfg = load_config(None, [*overrides(data_dir, seed, 1, 1), "compare=[]", *extra])
     from fedmosaic.algorithms.base import initial_model
+    from fedmosaic.core.metrics import classification_metrics
     from fedmosaic.data.tasks import build_task
     from fedmosaic.engines.protocol import settings_from_config
     from fedmosaic.models.train import predict
@@ -196,18 +219,36 @@ def paired(
     return f"{mean_std(diff, 1)} F1 points ({wins} in {sum(d > 0 for d in diff)}/{len(seeds)} seeds)"
 
 
-def merge(runs: list[dict]) -> list[dict]:
-    """Runs of one setting from several stored files, one dict per seed (algorithms merged, CPU added)."""
-    by_seed: dict[int, dict] = {}
-    for r in runs:
-        into = by_seed.setdefault(r["_seed"], {"_seed": r["_seed"], "_cpu_s": 0.0})
-        into.update({k: v for k, v in r.items() if not k.startswith("_")})
-        into["_cpu_s"] += r["_cpu_s"]
-    return [by_seed[s] for s in sorted(by_seed)]
-
-
 def f1(summary: dict) -> float:
+    """Macro-F1 (%) of a run's global model on the test windows with both sensors."""
     return 100 * summary["final"]["test/acc+gyro"]["macro_f1"]
+
+
+def render(stored: Results) -> str:
+    """The markdown section, from the runs regrouped per setting and seed."""
+    per_setting: dict[str, dict[int, dict]] = {}
+    chosen: dict[str, list[str]] = {}
+    for run in stored["runs"]:
+        setting = run["params"]["setting"]
+        chosen[setting] = run["params"]["extra"]
+        into = per_setting.setdefault(setting, {}).setdefault(
+            run["seed"], {"_seed": run["seed"], "_cpu_s": 0.0}
+        )
+        into[run["params"]["column"]] = run["numbers"]
+        into["_cpu_s"] += run["numbers"]["cpu_s"]
+    results = {k: [v[s] for s in sorted(v)] for k, v in per_setting.items()}
+    options, once = stored["options"], stored["once"]
+    text = table(
+        results,
+        chosen,
+        once["trivial"],
+        seeds_of(stored),
+        options["rounds"],
+        options["per_round"],
+        stored["command"],
+        once["defaults"],
+    )
+    return text
 
 
 def table(
@@ -218,10 +259,11 @@ def table(
     rounds: int,
     per_round: int,
     script: str,
-    wall_s: float,
+    algorithm_defaults: str,
 ) -> str:
-    """The markdown section."""
-    # any algorithm's summary describes the task (a --variant pass has no fedavg run)
+    """The section's tables and text, ``results`` per setting: one dict per seed (``_seed``, ``_cpu_s``
+    and each column's summary)."""
+    # any algorithm's summary describes the task (an --only or stopped run may lack a column)
     first = next(v for runs in results.values() for r in runs for k, v in r.items() if not k.startswith("_"))
     present = {k for runs in results.values() for r in runs for k in r}
     columns = [*ALGORITHMS, *(v for v in VARIANTS if v in present)]
@@ -234,16 +276,15 @@ def table(
         f"training windows, {per_round} clients per round, {rounds} rounds, SGD lr 0.05 momentum 0.9, "
         f"batch 16, 1 local epoch, seeds {', '.join(map(str, seeds))}; macro-F1 (%) of the global model "
         f"on the {first['data']['test']} test windows with both sensors, mean ± std over seeds. "
-        f"Algorithms at their defaults ({defaults()}). Script: `{script}` (total {cpu:.0f} CPU s"
-        + (f", {wall_s:.0f} s wall" if wall_s else "")
-        + " of the runs). Each row is one command per seed, the five algorithms on the same task "
+        f"Algorithms at their defaults ({algorithm_defaults}). Script: `{script}` (total {cpu:.0f} CPU s "
+        "of the runs). Each row is one command per seed, the five algorithms on the same task "
         f"(fedavg with the others as `compare` baselines): `{command([], seeds[0], rounds, per_round)}` "
         "(HAPT unpacked into ./HAPT from ../shared/datasets/uci-hapt) plus the row's `--set`, with "
         "`--set seed=1`, `2` for the other seeds.",
         "",
         *(
-            f"Column '{v}': the same command with `{' '.join('--set ' + x for x in VARIANTS[v])}` "
-            "(`python benchmarks/scenarios.py --variant '" + v + "'`)."
+            f"Column '{v}': the same command with "
+            f"`{' '.join('--set ' + x for x in [*VARIANTS[v], 'compare=[]'])}`."
             for v in columns[len(ALGORITHMS) :]
         ),
         "",
@@ -302,64 +343,19 @@ def table(
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--per-round", type=int, default=10)
-    parser.add_argument("--rates", type=float, nargs="+", default=list(RATES))
-    parser.add_argument("--smoke", action="store_true", help="1 round, 1 seed; BENCHMARKS.md untouched")
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    parser.add_argument("--keep", type=Path, help="keep the run folders and results.json in this folder")
-    parser.add_argument("--note", default="", help="a sentence added to the section (how the runs were made)")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), help="run only this extra column's algorithm")
-    parser.add_argument("--only", nargs="+", help="run only these settings (labels as in the table)")
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        nargs="+",
-        help="write the section from stored results.json files (no training); their wall times are added",
-    )
-    args = parser.parse_args()
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    rounds, per_round = (1, 2) if args.smoke else (args.rounds, args.per_round)
-    rates = (0.5,) if args.smoke else tuple(args.rates)
-    chosen = settings(rates)
-    if args.smoke:  # one corrupted setting on a fraction of the windows proves the script works
-        chosen = {"label noise 0.5": [*chosen["label noise 0.5"], *SMOKE]}
-    if args.only:
-        unknown = sorted(set(args.only) - set(chosen))
-        if unknown:
-            parser.error(f"--only: unknown setting {unknown[0]!r} (known: {', '.join(chosen)})")
-        chosen = {k: v for k, v in chosen.items() if k in args.only}
-    wall = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = unpack_hapt(args.shared, Path(tmp))
-        if args.from_results:
-            # several stored files (runs split over processes) are merged setting by setting
-            stored = [json.loads(Path(p).read_text()) for p in args.from_results]
-            results = {
-                k: sorted((r for s in stored for r in s.get(k, [])), key=lambda r: r["_seed"]) for k in chosen
-            }
-            wall = 0.0  # runs split over processes (some stopped by hand): their wall times go in --note
-        else:
-            workdir = args.keep or Path(tmp) / "runs"
-            workdir.mkdir(parents=True, exist_ok=True)
-            results = run(data_dir, seeds, rounds, per_round, chosen, workdir, args.variant)
-            wall = time.perf_counter() - wall
-            (workdir / "results.json").write_text(json.dumps({**results, "_wall_s": [wall]}))
-        trivial = baselines(data_dir, seeds[0], SMOKE if args.smoke else [])
-    script = "python benchmarks/scenarios.py" + (
-        "" if seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, seeds))}"
-    )
-    if (rounds, per_round, rates) != (10, 10, RATES):
-        script += f" --rounds {rounds} --per-round {per_round} --rates {' '.join(map(str, rates))}"
-    section = table(results, chosen, trivial, seeds, rounds, per_round, script, wall)
-    if args.note:
-        section += "\n\n" + args.note
-    publish(section, args.output, SECTION, args.smoke)
-
+BENCH = Benchmark(
+    "scenarios",
+    __doc__,
+    "benchmarks/scenarios.py",
+    rows,
+    render,
+    measure,
+    rounds=10,
+    smoke_rounds=1,
+    prepare=prepare,
+    once=once,
+    options=options,
+)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

@@ -10,12 +10,12 @@ the metrics of every evaluated round) and a profile of the engine's rounds by wh
 Writes the ``throughput`` section of BENCHMARKS.md.
 
     python benchmarks/throughput.py            # default task fedavg + uci-hapt fedavg, 5 rounds each
+    python benchmarks/throughput.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/throughput.py --smoke    # a tiny synthetic task, 1 round, prints only (CI)
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import os
 import pstats
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, publish, unpack_hapt
+import _harness
+from _harness import unpack_hapt
 
 SECTION = "throughput"
 TARGET = 1.15
@@ -394,21 +395,21 @@ def section(results: list[dict[str, Any]], command: str, load: str) -> str:
     return "\n".join(lines)
 
 
+def render(stored: _harness.Results) -> str:
+    """The section from the stored results."""
+    numbers = stored["runs"][0]["numbers"]
+    return section(numbers["results"], stored["command"], numbers["load"])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny synthetic task, 1 round, print only")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    parser.add_argument("--shared", type=Path, default=SHARED, help="folder holding datasets/ (for uci-hapt)")
+    parser = _harness.parser(__doc__, seeds=None, rounds=5, loop=False)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    load = f"1-minute load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-    if args.smoke:
-        results = [setting("synthetic (smoke)", SMOKE, 1, 1)]
-        command = "python benchmarks/throughput.py --smoke"
-    else:
+
+    def measure() -> dict[str, Any]:
+        load = f"1-minute load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+        if args.smoke:
+            return {"results": [setting("synthetic (smoke)", SMOKE, 1, 1)], "load": load}
         results = [setting("default task (synthetic image+text)", [], args.rounds, 2)]
         with tempfile.TemporaryDirectory() as tmp:
             hapt = unpack_hapt(args.shared, Path(tmp))
@@ -417,8 +418,9 @@ def main() -> None:
                     "uci-hapt (acc+gyro)", ["task.dataset=uci-hapt", f"task.data_dir={hapt}"], args.rounds, 2
                 )
             )
-        command = "python benchmarks/throughput.py" + (f" --rounds {args.rounds}" if args.rounds != 5 else "")
-    publish(section(results, command, load), args.output, SECTION, args.smoke)
+        return {"results": results, "load": load}
+
+    _harness.standalone(SECTION, "benchmarks/throughput.py", parser, args, measure, render, smoke_rounds=1)
 
 
 if __name__ == "__main__":

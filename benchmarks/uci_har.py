@@ -8,22 +8,19 @@ modalities at every client, and a 50% per-client modality drop rate (each client
 with probability 0.5, never both). Writes the ``uci-har`` section of BENCHMARKS.md.
 
     python benchmarks/uci_har.py             # full: 3 seeds x 2 settings (~15 min on 2 cores)
-    python benchmarks/uci_har.py --smoke     # 2 rounds, 1 seed, prints only (CI)
+    python benchmarks/uci_har.py --from-results   # the section from benchmarks/results/, no runs
+    python benchmarks/uci_har.py --smoke     # 2 rounds, 1 seed, prints only
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from _common import BENCHMARKS_MD, SHARED, mean_std, publish, unpack_hapt
-from fedmosaic import runner
-from fedmosaic.config import load_config
+from _harness import Benchmark, Context, Results, Row, by_row, mean_std, seeds_of, unpack_hapt
 
-SECTION = "uci-har"
 SETTINGS = {"acc+gyro at every client": [], "modality drop rate 0.5": ["clients.drop_rate=0.5"]}
 SUBSETS = ("test/acc+gyro", "test/acc", "test/gyro")
 # FedMultimodal (Feng et al., KDD 2023), Table: UCI-HAR, macro-F1 %, Dirichlet alpha = 5.0,
@@ -31,13 +28,9 @@ SUBSETS = ("test/acc+gyro", "test/acc", "test/gyro")
 PUBLISHED = {"FedAvg": 77.7, "FedOpt": 85.2}
 
 
-def overrides(data_dir: Path, seed: int, rounds: int) -> list[str]:
+def overrides(data_dir: Path) -> list[str]:
     """The UCI-HAR-equivalent task as run-config overrides."""
     return [
-        f"seed={seed}",
-        f"rounds={rounds}",
-        "compare=[]",
-        "engine.progress=false",
         "task.dataset=uci-hapt",
         f"task.data_dir={data_dir}",
         'task.options.test_users="official"',
@@ -53,21 +46,18 @@ def overrides(data_dir: Path, seed: int, rounds: int) -> list[str]:
     ]
 
 
-def run(data_dir: Path, seeds: list[int], rounds: int, workdir: Path) -> dict[str, list[dict]]:
-    """Each setting's summaries, per seed."""
-    out: dict[str, list[dict]] = {}
-    for label, extra in SETTINGS.items():
-        out[label] = []
-        for seed in seeds:
-            cfg = load_config(None, [*overrides(data_dir, seed, rounds), *extra])
-            folder = workdir / f"{len(out)}-{seed}"
-            out[label].append(runner.start(cfg, folder).summaries["fedavg"])
-            print(f"{label} seed {seed}: {out[label][-1]['final']['test/acc+gyro']}", flush=True)
-    return out
+def rows(args: argparse.Namespace) -> list[Row]:
+    """One row per setting (fedavg)."""
+    return [Row(label, tuple(extra)) for label, extra in SETTINGS.items()]
 
 
-def table(results: dict[str, list[dict]], seeds: list[int], rounds: int, command: str) -> str:
+def prepare(ctx: Context) -> None:
+    ctx.data["common"] = overrides(unpack_hapt(ctx.args.shared, ctx.workdir))
+
+
+def render(stored: Results) -> str:
     """The markdown section."""
+    results, seeds, rounds = by_row(stored), seeds_of(stored), stored["options"]["rounds"]
     first = next(iter(results.values()))[0]
     lines = [
         "### UCI-HAR equivalent (HAPT raw data, 6 activities, official test users)",
@@ -75,7 +65,7 @@ def table(results: dict[str, list[dict]], seeds: list[int], rounds: int, command
         f"FedAvg, 21 clients (one per training user), {rounds} rounds, seeds "
         f"{', '.join(map(str, seeds))}; macro-F1 (%) on the official test users by the modalities "
         f"used at test time, mean ± std over seeds. {first['data']['test']} test windows, "
-        f"{first['data']['client_train']} client training windows. Command: `{command}`",
+        f"{first['data']['client_train']} client training windows. Command: `{stored['command']}`",
         "",
         "| setting | F1 acc+gyro | F1 acc only | F1 gyro only | accuracy acc+gyro | s / round | MB / round |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -102,27 +92,7 @@ def table(results: dict[str, list[dict]], seeds: list[int], rounds: int, command
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--smoke", action="store_true", help="2 rounds, one seed; BENCHMARKS.md untouched")
-    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding datasets/")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    args = parser.parse_args()
-    seeds = args.seeds[:1] if args.smoke else args.seeds
-    rounds = 2 if args.smoke else args.rounds
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = unpack_hapt(args.shared, Path(tmp))
-        results = run(data_dir, seeds, rounds, Path(tmp) / "runs")
-    command = "python benchmarks/uci_har.py" + (
-        "" if seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, seeds))}"
-    )
-    if rounds != 30:
-        command += f" --rounds {rounds}"
-    section = table(results, seeds, rounds, command)
-    publish(section, args.output, SECTION, args.smoke)
-
+BENCH = Benchmark("uci-har", __doc__, "benchmarks/uci_har.py", rows, render, rounds=30, prepare=prepare)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

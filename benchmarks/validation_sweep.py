@@ -9,17 +9,16 @@ rejections). Writes the section between ``<!-- validation:begin -->`` and ``<!--
 of BENCHMARKS.md.
 
     python benchmarks/validation_sweep.py            # 7 algorithms, seed 0 (a few minutes)
+    python benchmarks/validation_sweep.py --from-results   # the section from benchmarks/results/
     python benchmarks/validation_sweep.py --smoke    # fedavg and local only (< 1 min)
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
 from pathlib import Path
 
-from _common import BENCHMARKS_MD, publish
+from _harness import Benchmark, Context, Results, Row, by_row
 from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import load_config
 from fedmosaic.core.algorithm import ServerData
@@ -49,17 +48,11 @@ NEEDS_ARRAY = {"nan", "inf", "wrong_shape", "wrong_dtype", "missing_array", "nor
 
 def sensor_overrides(folder: Path) -> list[str]:
     """A small mHealth-format task (synthetic logs in the real format) for the autoencoder algorithms."""
-    from fedmekt import write_mhealth_like  # benchmarks/fedmekt.py's writer of mHealth-format logs
+    from fedmekt import mhealth_overrides, write_mhealth_like  # benchmarks/fedmekt.py's mHealth files
 
-    data = write_mhealth_like(folder, scale=0.05)
     return [
         "rounds=1",
-        "compare=[]",
-        "engine.progress=false",
-        "output.plots=false",
-        "task.dataset=mhealth",
-        f"task.data_dir={data}",
-        'task.options.modalities=["acc", "gyro"]',
+        *mhealth_overrides(write_mhealth_like(folder, scale=0.05)),
         "task.options.window=32",
         "task.partition=iid",
         "task.proxy_size=40",
@@ -68,15 +61,31 @@ def sensor_overrides(folder: Path) -> list[str]:
     ]
 
 
-def algorithms(smoke: bool, sensor: list[str]) -> dict[str, list[str]]:
-    """Algorithm label -> config overrides."""
-    out = {"fedavg": [*TINY, "algorithm.name=fedavg"], "local": [*TINY, "algorithm.name=local"]}
-    if not smoke:
-        out["fedcmi"] = [*TINY, "algorithm.name=fedcmi"]
-        out["gvf"] = [*TINY, "algorithm.name=gvf", "algorithm.dim=16"]
-        out["mmfedavg"] = [*sensor, "algorithm.name=mmfedavg"]
-        out["fedmekt"] = [*sensor, "algorithm.name=fedmekt", "algorithm.proxy_batch=16"]
+SENSOR = ("mmfedavg", "fedmekt")  # rows on the mHealth-format task; the rest on TINY
+
+
+def rows(args: argparse.Namespace) -> list[Row]:
+    """One row per algorithm (smoke: fedavg and local)."""
+    out = [Row("fedavg", ("algorithm.name=fedavg",)), Row("local", ("algorithm.name=local",))]
+    if not args.smoke:
+        out += [
+            Row("fedcmi", ("algorithm.name=fedcmi",)),
+            Row("gvf", ("algorithm.name=gvf", "algorithm.dim=16")),
+            Row("mmfedavg", ("algorithm.name=mmfedavg",)),
+            Row("fedmekt", ("algorithm.name=fedmekt", "algorithm.proxy_batch=16")),
+        ]
     return out
+
+
+def prepare(ctx: Context) -> None:
+    ctx.data["sensor"] = [] if ctx.smoke else sensor_overrides(ctx.workdir / "mhealth")
+
+
+def measure(row: Row, seed: int, ctx: Context) -> dict[str, object]:
+    """Per kind [caught, tried]; the clean round's false rejections and replies."""
+    base = ctx.data["sensor"] if row.name in SENSOR else TINY
+    counts, false_rejections, n = sweep([*base, f"seed={seed}", *row.overrides])
+    return {"counts": counts, "false_rejections": false_rejections, "replies": n}
 
 
 def one_round(overrides: list[str]) -> tuple[object, object, dict[str, Message], dict[str, Message]]:
@@ -115,19 +124,12 @@ def sweep(overrides: list[str]) -> tuple[dict[str, tuple[int, int]], int, int]:
     return counts, len(clean.rejected), len(replies)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="fedavg and local only")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD)
-    args = parser.parse_args()
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        sensor = [] if args.smoke else sensor_overrides(Path(tmp) / "mhealth")
-        results = {label: sweep(o) for label, o in algorithms(args.smoke, sensor).items()}
-    kinds = list(CORRUPTIONS)
-    command = "python benchmarks/validation_sweep.py" + (" --smoke" if args.smoke else "")
-    total_caught = sum(c for counts, _, _ in results.values() for c, _ in counts.values())
-    total_tried = sum(t for counts, _, _ in results.values() for _, t in counts.values())
+def render(stored: Results) -> str:
+    """The markdown section."""
+    results = {name: runs[0] for name, runs in by_row(stored).items()}
+    kinds = list(next(iter(results.values()))["counts"])
+    total_caught = sum(c for r in results.values() for c, _ in r["counts"].values())
+    total_tried = sum(t for r in results.values() for _, t in r["counts"].values())
     lines = [
         "### Bad replies tried against reply validation (issue 9)",
         "",
@@ -135,25 +137,34 @@ def main() -> None:
         "acc+gyro task for mmfedavg and fedmekt), default `[robustness]` settings; then each client's "
         "reply in turn corrupted by each kind and the round screened as the engines do. Cell: caught / "
         "tried (caught = that reply, and no other, rejected). `local` replies carry no arrays, so only "
-        "the name and metadata kinds apply. "
-        f"Command: `{command}` ({(time.perf_counter() - start) / 60:.1f} min).",
+        f"the name and metadata kinds apply. Command: `{stored['command']}`.",
         "",
         f"| algorithm | {' | '.join(kinds)} | clean replies falsely rejected |",
         "|---|" + "---:|" * (len(kinds) + 1),
     ]
-    for label, (counts, false_rejections, n) in results.items():
-        cells = [f"{c}/{t}" if t else "—" for c, t in (counts[k] for k in kinds)]
-        lines.append(f"| {label} | {' | '.join(cells)} | {false_rejections}/{n} |")
-    by_kind = {k: [sum(results[a][0][k][i] for a in results) for i in (0, 1)] for k in kinds}
+    for label, r in results.items():
+        cells = [f"{c}/{t}" if t else "—" for c, t in (r["counts"][k] for k in kinds)]
+        lines.append(f"| {label} | {' | '.join(cells)} | {r['false_rejections']}/{r['replies']} |")
+    by_kind = {k: [sum(r["counts"][k][i] for r in results.values()) for i in (0, 1)] for k in kinds}
     lines += [
         "",
         f"Total: {total_caught} of {total_tried} bad replies caught; by kind: "
         + ", ".join(f"{k} {c}/{t}" for k, (c, t) in by_kind.items())
         + ".",
     ]
-    section = "\n".join(lines)
-    publish(section, args.output, SECTION, args.smoke)
+    return "\n".join(lines)
 
+
+BENCH = Benchmark(
+    "validation",
+    __doc__,
+    "benchmarks/validation_sweep.py",
+    rows,
+    render,
+    measure,
+    seeds=(0,),
+    prepare=prepare,
+)
 
 if __name__ == "__main__":
-    main()
+    BENCH.main()

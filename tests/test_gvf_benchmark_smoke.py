@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -14,17 +15,16 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_gvf_benchmark_smoke(tmp_path: Path) -> None:
-    target = tmp_path / "BENCHMARKS.md"
-    work = tmp_path / "work"
-    # split the run: units into a work folder (no table), then a collection that runs nothing
-    part = _bench("--workdir", str(work), "--run-only", "--output", str(target))
-    assert part.returncode == 0, part.stderr
-    assert "| gvf |" not in part.stdout and (work / "synthetic-main-s0" / "summary.json").is_file()
-    proc = _bench("--workdir", str(work), "--collect", "--output", str(target))
+    target, results = tmp_path / "BENCHMARKS.md", tmp_path / "results"
+    proc = _bench("--results", str(results), "--output", str(target))
     assert proc.returncode == 0, proc.stderr
-    assert "--workdir DIR --collect" in proc.stdout
-    again = _bench("--workdir", str(tmp_path / "empty"), "--collect", "--output", str(target))
-    assert again.returncode == 0 and "| gvf |" not in again.stdout  # nothing finished: no rows
+    stored = json.loads((results / "gvf.json").read_text())
+    assert {r["row"] for r in stored["runs"]} == {
+        "synthetic: local",
+        "synthetic: fedavg",
+        "synthetic: gvf",
+        "synthetic: gvf, random pairing",
+    }
     for text in (
         "| local |",
         "| fedavg |",
@@ -35,6 +35,10 @@ def test_gvf_benchmark_smoke(tmp_path: Path) -> None:
         assert text in proc.stdout
     assert "vs local" in proc.stdout and "| image acc | image F1 |" in proc.stdout
     assert not target.exists()  # smoke mode never overwrites the published table
+    # the stored results alone give the same section (nothing is run)
+    again = _bench("--results", str(results), "--output", str(target), "--from-results")
+    assert again.returncode == 0, again.stderr
+    assert "| gvf |" in again.stdout and proc.stdout.endswith(again.stdout)
 
 
 def test_gvf_diagnose_smoke() -> None:
@@ -49,7 +53,7 @@ def test_gvf_diagnose_smoke() -> None:
 def test_gvf_curves_smoke(tmp_path: Path) -> None:
     work, target = tmp_path / "work", tmp_path / "BENCHMARKS.md"
     proc = run_benchmark(
-        "gvf_curves.py", "--smoke", "--workdir", str(work), "--output", str(target), timeout=300
+        "gvf_curves.py", "--smoke", "--results", str(work), "--output", str(target), timeout=300
     )
     out = proc.stdout
     assert "| image | gvf |" in out and "| image+text | fedavg |" in out
@@ -57,5 +61,6 @@ def test_gvf_curves_smoke(tmp_path: Path) -> None:
     assert re.search(row, out, re.M)  # gvf's difference to local-only, signed
     assert not target.exists()  # smoke mode never overwrites the published section
     assert (work / "gvf_curves.png").stat().st_size > 10_000  # the figure was drawn (into the work folder)
-    metrics = (work / "synthetic-s0" / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == 2 and all('"eval"' in line for line in metrics)  # every round evaluated
+    stored = json.loads((work / "gvf-curves.json").read_text())
+    curves = stored["runs"][0]["numbers"]["curves"]
+    assert [r for r, _ in curves["image"]] == [1, 2]  # every round evaluated

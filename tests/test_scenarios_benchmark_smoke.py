@@ -25,7 +25,7 @@ def test_scenarios_benchmark_smoke(tmp_path: Path) -> None:
     assert "| majority class (seed 0) |" in out and "| untrained model (seed 0) |" in out
     assert "| FedMultimodal, published" in out and "77.74" in out and "85.17" in out
     assert "- label noise 0.5: 0 labels dropped," in out  # the effective counts from summary.json
-    assert "benchmarks/scenarios.py --seeds 0 --rounds 1" in out
+    assert "`python benchmarks/scenarios.py --smoke`" in out
     assert not target.exists()  # smoke mode never overwrites the published table
 
 
@@ -49,7 +49,7 @@ def test_table_pairs_seeds_and_names_each_rows_settings() -> None:
         )
         noisy = {a: _summary(60 + 2 * shift, record) for a in bench.ALGORITHMS}
         results["label noise 0.5"].append({**base, **noisy})
-    text = bench.table(results, chosen, {"majority class": 5.2}, [0, 1], 10, 10, "script", 0.0)
+    text = bench.table(results, chosen, {"majority class": 5.2}, [0, 1], 10, 10, "script", "defaults")
     assert "| clean, fusion mean | 71.0 ± 1.0 |" in text
     assert "| label noise 0.5 | 62.0 ± 2.0 (2 seeds) |" not in text  # both seeds ran: no note
     assert "`--set task.label_noise_rate=0.5`" in text
