@@ -508,7 +508,8 @@ def provenance(stored: Results) -> str:
     text = (
         f"Measured {' to '.join(dates[:: max(1, len(dates) - 1)])} at commit {', '.join(commits)}"
         f"{f' in {len(sessions)} sessions' if len(sessions) > 1 else ''}: {wall:.0f} s wall, {cpu:.0f} CPU s "
-        f"in all; 1-minute load average {min(loads):g} to {max(loads):g} on {sessions[0]['cores']} cores "
+        f"in all; 1-minute load average {min(loads):g} to {max(loads):g} at the start and end of "
+        f"{'each session' if len(sessions) > 1 else 'the run'} on {sessions[0]['cores']} cores "
         "(other jobs share the machine: wall seconds are inflated by their load, CPU seconds much less)."
     )
     notes = stored.get("notes", [])

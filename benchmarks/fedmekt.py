@@ -316,7 +316,8 @@ def speed_measure(row: Row, seed: int, ctx: Context) -> dict:
     run = {"wall": result["summary"]["seconds_per_round"], "cpu": result["cpu_per_round"]}
     # with workers, fit runs in the children, where the split's timers cannot count it
     run |= {part: cpu / n for part, cpu in split.items() if not (workers > 1 and part == "clients")}
-    return {**run, "rows_per_client": per_client, "clients": len(task.clients), "rounds": n}
+    sizes = {"rows_per_client": per_client, "n_clients": len(task.clients), "rounds": n}
+    return {**run, **sizes, "server_epochs": getattr(cfg.algorithm, "server_epochs", None)}  # FedMEKT's R
 
 
 def speed_rows(args: argparse.Namespace) -> list[Row]:
@@ -338,9 +339,10 @@ def speed_table(stored: Results) -> str:
     lines = [
         "### FedMEKT speed at mHealth-like sizes",
         "",
-        f"{first['clients']} clients (3 acc, 3 gyro, 3 acc+gyro), all sampled, "
+        f"{first['n_clients']} clients (3 acc, 3 gyro, 3 acc+gyro), all sampled, "
         f"{first['rows_per_client']:.0f} rows per client per epoch, acc 9 + gyro 6 channels, 128-step "
-        "windows, batches of 32, 2 local epochs, R = 2 server epochs, linear evaluation every round; "
+        f"windows, batches of 32, 2 local epochs, R = {first['server_epochs']} server epochs (the default), "
+        "linear evaluation every round; "
         "generated mHealth-format files of the real data set's size. One torch thread. "
         f"{first['rounds']} rounds per run, mean ± std over seeds {', '.join(map(str, seeds_of(stored)))}. "
         f"Command: `{stored['command']}`",

@@ -163,9 +163,7 @@ def render(stored: Results) -> str:
             f"The node worker saves {saved:.2f} CPU s per node and message "
             f"({saved / mean(alone, 1):.0%} of the process-without-worker cost); what remains per message "
             f"is the ClientApp process start (Python, Flower, fedmosaic's light client module) and the "
-            f"training itself. Machine: 2 CPU cores shared with other jobs (1-min load average "
-            f"{m['load'][0]:.1f} before, {m['load'][1]:.1f} after), so wall seconds are inflated; CPU "
-            f"seconds much less so.",
+            "training itself.",
         ]
     )
 

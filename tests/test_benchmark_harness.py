@@ -162,7 +162,9 @@ def test_provenance_sums_sessions_and_keeps_notes() -> None:
     assert text.startswith(
         "Measured 2026-12-01 to 2026-12-02 at commit abc in 2 sessions: 150 s wall, 120 CPU s"
     )
-    assert "load average 0.5 to 3 on 2 cores" in text and text.endswith("\n\nSplit over two days.")
+    assert "load average 0.5 to 3 at the start and end of each session on 2 cores" in text and text.endswith(
+        "\n\nSplit over two days."
+    )
 
 
 def test_jobs_give_the_same_results_in_row_order(tmp_path: Path) -> None:
