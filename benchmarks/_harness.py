@@ -34,10 +34,12 @@ publishing.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -344,6 +346,7 @@ def smoke_defaults(args: argparse.Namespace, smoke_rounds: int | None = None) ->
             args.rounds = smoke_rounds
         if args.results is None:
             args.results = Path(tempfile.mkdtemp(prefix="bench-smoke-"))
+            atexit.register(shutil.rmtree, args.results, True)
 
 
 def results_path(args: argparse.Namespace, section: str) -> Path:
