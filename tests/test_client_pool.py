@@ -50,6 +50,7 @@ def test_auto_is_one_worker_per_core_where_a_pool_can_work(monkeypatch) -> None:
     assert resolve_workers("auto", "cpu", 10) == 2
     assert resolve_workers("auto", "cpu", 1) == 1  # never more workers than clients
     assert resolve_workers("auto", "cuda", 10) == 1  # a GPU cannot be used from forked processes
+    assert resolve_workers("auto", "cpu", 10, wrapped=True) == 1  # a wrapper's records stay here
     assert resolve_workers(3, "cpu", 10) == 3  # a number is taken as given
     monkeypatch.setattr(client_pool.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     assert resolve_workers("auto", "cpu", 10) == 1  # no fork (Windows): one process, no error

@@ -100,7 +100,7 @@ def test_every_upload_of_a_run_is_clipped_before_noise(monkeypatch, tmp_path: Pa
         return clipped, base
 
     monkeypatch.setattr(dp, "clip_upload", recording)
-    cfg = tiny(*DP_ON)
+    cfg = tiny(*DP_ON, "engine.workers=1")  # the recording lives in this process, not in forked workers
     rows, _ = run(cfg, tmp_path / "run")
     assert len(seen) == sum(len(r["clients"]) for r in rows) == 20  # every fit of every round
     assert all(after <= 0.05 * (1 + 1e-9) for _, after in seen)

@@ -42,16 +42,18 @@ def asked_workers(workers: int | str) -> int:
     return 1 if workers == "auto" else int(workers)
 
 
-def resolve_workers(workers: int | str, device: str, clients: int) -> int:
+def resolve_workers(workers: int | str, device: str, clients: int, wrapped: bool = False) -> int:
     """The number of processes ``engine.workers`` means here.
 
     ``"auto"``: one per usable core, but no more than the clients there are to train, and 1 where a
-    pool cannot work (a GPU, or no ``fork`` start method, e.g. Windows), so the default never fails
-    where one process would run. A number is taken as given (its checks are the pool's).
+    pool cannot work (a GPU, or no ``fork`` start method, e.g. Windows) or where the caller wrapped
+    the client half (``wrapped``: a wrapper may record what it sees in this process, and a forked
+    worker's records never come back), so the default never changes what one process would do. A
+    number is taken as given (its checks are the pool's).
     """
     if workers != "auto":
         return int(workers)
-    if device != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
+    if wrapped or device != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
         return 1
     return max(1, min(usable_cores(), clients))
 

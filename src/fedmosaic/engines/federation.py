@@ -154,7 +154,9 @@ class Federation:
             else MemoryStateStore()
         )
         self.workers = (
-            resolve_workers(workers, self.device, self.settings.clients_per_round) if in_process else 1
+            resolve_workers(workers, self.device, self.settings.clients_per_round, bool(client_wrappers))
+            if in_process
+            else 1
         )
         self.transport: Transport = transport or InProcessTransport(
             self.client, task, self.states, self.seed, dropout, self.workers
