@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
@@ -15,6 +17,17 @@ from fedmosaic.config import RunConfig, load_config
 # The engine defaults to one torch thread (see engine.threads); tests that call models directly
 # get the same, or small-model tests run many times slower on a 2-core machine.
 torch.set_num_threads(1)
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, step_s: float = 0.1) -> bool:
+    """Whether ``predicate()`` became true within ``timeout_s`` (polled every ``step_s``): a bounded wait."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return False
+
 
 TINY_OVERRIDES = [
     "task.options.n_samples=400",

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import wait_until
 from fedmosaic.cli import app
 from fedmosaic.engines.run_folder import read_jsonl
 
@@ -135,15 +135,6 @@ def test_report_on_a_non_run_is_an_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "summary.json" in result.stderr
 
 
-def _wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_ctrl_c_leaves_a_resumable_folder_with_identical_final_metrics(tmp_path: Path) -> None:
     args = sets("rounds=5", "algorithm.name=local")
     reference = tmp_path / "reference"
@@ -159,7 +150,7 @@ def test_ctrl_c_leaves_a_resumable_folder_with_identical_final_metrics(tmp_path:
         env=env,
     )
     try:
-        assert _wait_for(lambda: len(read_jsonl(out / "metrics.jsonl")) >= 2, timeout=120), (
+        assert wait_until(lambda: len(read_jsonl(out / "metrics.jsonl")) >= 2, timeout_s=120), (
             "run never got going"
         )
         proc.send_signal(signal.SIGINT)

@@ -10,13 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("flwr")
 
+from conftest import wait_until
 from fedmosaic.engines import flower_local, warm_clientapp
 
 HERE = Path(__file__).resolve().parent
@@ -29,15 +29,6 @@ def record_argv() -> None:
     sys.exit(3)
 
 
-def _wait(predicate, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_the_zygote_forks_one_process_per_launch_with_the_given_arguments(tmp_path: Path) -> None:
     sys.path.insert(0, str(HERE))  # the zygote imports its entry point by name, after the fork
     try:
@@ -48,7 +39,8 @@ def test_the_zygote_forks_one_process_per_launch_with_the_given_arguments(tmp_pa
         outs = [tmp_path / f"launch-{k}.json" for k in range(2)]
         for out in outs:
             assert zygote.launch(["flwr-clientapp", "--token", "t", "--out", str(out)], quiet=True)
-        assert _wait(lambda: all(out.is_file() and out.read_text() for out in outs))
+        written = lambda: all(out.is_file() and out.read_text() for out in outs)  # noqa: E731
+        assert wait_until(written, timeout_s=30, step_s=0.05)
         seen = [json.loads(out.read_text()) for out in outs]
         assert [s["argv"] for s in seen] == [
             ["flwr-clientapp", "--token", "t", "--out", str(out)] for out in outs
@@ -57,7 +49,8 @@ def test_the_zygote_forks_one_process_per_launch_with_the_given_arguments(tmp_pa
         assert len({s["pid"] for s in seen}) == 2  # a process per message, as Flower's isolation wants
     finally:
         zygote.close()
-    assert _wait(lambda: not flower_local.alive(zygote.pid))  # EOF on its pipe ends the zygote
+    # EOF on its pipe ends the zygote
+    assert wait_until(lambda: not flower_local.alive(zygote.pid), timeout_s=30, step_s=0.05)
     assert not zygote.launch(["flwr-clientapp"], quiet=True)  # then launches fall back to Flower's own
 
 

@@ -4,9 +4,9 @@ Clients of one round are independent given the server's message, and every rando
 makes comes from ``Rng(seed, round, client)``, so training them in parallel gives exactly the
 replies of training them one after another; evaluation draws nothing at all. Evaluation goes to the
 pool too because personalised algorithms (``local``, gvf) evaluate one model per client on the
-whole test set, which costs as much as their training. Processes, not threads: a client's step is many small
-torch ops in Python, where one thread per process is fastest (see ``engine.threads``) and the GIL
-would serialise threads.
+whole test set, which costs as much as their training. Processes, not threads: a client's step is
+many small torch ops in Python, where one thread per process is fastest (see ``engine.threads``)
+and the GIL would serialise threads.
 
 Workers are forked once per engine and inherit the client half and the task (copy-on-write), so
 only messages and client states cross the process boundary.
