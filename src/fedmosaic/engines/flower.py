@@ -64,6 +64,7 @@ from fedmosaic.core.errors import FlowerRunError
 from fedmosaic.core.message import Message as FMessage
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.task import Task
+from fedmosaic.engines import flower_pull
 from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower_client import (  # noqa: F401  (the ClientApp, importable from here as before)
     EVALUATE,
@@ -295,6 +296,7 @@ server_app = ServerApp()
 
 @server_app.main()
 def _server_main(grid: Grid, context: Context) -> None:
+    flower_pull.shorten_backoff()  # a reply's objects reach the SuperLink just after its head
     run_server(grid, dict(context.run_config))
 
 

@@ -26,7 +26,7 @@ import time
 import types
 import warnings
 
-from fedmosaic.engines import warm_clientapp
+from fedmosaic.engines import flower_pull, warm_clientapp
 
 FLWR_VERSION = "1.41.0"  # the version whose polling loop this was read from
 DEFAULT_POLL_S = 0.2
@@ -72,6 +72,7 @@ def install(cap_s: float) -> bool:
 def main() -> None:
     """Run ``flower-supernode`` with the given arguments, the poll cap and warm ClientApp starts."""
     install(poll_seconds())
+    flower_pull.shorten_backoff()  # the SuperNode pulls a message's objects from the SuperLink too
     if warm_clientapp.enabled():
         warm_clientapp.install_supernode()
     from flwr.supernode.cli import flower_supernode

@@ -36,6 +36,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from fedmosaic.engines import flower_pull
+
 FLWR_VERSION = "1.41.0"
 CLIENTAPP = "flwr-clientapp"
 ENTRY = "flwr.supernode.cli:flwr_clientapp"  # what the flwr-clientapp command runs
@@ -83,6 +85,7 @@ def _serve(read_fd: int, entry: str) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the SuperExec; EOF stops us
         run = _entry_point(entry)
         importlib.import_module("fedmosaic.engines.flower_client")  # fedmosaic's light ClientApp
+        flower_pull.shorten_backoff()  # the message's objects reach the node just after its head
 
         with os.fdopen(read_fd, "rb") as pipe:
             for line in pipe:
