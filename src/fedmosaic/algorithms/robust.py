@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy.stats import trim_mean
 
 if TYPE_CHECKING:
     from fedmosaic.core.algorithm import Settings
@@ -47,6 +46,8 @@ def trimmed_mean(values: Sequence[np.ndarray], trim: float) -> np.ndarray:
     """
     if not 0 <= trim < 0.5:
         raise ValueError(f"robustness.trim_fraction: expected 0 <= value < 0.5, got {trim}")
+    from scipy.stats import trim_mean  # lazy: scipy.stats takes ~0.7 s to import, most runs never trim
+
     return np.asarray(
         trim_mean(np.stack([np.asarray(v, dtype=np.float64) for v in values]), trim, axis=0),
         dtype=np.float64,

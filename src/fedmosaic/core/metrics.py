@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
 
 from fedmosaic.core.message import Message
 from fedmosaic.core.modality import ClientSpec
@@ -23,6 +22,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     """
     if len(y_true) == 0:
         raise ValueError("cannot compute metrics on an empty evaluation set")
+    # lazy: scikit-learn takes ~0.9 s to import, and listing or checking algorithms never scores
+    from sklearn.metrics import precision_recall_fscore_support
+
     labels = list(range(num_classes))
     _, _, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average=None, zero_division=0

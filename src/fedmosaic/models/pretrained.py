@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from transformers.utils import logging as hf_logging
-
 from fedmosaic.core.errors import ConfigError
 
 T = TypeVar("T")
@@ -34,6 +32,8 @@ def _looks_like_path(text: str) -> bool:
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """No "Loading weights" bar from transformers for a local load that takes a fraction of a second."""
+    from transformers.utils import logging as hf_logging  # lazy: what calls this has imported it
+
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 from fedmosaic.models.pretrained import load_pretrained
 
@@ -39,6 +38,8 @@ class BertEncoder(nn.Module):
         heads: int = 2,
     ) -> None:
         super().__init__()
+        from transformers import BertConfig, BertModel  # lazy: transformers takes ~3 s to import
+
         config = BertConfig(
             vocab_size=vocab_size,
             hidden_size=hidden,
@@ -81,6 +82,8 @@ class PretrainedTextEncoder(nn.Module):
 
     def __init__(self, source: str | Path, embed_dim: int, pretrained: bool = True) -> None:
         super().__init__()
+        from transformers import AutoConfig, AutoModel  # lazy, as above
+
         if pretrained:
             self.backbone = load_pretrained(AutoModel.from_pretrained, source, "model")
         else:
