@@ -151,9 +151,18 @@ def measure(
     }
 
 
-def table(m: dict, command: str) -> str:
-    local, flower = np.mean(m["local_s"]), np.mean(m["flower_s"])
-    per_round = np.array(m["flower_s"]) - np.array(m["local_s"])
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def table(numbers: dict, command: str) -> str:
+    """The section: s/round of each engine per repeat, their mean ± std, and where the time goes."""
+    repeats = numbers["repeats"]
+    m = repeats[-1]  # the setup-cost and accounting figures quoted in the text: the last repeat's
+    local = [float(np.mean(r["local_s"])) for r in repeats]
+    flower = [float(np.mean(r["flower_s"])) for r in repeats]
+    overhead = [f - lo for f, lo in zip(flower, local, strict=True)]
+    ratio = [f / lo for f, lo in zip(flower, local, strict=True)]
     flwr_only, light, heavy = m["imports"].values()
     worker = "a node worker beside each SuperNode" if m["worker"] else "no node worker"
     worker += (
@@ -161,20 +170,32 @@ def table(m: dict, command: str) -> str:
         if m["fast_poll"]
         else ", `flower-supernode` (idle poll 3 s)"
     )
+
+    def per_repeat(values: list[float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in values)
+
+    def rounds(key: str) -> str:
+        return "; ".join(", ".join(f"{s:.2f}" for s in r[key]) for r in repeats)
+
     return "\n".join(
         [
             f"Flower Deployment Engine vs the local engine on the same run: {m['clients']} clients on "
             f"{m['nodes']} SuperNodes (SuperLink and nodes on 127.0.0.1, insecure, {worker}), fedavg, "
-            f"{m['rounds']} rounds. Command: `{command}`",
+            f"{m['rounds']} rounds, the pair run {len(repeats)} time(s) one after the other. "
+            f"Command: `{command}`",
             "",
-            "| engine | s / round (mean) | rounds (s) | whole run: wall s, CPU s |",
+            f"| engine | s / round, mean ± std over the {len(repeats)} repeats | per repeat (mean of its "
+            "rounds) | every round (s), repeats separated by ; |",
             "|---|---:|---|---|",
-            f"| local | {local:.2f} | {', '.join(f'{s:.2f}' for s in m['local_s'])} | "
-            f"{m['local_wall']:.1f}, {m['local_cpu']:.1f} |",
-            f"| flower | {flower:.2f} | {', '.join(f'{s:.2f}' for s in m['flower_s'])} | "
-            f"{m['flower_wall']:.1f}, {m['flower_cpu']:.1f} |",
-            f"| **overhead** | **{np.mean(per_round):.2f}** ({flower / local:.2f}x) | "
-            f"{', '.join(f'{s:.2f}' for s in per_round)} | |",
+            f"| local | {_mean_std(local)} | {per_repeat(local)} | {rounds('local_s')} |",
+            f"| flower | {_mean_std(flower)} | {per_repeat(flower)} | {rounds('flower_s')} |",
+            f"| **overhead** | **{_mean_std(overhead)}** (flower / local: {_mean_std(ratio)}x) | "
+            f"{per_repeat(overhead)} | |",
+            "",
+            f"Whole run of the last repeat, wall s and CPU s: local {m['local_wall']:.1f}, "
+            f"{m['local_cpu']:.1f}; flower {m['flower_wall']:.1f}, {m['flower_cpu']:.1f}. "
+            "Metrics identical to the local engine in every repeat: "
+            f"{'yes' if all(r['identical'] for r in repeats) else 'NO'}.",
             "",
             f"Whole run: local = building the task + the rounds + outputs in one process; flower = "
             f"`flwr run` to finished, CPU of every Flower and fedmosaic process of the federation "
@@ -183,9 +204,8 @@ def table(m: dict, command: str) -> str:
             f"round 1: {m['first_round_s']:.1f} s (ServerApp start, the server's sets, asking the nodes "
             f"for their clients); `flwr run` to finished minus the rounds: {m['outside_rounds_s']:.1f} s. "
             f"Starting the SuperLink, SuperNodes and node workers (until every worker is ready): "
-            f"{m['start_s']:.1f} s, before `flwr run`. Metrics identical to the local engine: "
-            f"{'yes' if m['identical'] else 'NO'}; {m['bytes_per_round'] / 1e6:.2f} MB counted per "
-            "round on both.",
+            f"{m['start_s']:.1f} s, before `flwr run`. {m['bytes_per_round'] / 1e6:.2f} MB counted per "
+            "round on both engines.",
             "",
             f"Where the overhead goes: Flower starts a `flwr-clientapp` process per node and message "
             f"(Flower's accounting: {m['clientapp_s']:.1f} s of ClientApp process time per message). "
@@ -198,14 +218,19 @@ def table(m: dict, command: str) -> str:
             f"data loaded (without a worker the process imports `fedmosaic.engines.flower_node`: "
             f"{heavy[0]:.1f} s, {heavy[1]:.1f} s CPU, and reads the data). A message's arrays travel as "
             f"one Flower Array (one object per message between SuperNode and SuperLink, not one per "
-            f"model tensor). An idle `flower-supernode` polls the SuperLink every 3 s (fixed in flwr "
+            f"model tensor). A node starts the ClientApp as soon as it has a message's head and pulls "
+            f"its content after, so the ClientApp often asks for objects that are not there yet: it "
+            f"asks again after 20 ms, doubling to 250 ms (`fedmosaic.engines.flower_pull`), where "
+            f"flwr 1.41.0 waits 1 s first (the ServerApp and SuperNode pull likewise). An idle "
+            f"`flower-supernode` polls the SuperLink every 3 s (fixed in flwr "
             f"1.41.0), so the next round's message waits up to 3 s on each node, 0.2 s with the launcher; "
             f"SuperExec polls every 0.1 s here (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`), the ServerApp every "
             f"0.05 s (`poll-s`). What remains per round: the nodes' training itself (three nodes share "
-            f"the machine's cores, as the local engine's workers do), the ServerApp's aggregation, and "
-            f"those polls. Machine: 2 CPU "
-            f"cores shared with other jobs (1-min load average {m['load'][0]:.1f} before, "
-            f"{m['load'][1]:.1f} after).",
+            f"the machine's cores, as the local engine's workers do), the ServerApp's aggregation, the "
+            f"transfer of every message's records (one HTTP request per Flower object, two at a time, "
+            f"through the SuperLink), and those polls. Machine: 2 CPU "
+            f"cores shared with other jobs (1-min load average {repeats[0]['load'][0]:.1f} before the "
+            f"first repeat, {m['load'][1]:.1f} after the last).",
         ]
     )
 
@@ -225,15 +250,20 @@ def main() -> None:
         "--no-fast-poll", action="store_true", help="flower-supernode itself (its idle poll: 3 s)"
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="bounded wait for the Flower run (s)")
+    parser.add_argument("--repeats", type=int, default=3, help="how many times the pair of runs is measured")
     args = parser.parse_args()
 
     def run() -> dict:
         overrides = [f"rounds={args.rounds}", "compare=[]", "engine.progress=false", "output.plots=false"]
         overrides += SMOKE if args.smoke else []
-        with tempfile.TemporaryDirectory() as tmp:
-            return measure(
-                overrides, args.nodes, Path(tmp), args.timeout, not args.no_worker, not args.no_fast_poll
-            )
+        repeats = []
+        # Rounds of seconds on a shared 2-core machine vary by a second from one federation to the
+        # next (process placement, poll phases), so the pair is measured more than once.
+        worker, fast_poll = not args.no_worker, not args.no_fast_poll
+        for _ in range(1 if args.smoke else args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                repeats.append(measure(overrides, args.nodes, Path(tmp), args.timeout, worker, fast_poll))
+        return {"repeats": repeats}
 
     _harness.standalone(SECTION, "benchmarks/flower_overhead.py", parser, args, run, render, smoke_rounds=2)
 

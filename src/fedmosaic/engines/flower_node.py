@@ -155,5 +155,10 @@ def warm_up(node_cfg: Mapping[str, Any]) -> None:
 
     ensure_loaded()  # imports the built-in algorithms (and their model code)
     data_dir = Path(str(node_cfg.get("data-dir", ""))).expanduser().resolve()
+    kinds = None  # unknown until the first message, for a raw-data site
     if (data_dir / NODE_FILE).is_file():
-        load_node(str(data_dir), parse_modalities(node_cfg.get("modalities")))
+        node = load_node(str(data_dir), parse_modalities(node_cfg.get("modalities")))
+        kinds = {m.kind for m in node.info.modalities}
+    if kinds is None or "text" in kinds:
+        # The text encoders import transformers when first built (about 3 s): here, not in round 1.
+        import transformers.models.bert.modeling_bert  # noqa: F401
