@@ -11,7 +11,8 @@ a consortium of many nodes may not want (then use ``flower-supernode`` itself).
 
 Its SuperExec also starts each message's ClientApp process warm (forked from a process that has
 imported Flower's ClientApp runtime once, :mod:`fedmosaic.engines.warm_clientapp`) instead of cold;
-``FEDMOSAIC_WARM_CLIENTAPP=0`` keeps Flower's own start.
+``FEDMOSAIC_WARM_CLIENTAPP=0`` keeps Flower's own start. That SuperExec is woken by the SuperNode
+when a message arrives, rather than polling for it (:mod:`fedmosaic.engines.flower_wake`).
 
 The cap replaces the ``time`` module *as that Flower module sees it* (the rest of Flower and the
 process keep the real one) and is applied only to the flwr version it was written against: with
@@ -26,7 +27,7 @@ import time
 import types
 import warnings
 
-from fedmosaic.engines import flower_pull, warm_clientapp
+from fedmosaic.engines import flower_pull, flower_wake, warm_clientapp
 
 FLWR_VERSION = "1.41.0"  # the version whose polling loop this was read from
 DEFAULT_POLL_S = 0.2
@@ -74,7 +75,9 @@ def main() -> None:
     install(poll_seconds())
     flower_pull.shorten_backoff()  # the SuperNode pulls a message's objects from the SuperLink too
     if warm_clientapp.enabled():
-        warm_clientapp.install_supernode()
+        # The SuperExec it starts is fedmosaic's, so it can be woken per message (flower_wake).
+        fds = flower_wake.install_supernode()
+        warm_clientapp.install_supernode(wake_fd=fds[0] if fds else None)
     from flwr.supernode.cli import flower_supernode
 
     sys.argv[0] = "flower-supernode"

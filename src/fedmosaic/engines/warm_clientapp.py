@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from fedmosaic.engines import flower_pull
+from fedmosaic.engines import flower_pull, flower_wake
 
 FLWR_VERSION = "1.41.0"
 CLIENTAPP = "flwr-clientapp"
@@ -180,8 +180,12 @@ def install_superexec(zygote: Zygote) -> bool:
     return True
 
 
-def install_supernode() -> bool:
-    """Make the SuperNode start its SuperExec through this module (False: flwr version unknown)."""
+def install_supernode(wake_fd: int | None = None) -> bool:
+    """Make the SuperNode start its SuperExec through this module (False: flwr version unknown).
+
+    ``wake_fd``: the read end of the SuperNode's wake-up pipe (:mod:`fedmosaic.engines.flower_wake`),
+    handed to the SuperExec.
+    """
     from flwr.supernode import start_client_internal
 
     if not flwr_matches(start_client_internal):
@@ -190,6 +194,8 @@ def install_supernode() -> bool:
     def rewrite(args: list[str], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         if args[0] != "flower-superexec":
             return False, None
+        if wake_fd is not None:
+            kwargs = flower_wake.superexec_popen_args(kwargs, wake_fd)
         return True, subprocess.Popen([sys.executable, "-m", __name__, *args[1:]], **kwargs)
 
     start_client_internal.subprocess = popen_proxy(rewrite)  # type: ignore[attr-defined]
@@ -200,6 +206,7 @@ def main() -> None:
     """Run ``flower-superexec`` with the given arguments, its ClientApp starts forked from a zygote."""
     zygote = Zygote()  # first: no thread may exist when a process forks
     install_superexec(zygote)
+    flower_wake.install_superexec()  # sleep until the SuperNode stores a message, not a fixed poll
     from flwr.supercore.cli import flower_superexec
 
     sys.argv[0] = "flower-superexec"
