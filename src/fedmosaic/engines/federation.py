@@ -30,6 +30,7 @@ from fedmosaic.core.algorithm import Algorithm, AlgorithmConfig, ServerData, Set
 from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import ConfigError, FedmosaicWarning
 from fedmosaic.core.message import Message
+from fedmosaic.core.metrics import preload as preload_scoring
 from fedmosaic.core.modality import ClientSpec
 from fedmosaic.core.settings import ModelConfig, RobustnessConfig, TrainingConfig
 from fedmosaic.engines.client_pool import asked_workers, resolve_workers
@@ -46,6 +47,7 @@ from fedmosaic.engines.protocol import (
 )
 from fedmosaic.engines.run_folder import RunFolder, peak_rss_mb, read_jsonl
 from fedmosaic.engines.state_store import ClientStateStore
+from fedmosaic.models.build import preload as preload_models
 from fedmosaic.privacy import privacy_summary
 from fedmosaic.privacy.dp import PrivacyConfig
 
@@ -145,6 +147,8 @@ class Federation:
         data = ServerData(task.proxy, task.labelled, task.test, pooled, task.streams)
         self.server = build_server(self.algorithm, self.settings, data, server_wrappers)
         self.client = build_client(self.algorithm, self.settings, self.privacy, client_wrappers)
+        preload_scoring()  # every run evaluates, at the latest after its last round
+        preload_models(task.info)
         self.folder = RunFolder(Path(folder)) if folder is not None else None
         # Held until close(): no other process writes this folder while the federation lives.
         self._lock = FolderLock(folder, "folder").acquire() if folder is not None else None

@@ -25,6 +25,7 @@ from fedmosaic.algorithms.registry import get_algorithm
 from fedmosaic.config import ConfigError, RunConfig, parse_value, validate
 from fedmosaic.core.algorithm import Settings
 from fedmosaic.core.device import resolve_device
+from fedmosaic.core.metrics import preload as preload_scoring
 from fedmosaic.core.seeding import Rng
 from fedmosaic.engines.flower_client import EVALUATE, QUERY, RUN, STATE, TRAIN
 from fedmosaic.engines.flower_records import (
@@ -45,6 +46,7 @@ from fedmosaic.engines.node_data import (
     site_node,
 )
 from fedmosaic.engines.protocol import build_client, settings_from_config
+from fedmosaic.models.build import preload as preload_models
 
 
 def parse_overrides(text: str) -> list[str]:
@@ -154,11 +156,10 @@ def warm_up(node_cfg: Mapping[str, Any]) -> None:
     from fedmosaic.algorithms.registry import ensure_loaded
 
     ensure_loaded()  # imports the built-in algorithms (and their model code)
+    preload_scoring()  # a client that evaluates needs scikit-learn's metrics
     data_dir = Path(str(node_cfg.get("data-dir", ""))).expanduser().resolve()
-    kinds = None  # unknown until the first message, for a raw-data site
     if (data_dir / NODE_FILE).is_file():
         node = load_node(str(data_dir), parse_modalities(node_cfg.get("modalities")))
-        kinds = {m.kind for m in node.info.modalities}
-    if kinds is None or "text" in kinds:
-        # The text encoders import transformers when first built (about 3 s): here, not in round 1.
+        preload_models(node.info)  # here, not in round 1
+    else:  # a raw-data site: its modalities are known with the first message; text is the costly one
         import transformers.models.bert.modeling_bert  # noqa: F401
