@@ -44,7 +44,8 @@ def tool(name: str) -> str:
 
 
 # SuperExec (beside the SuperLink and each SuperNode) looks for a new task to start every second by
-# default; a round waits for that twice (ServerApp start once, a ClientApp per node and message).
+# default. The SuperLink's, which starts the ServerApp, polls this often; a node's, started by the
+# launcher, is woken by its SuperNode per message instead and polls at most every 1 s (flower_wake).
 SUPEREXEC_POLL_S = "0.1"
 
 
