@@ -6,7 +6,7 @@ clients), 20 rounds, every client group evaluated every 2 rounds, 3 seeds. It dr
 task and group (mean over seeds, band = ± std) and writes the final and best rounds into the
 ``gvf-curves`` section of BENCHMARKS.md.
 
-    python benchmarks/gvf_curves.py --jobs 2             # 20 rounds, seeds 0 1 2, both tasks (~12 min)
+    python benchmarks/gvf_curves.py --jobs 2             # 20 rounds, seeds 0 1 2, both tasks (1554 CPU s)
     python benchmarks/gvf_curves.py --from-results       # section and figure from benchmarks/results/
     python benchmarks/gvf_curves.py --smoke              # tiny synthetic run (CI)
 """

@@ -5,7 +5,7 @@ rounds) without DP and with DP at several noise multipliers z (clip C fixed), ov
 the ``privacy`` section of BENCHMARKS.md and a plot of overall accuracy against the federation
 epsilon (docs/privacy.md says what each epsilon means).
 
-    python benchmarks/privacy.py              # full: 6 settings x 3 seeds (~15 min on an idle 2-core machine)
+    python benchmarks/privacy.py              # full: 6 settings x 3 seeds (1037 CPU s)
     python benchmarks/privacy.py --from-results   # section and figure from benchmarks/results/
     python benchmarks/privacy.py --smoke      # tiny sizes, 1 seed, 2 rounds (CI); BENCHMARKS.md untouched
 """

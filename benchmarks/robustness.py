@@ -15,7 +15,7 @@ std over seeds, and the number of rejected replies (all rounds and seeds; how ma
 Writes the section between ``<!-- robustness:begin -->`` and ``<!-- robustness:end -->`` of
 BENCHMARKS.md.
 
-    python benchmarks/robustness.py            # full: 6 rounds, seeds 0 1 2 (~25 min, one process)
+    python benchmarks/robustness.py            # full: 6 rounds, seeds 0 1 2 (695 CPU s)
     python benchmarks/robustness.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/robustness.py --smoke    # tiny task, 1 round, one seed, 30% only (< 1 min)
 """

@@ -63,7 +63,7 @@ DIFFERENCES = (
     "200 rounds with 10% of the clients per round, SGD lr 0.05 with momentum 0.9 (fed_avg_trainer.py), "
     "batch 16, 1 local epoch, a Conv + GRU "
     "encoder per sensor with attention fusion (hidden size 128), FedOpt with global lr 0.025; we run "
-    "{rounds} rounds (the budget of a shared 2-core machine: ~45 minutes for the whole table) with the "
+    "{rounds} rounds (the budget of a shared 2-core machine: about 1,800 CPU s for the whole table) with the "
     "same client rate, lr, batch and epochs, a small 1-D CNN per sensor, mean fusion unless the row "
     "says attention, and each algorithm's default hyperparameters. Scenarios: their missing modality "
     "is drawn per client (a client loses a sensor for all its samples, and both sensors can go); ours "

@@ -7,7 +7,7 @@ segments, acc and gyro as two modalities, the official UCI-HAR test users (2, 4,
 modalities at every client, and a 50% per-client modality drop rate (each client loses each sensor
 with probability 0.5, never both). Writes the ``uci-har`` section of BENCHMARKS.md.
 
-    python benchmarks/uci_har.py             # full: 3 seeds x 2 settings (~15 min on 2 cores)
+    python benchmarks/uci_har.py             # full: 3 seeds x 2 settings (684 CPU s)
     python benchmarks/uci_har.py --from-results   # the section from benchmarks/results/, no runs
     python benchmarks/uci_har.py --smoke     # 2 rounds, 1 seed, prints only
 """
