@@ -29,6 +29,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from fedmosaic.engines.stand_in import stand_in
+
 FLWR_VERSION = "1.41.0"
 ENV_FD = "FEDMOSAIC_SUPEREXEC_WAKE_FD"  # the read end's descriptor number, in the SuperExec's environment
 IDLE_POLL_S = 1.0
@@ -46,16 +48,13 @@ def waking_time(fd: int, floor_s: float = IDLE_POLL_S) -> types.ModuleType:
     The sleep lasts at least ``floor_s`` unless woken; the bytes that woke it are read, so the next
     sleep waits for a new one.
     """
-    proxy = types.ModuleType("time")
-    proxy.__dict__.update({k: v for k, v in vars(time).items() if not k.startswith("__")})
 
     def sleep(seconds: float) -> None:
         ready, _, _ = select.select([fd], [], [], max(float(seconds), floor_s))
         if ready:
             os.read(fd, 4096)
 
-    proxy.sleep = sleep  # type: ignore[attr-defined]
-    return proxy
+    return stand_in(time, sleep=sleep)
 
 
 def install_superexec(environ: dict[str, str] | None = None) -> bool:

@@ -28,6 +28,7 @@ import types
 import warnings
 
 from fedmosaic.engines import flower_pull, flower_wake, warm_clientapp
+from fedmosaic.engines.stand_in import stand_in
 
 FLWR_VERSION = "1.41.0"  # the version whose polling loop this was read from
 DEFAULT_POLL_S = 0.2
@@ -35,10 +36,7 @@ DEFAULT_POLL_S = 0.2
 
 def capped_time(cap_s: float) -> types.ModuleType:
     """A stand-in for the ``time`` module whose ``sleep`` sleeps at most ``cap_s`` seconds."""
-    proxy = types.ModuleType("time")
-    proxy.__dict__.update({k: v for k, v in vars(time).items() if not k.startswith("__")})
-    proxy.sleep = lambda seconds: time.sleep(min(float(seconds), cap_s))  # type: ignore[attr-defined]
-    return proxy
+    return stand_in(time, sleep=lambda seconds: time.sleep(min(float(seconds), cap_s)))
 
 
 def poll_seconds() -> float:

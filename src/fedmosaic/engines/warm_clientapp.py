@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedmosaic.engines import flower_pull, flower_wake
+from fedmosaic.engines.stand_in import stand_in
 
 FLWR_VERSION = "1.41.0"
 CLIENTAPP = "flwr-clientapp"
@@ -131,8 +132,6 @@ def popen_proxy(rewrite: Rewrite) -> types.ModuleType:
     ``rewrite(args, kwargs)`` returns ``(True, what Popen returns)`` when it handled the command, or
     ``(False, None)`` for the real ``subprocess.Popen``.
     """
-    proxy = types.ModuleType("subprocess")
-    proxy.__dict__.update({k: v for k, v in vars(subprocess).items() if not k.startswith("__")})
 
     def popen(args: Any, *rest: Any, **kwargs: Any) -> Any:
         if not rest and isinstance(args, list | tuple):
@@ -141,8 +140,7 @@ def popen_proxy(rewrite: Rewrite) -> types.ModuleType:
                 return value
         return subprocess.Popen(args, *rest, **kwargs)
 
-    proxy.Popen = popen  # type: ignore[attr-defined]
-    return proxy
+    return stand_in(subprocess, Popen=popen)
 
 
 def flwr_matches(module: types.ModuleType) -> bool:
