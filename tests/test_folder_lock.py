@@ -104,6 +104,13 @@ def test_reentrant_within_a_process_and_released_by_the_outermost(tmp_path: Path
     assert not holds(folder) and folder.is_dir() and not any(folder.iterdir())
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def test_two_concurrent_runs_do_not_interleave(tmp_path: Path) -> None:
     """The reported failure: two ``fedmosaic run --out X`` at once. One wins, the other is refused."""
     folder = tmp_path / "run"
@@ -113,7 +120,9 @@ def test_two_concurrent_runs_do_not_interleave(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen([*cmd, "--set", "seed=1"], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (folder / LOCK_NAME).exists() and time.monotonic() < deadline:
+    # Until the holder has written its details into the lock file, a refusal can only say "another
+    # process"; start the second run once the first one's lock names it.
+    while time.monotonic() < deadline and "pid" not in _text(folder / LOCK_NAME):
         time.sleep(0.05)
     second = subprocess.run([*cmd, "--set", "seed=2"], env=env, capture_output=True, text=True, timeout=300)
     assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
