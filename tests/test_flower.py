@@ -35,7 +35,7 @@ from fedmosaic.engines.flower import (
     write_app,
 )
 from fedmosaic.engines.flower_local import LocalFederation, Tls, alive, local_federation
-from fedmosaic.engines.flower_records import get_message, get_messages, put_message, put_messages
+from fedmosaic.engines.flower_records import clients_in, get_messages, get_state, put_messages, put_state
 from fedmosaic.engines.node_data import NodeDataError, load_node, site_node
 from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 from mhealth_files import mhealth_overrides, write_mhealth
@@ -74,39 +74,74 @@ def test_records_round_trip_is_bit_exact() -> None:
     rng = np.random.default_rng(0)
     messages = {
         "client_0": Message.of({"w": rng.normal(size=(3, 4)).astype(np.float32), "n": np.arange(5)}, k=3),
-        "user-7.a": Message.of({"x": np.zeros((0, 2), dtype=np.float64)}, flag=True, name="x", lr=0.1),
+        "user-7.a": Message.of(
+            {"x": np.zeros((0, 2), dtype=np.float64), "w": np.ones(2, np.float16)},
+            flag=True,
+            name="x",
+            lr=0.1,
+            one=1.0,
+            nan=float("nan"),
+            big=2**62,
+        ),
         "empty": Message(),
     }
     records = RecordDict()
     put_messages(records, "train", messages)
+    assert clients_in(records, "train") == list(messages) and clients_in(records, "evaluate") == []
     back = get_messages(records, "train")
     assert list(back) == list(messages)
     for cid, message in messages.items():
-        assert back[cid].meta == message.meta
+        assert str(back[cid].meta) == str(message.meta)  # str: nan != nan
         assert {k: type(v) for k, v in back[cid].meta.items()} == {
             k: type(v) for k, v in message.meta.items()
         }
+        assert list(back[cid].arrays) == list(message.arrays)
         for name, array in message.arrays.items():
             assert back[cid].arrays[name].dtype == array.dtype
+            assert back[cid].arrays[name].shape == array.shape
             assert back[cid].arrays[name].tobytes() == array.tobytes()
         assert back[cid].nbytes == message.nbytes
-    assert get_message(records, "state", "nobody").is_empty()
-    put_message(records, "state", "client_0", messages["client_0"])
-    assert get_message(records, "state", "client_0").nbytes == messages["client_0"].nbytes
+    with pytest.raises(ValueError, match="slot 'train' is already"):
+        put_messages(records, "train", {"late": Message()})  # would silently drop the first clients
+    empty = RecordDict()
+    put_messages(empty, "evaluate", {"a": Message.of(n=1), "b": Message()})  # no arrays at all
+    assert get_messages(empty, "evaluate") == {"a": Message.of(n=1), "b": Message()}
+    assert get_state(records, "state", "nobody").is_empty()
+    put_state(records, "state", "client_0", messages["client_0"])
+    state = get_state(records, "state", "client_0")
+    assert (
+        state.meta == {"k": 3} and state.arrays["w"].tobytes() == messages["client_0"].arrays["w"].tobytes()
+    )
 
 
-def test_a_message_travels_as_one_flower_array() -> None:
-    # Flower moves every Array as objects of its own, one request each between SuperNode and
-    # SuperLink: a model sent as an Array per tensor cost seconds per message (flower_records.py).
-    model = {f"layer{k}.weight": np.full((4, 3), k, dtype=np.float32) for k in range(50)}
-    model["b.bias"], model["a.bias"] = np.ones(3, np.float64), np.arange(2)  # not in sorted order
-    records = RecordDict()
-    put_message(records, "train", "client_0", Message.of(model, n=1))
-    arrays = records["train/client_0/arrays"]
-    assert list(arrays) == ["packed"] and len(arrays["packed"].children) <= 1
-    back = get_message(records, "train", "client_0").arrays
-    assert list(back) == list(model)  # names in the sender's order
-    assert all(back[k].tobytes() == v.tobytes() and back[k].dtype == v.dtype for k, v in model.items())
+def test_a_nodes_message_is_a_few_flower_objects_whatever_its_clients() -> None:
+    # Flower moves every record, Array and chunk as an object of its own, one request each between
+    # SuperNode and SuperLink: a model sent as an Array per tensor cost seconds per message, and three
+    # records and an Array per client still made a 4-client message 18 objects (flower_records.py).
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    def model(k: int) -> dict[str, np.ndarray]:
+        arrays = {f"layer{n}.weight": np.full((4, 3), k + n, dtype=np.float32) for n in range(50)}
+        arrays["b.bias"], arrays["a.bias"] = np.ones(3, np.float64), np.arange(2)  # not in sorted order
+        return arrays
+
+    counts = {}
+    for clients in (1, 4, 16):
+        messages = {f"client_{k}": Message.of(model(k), n=k) for k in range(clients)}
+        records = RecordDict()
+        put_messages(records, "train", messages)
+        assert list(records) == ["train/arrays", "train/index"]
+        assert list(records["train/arrays"]) == ["packed"]
+        counts[clients] = len(get_all_nested_objects(records))  # the Flower message itself adds one
+        back = get_messages(records, "train")
+        assert all(list(back[c].arrays) == list(m.arrays) for c, m in messages.items())  # sender's order
+        assert all(
+            back[c].arrays[k].tobytes() == v.tobytes() and back[c].arrays[k].dtype == v.dtype
+            for c, m in messages.items()
+            for k, v in m.arrays.items()
+        )
+    # the record dict, two records, one Array, one chunk (small models), however many clients
+    assert counts == {1: 5, 4: 5, 16: 5}
 
 
 @pytest.fixture(scope="module")

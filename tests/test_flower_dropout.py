@@ -137,20 +137,20 @@ class _InProcessNodes:
 
         from fedmosaic.core.message import Message
         from fedmosaic.core.seeding import Rng
-        from fedmosaic.engines.flower_records import get_messages, put_message
+        from fedmosaic.engines.flower_records import get_messages, put_messages
 
         self.asked.append(set(contents))
         self.failed = {1: "node 1 failed on train: boom"} if 1 in contents else {}
         replies = {}
         if 0 in contents:
             r = int(group.split("-")[1])
-            replies[0] = RecordDict()
+            replies[0], answers = RecordDict(), {}
             for cid, message in get_messages(contents[0], kind).items():
                 state = self.states.get(cid, Message())
-                reply, self.states[cid] = self.client.fit(
+                answers[cid], self.states[cid] = self.client.fit(
                     message, state, self.task.client(cid), Rng(self.cfg.seed, r, cid)
                 )
-                put_message(replies[0], kind, cid, reply)
+            put_messages(replies[0], kind, answers)
         return replies
 
 

@@ -29,7 +29,7 @@ from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower import DEFAULT_RUN_CONFIG, prepare_nodes, run_server
 from fedmosaic.engines.flower_client import handle
-from fedmosaic.engines.flower_records import get_message, put_json, put_message
+from fedmosaic.engines.flower_records import get_state, put_json, put_messages, put_state
 from fedmosaic.engines.flower_resume import RUN_KEY_FILE, load_run, resume_flag
 from fedmosaic.engines.node_states import open_states
 from test_flower_dropout import _Reply  # a Flower reply as Grid.pull_messages gives it
@@ -241,8 +241,7 @@ def test_resume_flag_and_load_run() -> None:
 def _message(kind: str, round: int, clients: list[str], **run: object) -> RecordDict:
     content = RecordDict()
     put_json(content, "fedmosaic", round=round, config="", **run)
-    for cid in clients:
-        put_message(content, kind, cid, Message())
+    put_messages(content, kind, {cid: Message() for cid in clients})
     return content
 
 
@@ -258,9 +257,9 @@ def test_node_states_read_the_committed_round_and_drop_an_interrupted_attempts(t
         disk = open_states("train", _message("train", round, ["client_0"], **run, **extra), cfg)
         assert disk is not None
         states = disk.load()
-        before = get_message(states, "state", "client_0")
+        before = get_state(states, "state", "client_0")
         if value is not None:
-            put_message(states, "state", "client_0", _state(value))
+            put_state(states, "state", "client_0", _state(value))
             disk.save(states)
         return before
 
@@ -275,7 +274,7 @@ def test_node_states_read_the_committed_round_and_drop_an_interrupted_attempts(t
     evaluate = open_states("evaluate", _message("evaluate", 2, ["client_0"], **run), cfg)
     assert evaluate is not None
     np.testing.assert_array_equal(
-        get_message(evaluate.load(), "state", "client_0").arrays["c"], np.full(3, 2.0)
+        get_state(evaluate.load(), "state", "client_0").arrays["c"], np.full(3, 2.0)
     )
     assert (tmp_path / "states" / "abc123").stat().st_mode & 0o777 == 0o700  # private to the node's user
 

@@ -32,7 +32,7 @@ from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower import prepare_nodes
 from fedmosaic.engines.flower_client import RUN, TRAIN, handle
 from fedmosaic.engines.flower_node import answer
-from fedmosaic.engines.flower_records import get_messages, put_json, put_message
+from fedmosaic.engines.flower_records import get_messages, get_state, put_json, put_messages
 from fedmosaic.engines.node_worker import WorkerError, forward, serve, socket_path
 
 
@@ -45,8 +45,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, RecordDict]:
     plan = fed.server.configure(1, fed.specs, Rng(cfg.seed, 1, SERVER))
     content = RecordDict()
     put_json(content, RUN, round=1, config=tomli_w.dumps(cfg.to_toml_dict()), **{"clients-per-round": 10})
-    for cid in list(plan)[:2]:  # two clients keep it quick
-        put_message(content, TRAIN, cid, plan[cid])
+    put_messages(content, TRAIN, {cid: plan[cid] for cid in list(plan)[:2]})  # two clients keep it quick
     return {"data-dir": str(folder)}, content
 
 
@@ -75,11 +74,15 @@ def start_worker(node_config: dict, requests: int, ready: Path) -> threading.Thr
 
 def same(a: RecordDict, b: RecordDict, slot: str) -> bool:
     ours, theirs = get_messages(a, slot), get_messages(b, slot)
-    return list(ours) == list(theirs) and all(
-        ours[c].meta == theirs[c].meta
-        and list(ours[c].arrays) == list(theirs[c].arrays)
-        and all(np.array_equal(ours[c].arrays[k], theirs[c].arrays[k]) for k in ours[c].arrays)
-        for c in ours
+    return (
+        bool(ours)
+        and list(ours) == list(theirs)
+        and all(
+            ours[c].meta == theirs[c].meta
+            and list(ours[c].arrays) == list(theirs[c].arrays)
+            and all(np.array_equal(ours[c].arrays[k], theirs[c].arrays[k]) for k in ours[c].arrays)
+            for c in ours
+        )
     )
 
 
@@ -94,7 +97,11 @@ def test_a_forwarded_message_gets_the_clientapps_own_answer_and_bad_input_an_err
 
     reply, states = forward(TRAIN, content, RecordDict(), node_config)
     assert same(reply, expected, TRAIN)
-    assert sorted(states) == sorted(expected_state) and same(states, expected_state, "state")
+    assert sorted(states) == sorted(expected_state) and len(states) == 2 * 3  # two clients, three records
+    for cid in get_messages(content, TRAIN):
+        ours, theirs = get_state(states, "state", cid), get_state(expected_state, "state", cid)
+        assert ours.meta == theirs.meta and list(ours.arrays) == list(theirs.arrays)
+        assert all(np.array_equal(ours.arrays[k], theirs.arrays[k]) for k in ours.arrays)
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a frame that is not a RecordDict
         sock.settimeout(30)
@@ -103,10 +110,9 @@ def test_a_forwarded_message_gets_the_clientapps_own_answer_and_bad_input_an_err
         error = node_worker.recv_frame(sock)
     assert "bad request" in error[node_worker.ERROR]["reason"]
 
-    broken = RecordDict(dict(content.items()))
-    put_message(
-        broken, TRAIN, "nobody", get_messages(content, TRAIN)[next(iter(get_messages(content, TRAIN)))]
-    )
+    broken = RecordDict({k: v for k, v in content.items() if not k.startswith(f"{TRAIN}/")})
+    planned = get_messages(content, TRAIN)
+    put_messages(broken, TRAIN, {**planned, "nobody": next(iter(planned.values()))})
     with pytest.raises(WorkerError, match=r"train failed: KeyError.*nobody"):
         forward(TRAIN, broken, RecordDict(), node_config)
 

@@ -200,7 +200,7 @@ def test_flower_client_app_privatises_like_the_local_engine(tmp_path: Path) -> N
     from flwr.app import Message as FlowerMessage
 
     from fedmosaic.engines.flower import RUN, TRAIN, handle_train, prepare_nodes
-    from fedmosaic.engines.flower_records import get_messages, put_json, put_message
+    from fedmosaic.engines.flower_records import get_messages, put_json, put_messages
 
     cfg = tiny(*DP_ON)
     node = prepare_nodes(cfg, tmp_path / "nodes", 1)[0]
@@ -208,7 +208,7 @@ def test_flower_client_app_privatises_like_the_local_engine(tmp_path: Path) -> N
     cid, message = next(iter(fed.server.configure(1, fed.specs, Rng(cfg.seed, 1, SERVER)).items()))
     content = RecordDict()
     put_json(content, RUN, round=1, config=tomli_w.dumps(cfg.to_toml_dict()), **{"clients-per-round": 10})
-    put_message(content, TRAIN, cid, message)
+    put_messages(content, TRAIN, {cid: message})
     metadata = Metadata(
         run_id=1,
         message_id="m1",

@@ -78,7 +78,7 @@ from fedmosaic.engines.flower_client import (  # noqa: F401  (the ClientApp, imp
     handle_train,
 )
 from fedmosaic.engines.flower_exchange import Exchange, wait_for_nodes
-from fedmosaic.engines.flower_records import get_json, get_messages, put_json, put_message, spec_from_json
+from fedmosaic.engines.flower_records import get_json, get_messages, put_json, put_messages, spec_from_json
 from fedmosaic.engines.flower_resume import check_start, load_run, start_folder
 from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import configure_threads
@@ -161,16 +161,18 @@ class FlowerTransport:
         tolerate = self.exchange.tolerate
         # A node the SuperLink no longer lists (it missed its heartbeats) is not even asked.
         online = set(self.exchange.grid.get_node_ids()) if tolerate else set(self.node_of.values())
-        contents: dict[int, RecordDict] = {}
+        per_node: dict[int, dict[str, FMessage]] = {}
         for cid, message in plan.items():
             node = self.node_of[cid]
             if node not in online:
                 self.lost[node] = f"node {node} is offline (the SuperLink no longer lists it)"
                 continue
-            if node not in contents:
-                contents[node] = RecordDict()
-                put_json(contents[node], RUN, round=r, **self.run_record)
-            put_message(contents[node], kind, cid, message)
+            per_node.setdefault(node, {})[cid] = message
+        contents: dict[int, RecordDict] = {}
+        for node, messages in per_node.items():
+            contents[node] = RecordDict()
+            put_json(contents[node], RUN, round=r, **self.run_record)
+            put_messages(contents[node], kind, messages)
         replies: dict[str, FMessage] = {}
         for content in self.exchange(kind, contents, f"round-{r}").values():
             replies.update(get_messages(content, kind))

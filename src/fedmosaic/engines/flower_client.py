@@ -31,9 +31,9 @@ log = logging.getLogger("fedmosaic.flower")
 
 def _states_of(content: RecordDict, kind: str, state: RecordDict) -> RecordDict:
     """The entries of ``state`` that belong to the clients a ``kind`` message plans (none for a query)."""
-    planned = [
-        k[len(kind) + 1 : -len("/meta")] for k in content if k.startswith(f"{kind}/") and k.endswith("/meta")
-    ]
+    from fedmosaic.engines.flower_records import clients_in
+
+    planned = clients_in(content, kind)
     prefixes = tuple(f"{STATE}/{cid}/" for cid in planned)
     return RecordDict({key: record for key, record in state.items() if prefixes and key.startswith(prefixes)})
 

@@ -30,10 +30,11 @@ from fedmosaic.core.seeding import Rng
 from fedmosaic.engines.flower_client import EVALUATE, QUERY, RUN, STATE, TRAIN
 from fedmosaic.engines.flower_records import (
     get_json,
-    get_message,
     get_messages,
+    get_state,
     put_json,
-    put_message,
+    put_messages,
+    put_state,
     spec_to_json,
 )
 from fedmosaic.engines.local import configure_threads
@@ -114,13 +115,14 @@ def _train(content: RecordDict, state: RecordDict, node_cfg: Mapping[str, Any]) 
     """Fit every planned client hosted here; their new states go to ``state``."""
     cfg, settings, r, node = run_settings(content, node_cfg)
     client = build_client(get_algorithm(cfg.algorithm.name), settings, cfg.privacy)
-    reply = RecordDict()
+    answers = {}
     for cid, msg in get_messages(content, TRAIN).items():
-        answer, new_state = client.fit(
-            msg, get_message(state, STATE, cid), node.client(cid), Rng(cfg.seed, r, cid)
+        answers[cid], new_state = client.fit(
+            msg, get_state(state, STATE, cid), node.client(cid), Rng(cfg.seed, r, cid)
         )
-        put_message(state, STATE, cid, new_state)
-        put_message(reply, TRAIN, cid, answer)
+        put_state(state, STATE, cid, new_state)
+    reply = RecordDict()
+    put_messages(reply, TRAIN, answers)
     return reply
 
 
@@ -128,11 +130,12 @@ def _evaluate(content: RecordDict, state: RecordDict, node_cfg: Mapping[str, Any
     """Evaluate every planned client hosted here with its current state."""
     cfg, settings, _, node = run_settings(content, node_cfg)
     client = build_client(get_algorithm(cfg.algorithm.name), settings, cfg.privacy)
+    answers = {
+        cid: client.evaluate(msg, get_state(state, STATE, cid), node.client(cid))
+        for cid, msg in get_messages(content, EVALUATE).items()
+    }
     reply = RecordDict()
-    for cid, msg in get_messages(content, EVALUATE).items():
-        put_message(
-            reply, EVALUATE, cid, client.evaluate(msg, get_message(state, STATE, cid), node.client(cid))
-        )
+    put_messages(reply, EVALUATE, answers)
     return reply
 
 

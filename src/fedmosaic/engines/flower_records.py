@@ -1,24 +1,29 @@
 """fedmosaic Messages <-> Flower records (one job: the conversion, nothing about rounds or data).
 
-A fedmosaic :class:`~fedmosaic.core.message.Message` is named numpy arrays plus flat metadata; in
-Flower it becomes an ``ArrayRecord`` (the arrays) and a ``ConfigRecord`` (the metadata), stored in
-a ``RecordDict`` under ``<slot>/<client id>/arrays`` and ``<slot>/<client id>/meta``. One Flower
-message carries the messages of every fedmosaic client a SuperNode hosts, so a node hosting several
-clients gets one round trip per round. The same pair of records keeps a client's persistent state
-in Flower's ``Context.state`` between rounds.
+A fedmosaic :class:`~fedmosaic.core.message.Message` is named numpy arrays plus flat metadata. Two
+layouts, for two places:
 
-A message's arrays travel as **one** Flower ``Array``: their ``np.save`` bytes one after another
-(dtype and shape kept, so a round trip is bit-exact and metrics can equal the local engine's), with
-their names, in order, beside the metadata. Flower moves every ``Array`` (and each of its chunks) as
-an object of its own, one HTTP request each between SuperNode and SuperLink; an array per model
-tensor made a node's 2.4 MB message about 400 requests, which took 4 s to pull and 9 s to push on a
-2-core machine (``benchmarks/flower_overhead.py``). Packed, it is one or two.
+- **On the wire** (:func:`put_messages` / :func:`get_messages`): one Flower message carries the
+  messages of every fedmosaic client a SuperNode hosts, as exactly two records whatever the number
+  of clients: an ``ArrayRecord`` ``<slot>/arrays`` holding **one** Flower ``Array`` (every client's
+  arrays' ``np.save`` bytes, one after another: dtype and shape kept, so a round trip is bit-exact
+  and metrics can equal the local engine's) and a ``ConfigRecord`` ``<slot>/index`` (per client, in
+  order: its id, its array names and its metadata, as JSON). Flower moves every record, ``Array``
+  and 5 MB chunk as an object of its own, one request each between SuperNode and SuperLink. An
+  array per model tensor made a node's 2.4 MB message about 400 requests (4 s to pull and 9 s to
+  push on a 2-core machine, ``benchmarks/flower_overhead.py``); three records and an array per
+  client still made a 4-client message 18 objects; packed per slot it is 5 (one more per further
+  5 MB chunk) and the message itself.
+- **A client's state on its node** (:func:`put_state` / :func:`get_state`): three records per client
+  under ``<slot>/<client>/`` in Flower's ``Context.state``, which never crosses the network, so that
+  the states of the clients a message plans can be picked out by key.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -51,9 +56,9 @@ def unpack_arrays(packed: np.ndarray, names: list[str]) -> dict[str, np.ndarray]
     return {name: np.load(buffer, allow_pickle=False) for name in names}
 
 
-def put_message(records: RecordDict, slot: str, client: str, message: Message) -> None:
-    """Store ``message`` in ``records`` for ``client``: its arrays packed into one Flower Array, their
-    names (as JSON: a ConfigRecord list may not be empty) and its metadata in two ConfigRecords."""
+def put_state(records: RecordDict, slot: str, client: str, message: Message) -> None:
+    """Store ``client``'s state ``message`` in ``records`` (node-local layout): its arrays packed into
+    one Flower Array, their names (as JSON: a ConfigRecord list may not be empty) and its metadata."""
     arrays = ArrayRecord()
     if message.arrays:
         arrays[PACKED] = Array.from_numpy_ndarray(pack_arrays(message.arrays))
@@ -62,8 +67,8 @@ def put_message(records: RecordDict, slot: str, client: str, message: Message) -
     records[_key(slot, client, "meta")] = ConfigRecord(dict(message.meta))
 
 
-def get_message(records: RecordDict, slot: str, client: str) -> Message:
-    """The message stored for ``client`` (an empty Message when there is none: a fresh client state)."""
+def get_state(records: RecordDict, slot: str, client: str) -> Message:
+    """The state stored for ``client`` (an empty Message when there is none: a fresh client state)."""
     akey, nkey, mkey = (_key(slot, client, part) for part in ("arrays", "names", "meta"))
     meta = records[mkey] if mkey in records else ConfigRecord()
     if akey not in records or PACKED not in records[akey]:
@@ -72,21 +77,45 @@ def get_message(records: RecordDict, slot: str, client: str) -> Message:
     return Message(unpack_arrays(records[akey][PACKED].numpy(), names), dict(meta.items()))
 
 
+INDEX = "index"  # the ConfigRecord entry of a wire slot's per-client names and metadata
+
+
+def put_messages(records: RecordDict, slot: str, messages: Mapping[str, Message]) -> None:
+    """Store several clients' messages as one wire slot: one packed Array and one index record.
+
+    The metadata travels as JSON, which keeps ``str``, ``int``, ``float`` and ``bool`` apart (and
+    non-finite floats), exactly the types a Message's metadata may have.
+    """
+    if f"{slot}{SEP}{INDEX}" in records:
+        raise ValueError(f"slot {slot!r} is already in the records: put all its messages at once")
+    index = [[client, list(m.arrays), dict(m.meta)] for client, m in messages.items()]
+    arrays = ArrayRecord()
+    everything = {f"{n}/{name}": a for n, m in enumerate(messages.values()) for name, a in m.arrays.items()}
+    if everything:
+        arrays[PACKED] = Array.from_numpy_ndarray(pack_arrays(everything))
+    records[f"{slot}{SEP}arrays"] = arrays
+    records[f"{slot}{SEP}{INDEX}"] = ConfigRecord({INDEX: json.dumps(index)})
+
+
 def clients_in(records: RecordDict, slot: str) -> list[str]:
-    """The client ids that have a message in ``slot``, in insertion order."""
-    prefix, suffix = f"{slot}{SEP}", f"{SEP}meta"
-    return [k[len(prefix) : -len(suffix)] for k in records if k.startswith(prefix) and k.endswith(suffix)]
-
-
-def put_messages(records: RecordDict, slot: str, messages: dict[str, Message]) -> None:
-    """Store several clients' messages (insertion order kept)."""
-    for client, message in messages.items():
-        put_message(records, slot, client, message)
+    """The client ids that have a message in wire slot ``slot``, in insertion order (none if absent)."""
+    key = f"{slot}{SEP}{INDEX}"
+    return [entry[0] for entry in json.loads(str(records[key][INDEX]))] if key in records else []
 
 
 def get_messages(records: RecordDict, slot: str) -> dict[str, Message]:
-    """Every client message in ``slot``, in insertion order."""
-    return {client: get_message(records, slot, client) for client in clients_in(records, slot)}
+    """Every client message in wire slot ``slot``, in insertion order (none if the slot is absent)."""
+    key = f"{slot}{SEP}{INDEX}"
+    if key not in records:
+        return {}
+    index = json.loads(str(records[key][INDEX]))
+    packed = records[f"{slot}{SEP}arrays"]
+    names = [f"{n}/{name}" for n, (_, arrays, _) in enumerate(index) for name in arrays]
+    everything = unpack_arrays(packed[PACKED].numpy(), names) if PACKED in packed else {}
+    return {
+        client: Message({name: everything[f"{n}/{name}"] for name in arrays}, meta)
+        for n, (client, arrays, meta) in enumerate(index)
+    }
 
 
 def put_json(records: RecordDict, name: str, **values: Any) -> None:

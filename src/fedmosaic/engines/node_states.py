@@ -35,7 +35,7 @@ from flwr.app import RecordDict
 
 from fedmosaic.core.errors import ConfigError
 from fedmosaic.engines.flower_client import QUERY, RUN, STATE, TRAIN
-from fedmosaic.engines.flower_records import clients_in, get_json, get_message, put_message
+from fedmosaic.engines.flower_records import clients_in, get_json, get_state, put_state
 from fedmosaic.engines.state_store import ClientStateStore
 
 STATE_DIR = "state-dir"  # node config key: where this node keeps its clients' states
@@ -81,7 +81,7 @@ class NodeStates:
         at_most = self.round - 1 if self.kind == TRAIN else self.round
         states = RecordDict()
         for cid in self.clients:
-            put_message(states, STATE, cid, self.store.get(cid, at_most=at_most))
+            put_state(states, STATE, cid, self.store.get(cid, at_most=at_most))
         return states
 
     def save(self, states: RecordDict) -> None:
@@ -89,7 +89,7 @@ class NodeStates:
         if self.kind != TRAIN:
             return
         for cid in self.clients:
-            self.store.put(cid, self.round, get_message(states, STATE, cid))
+            self.store.put(cid, self.round, get_state(states, STATE, cid))
 
 
 def open_states(kind: str, content: RecordDict, node_config: Mapping[str, Any]) -> NodeStates | None:

@@ -315,12 +315,13 @@ class AlgorithmChecks:
         assert not lines, listing("uploads its declaration does not allow", lines)
 
     def check_flower_records_round_trip(self) -> None:
-        """put_message -> get_message of every message, reply and new client state is bit-exact."""
+        """Every message and reply through Flower's wire records (put_messages -> get_messages), and
+        every new client state through the node's state records (put_state -> get_state), is bit-exact."""
         exchanges = self._messages_or_skip()
         try:
             from flwr.app import RecordDict
 
-            from fedmosaic.engines.flower_records import get_message, put_message
+            from fedmosaic.engines.flower_records import get_messages, get_state, put_messages, put_state
         except ImportError as exc:
             raise unittest.SkipTest(
                 f"flwr is not installed ({exc}); pip install 'fedmosaic[flower]'"
@@ -332,8 +333,13 @@ class AlgorithmChecks:
                 if message is None:
                     continue
                 records = RecordDict()
-                put_message(records, part, ex.client, message)
-                difference = message_difference(message, get_message(records, part, ex.client))
+                if part == "state":
+                    put_state(records, part, ex.client, message)
+                    back = get_state(records, part, ex.client)
+                else:
+                    put_messages(records, part, {ex.client: message})
+                    back = get_messages(records, part)[ex.client]
+                difference = message_difference(message, back)
                 if difference:
                     problems.append(f"round {ex.round} {ex.client} {ex.call} {part}: {difference}")
         assert not problems, listing("messages Flower's records change", problems)
