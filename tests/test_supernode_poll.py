@@ -18,6 +18,7 @@ def test_the_cap_shortens_only_the_supernode_loops_sleeps(monkeypatch: pytest.Mo
     # What the cap is for: flwr's loop sleeps a fixed 3 s when there is no message.
     assert "time.sleep(3)" in inspect.getsource(start_client_internal)
     monkeypatch.setattr(start_client_internal, "time", time)  # undone after the test
+    _restore_store_methods(monkeypatch)
     assert supernode.install(0.01)
     t0 = time.perf_counter()
     start_client_internal.time.sleep(3)
@@ -33,3 +34,65 @@ def test_a_bad_poll_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setenv("FEDMOSAIC_SUPERNODE_POLL_S", bad)
         with pytest.raises(SystemExit, match=r"FEDMOSAIC_SUPERNODE_POLL_S: .* is not a number of seconds"):
             supernode.poll_seconds()
+
+
+def _restore_store_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """install() rings a doorbell from Flower's store methods: undo that after the test."""
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    monkeypatch.setattr(InMemoryNodeState, "store_message", InMemoryNodeState.store_message)
+    monkeypatch.setattr(InMemoryObjectStore, "put", InMemoryObjectStore.put)
+
+
+def test_the_doorbell_ends_a_sleep_at_a_ring_and_never_misses_one() -> None:
+    import threading
+
+    from fedmosaic.engines.flower_wake import Doorbell
+
+    bell = Doorbell()
+    t0 = time.perf_counter()
+    bell.sleep(0.1)  # nobody rings: the whole sleep
+    assert 0.09 < time.perf_counter() - t0 < 2.0
+    threading.Timer(0.05, bell.ring).start()
+    t0 = time.perf_counter()
+    bell.sleep(30)  # rung during the sleep
+    assert time.perf_counter() - t0 < 5.0
+    bell.ring()  # rung between two sleeps (after the loop's check, before its sleep): not lost
+    t0 = time.perf_counter()
+    bell.sleep(30)
+    assert time.perf_counter() - t0 < 1.0
+    t0 = time.perf_counter()
+    bell.sleep(0.1)  # that ring is used up
+    assert time.perf_counter() - t0 > 0.09
+
+
+def test_a_reply_stored_on_the_node_ends_the_supernode_loops_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from flwr.app import ConfigRecord
+    from flwr.supercore.inflatable.inflatable_object import get_object_tree
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+    from flwr.supernode import start_client_internal
+
+    # What the doorbell is for: flwr's loop waits 0.5 s at a time for a reply and for its objects.
+    assert inspect.getsource(start_client_internal).count("time.sleep(0.5)") == 2
+    monkeypatch.setattr(start_client_internal, "time", time)
+    _restore_store_methods(monkeypatch)
+    assert supernode.install(3.0)
+    store, record = InMemoryObjectStore(), ConfigRecord({"reply": 1})
+    store.preregister(1, get_object_tree(record))  # as Flower's push handler does before the content
+    finished = threading.Event()
+
+    def wait_like_the_loop() -> None:
+        start_client_internal.time.sleep(0.5)  # the loop's first check found nothing: it sleeps
+        start_client_internal.time.sleep(3.0)
+        finished.set()
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=wait_like_the_loop, daemon=True)
+    thread.start()
+    threading.Timer(0.8, lambda: store.put(record.object_id, record.deflate())).start()  # in the 2nd sleep
+    assert finished.wait(10)
+    assert time.perf_counter() - t0 < 2.0  # 3.5 s without the doorbell
+    thread.join(5)

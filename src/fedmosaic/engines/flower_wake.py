@@ -16,7 +16,16 @@ The SuperExec then asks at once when a message arrives, and otherwise at most ev
 :data:`IDLE_POLL_S` (Flower's own default, a floor on the environment variable, which the wake-up
 makes unneeded). Flower's loop, requests and checks are unchanged: only how long one sleep lasts.
 A byte written while the SuperExec is busy stays in the pipe and ends its next sleep at once, so no
-message waits for a poll. Only for the flwr version this was read from.
+message waits for a poll.
+
+The SuperNode's own loop waits the same way for its ClientApp: after starting one it looks for the
+reply every 0.5 s, and then for each of the reply's objects every 0.5 s (``_push_messages`` in
+``flwr/supernode/start_client_internal.py``; 0.2 s under fedmosaic's poll cap), so every message's
+reply sat up to twice that long on the node before it left, and a round waits for the slowest
+node. :class:`Doorbell` rings whenever the node stores a message or an object
+(:func:`install_supernode`), and the loop's sleeps end at the first ring since the previous sleep
+ended (:mod:`fedmosaic.engines.supernode`): the reply leaves as soon as it is complete. Only for the
+flwr version this was read from.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -70,6 +80,40 @@ def install_superexec(environ: dict[str, str] | None = None) -> bool:
     return True
 
 
+class Doorbell:
+    """Rung by every store on the node; :meth:`sleep` ends early at the first ring since the end of the
+    previous sleep, so a store between the loop's check and its sleep is never missed (at worst the
+    loop checks once more than needed)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._rings = self._seen = 0
+
+    def ring(self) -> None:
+        """Something was stored: end the current (or the next) sleep."""
+        with self._changed:
+            self._rings += 1
+            self._changed.notify_all()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the doorbell rang since the previous sleep ended."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._rings != self._seen, timeout=seconds)
+            self._seen = self._rings
+
+
+def ringing(function: Callable[..., Any], bell: Doorbell) -> Callable[..., Any]:
+    """``function`` (a store method) that rings ``bell`` after it returns."""
+
+    def function_and_ring(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            bell.ring()
+
+    return function_and_ring
+
+
 def wake_on_store(store: Callable[..., Any], write_fd: int) -> Callable[..., Any]:
     """``store`` (``NodeState.store_message``) that also writes a byte to ``write_fd`` afterwards."""
 
@@ -81,6 +125,20 @@ def wake_on_store(store: Callable[..., Any], write_fd: int) -> Callable[..., Any
         return result
 
     return store_and_wake
+
+
+def install_doorbell() -> Doorbell | None:
+    """In the SuperNode: a :class:`Doorbell` rung by every message and object the node stores (None
+    for another flwr version)."""
+    if not _flwr_is(FLWR_VERSION):
+        return None
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    bell = Doorbell()
+    InMemoryNodeState.store_message = ringing(InMemoryNodeState.store_message, bell)  # type: ignore[method-assign]
+    InMemoryObjectStore.put = ringing(InMemoryObjectStore.put, bell)  # type: ignore[method-assign]
+    return bell
 
 
 def install_supernode() -> tuple[int, int] | None:

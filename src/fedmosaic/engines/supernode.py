@@ -12,7 +12,8 @@ a consortium of many nodes may not want (then use ``flower-supernode`` itself).
 Its SuperExec also starts each message's ClientApp process warm (forked from a process that has
 imported Flower's ClientApp runtime once, :mod:`fedmosaic.engines.warm_clientapp`) instead of cold;
 ``FEDMOSAIC_WARM_CLIENTAPP=0`` keeps Flower's own start. That SuperExec is woken by the SuperNode
-when a message arrives, rather than polling for it (:mod:`fedmosaic.engines.flower_wake`).
+when a message arrives, rather than polling for it (:mod:`fedmosaic.engines.flower_wake`), and the
+SuperNode's own waits for a ClientApp's reply and its objects end the moment they are stored.
 
 The cap replaces the ``time`` module *as that Flower module sees it* (the rest of Flower and the
 process keep the real one) and is applied only to the flwr version it was written against: with
@@ -34,9 +35,11 @@ FLWR_VERSION = "1.41.0"  # the version whose polling loop this was read from
 DEFAULT_POLL_S = 0.2
 
 
-def capped_time(cap_s: float) -> types.ModuleType:
-    """A stand-in for the ``time`` module whose ``sleep`` sleeps at most ``cap_s`` seconds."""
-    return stand_in(time, sleep=lambda seconds: time.sleep(min(float(seconds), cap_s)))
+def capped_time(cap_s: float, bell: flower_wake.Doorbell | None = None) -> types.ModuleType:
+    """A stand-in for the ``time`` module whose ``sleep`` sleeps at most ``cap_s`` seconds, and with
+    ``bell`` ends early when the node stores something (:class:`~fedmosaic.engines.flower_wake.Doorbell`)."""
+    wait = bell.sleep if bell is not None else time.sleep
+    return stand_in(time, sleep=lambda seconds: wait(min(float(seconds), cap_s)))
 
 
 def poll_seconds() -> float:
@@ -52,7 +55,8 @@ def poll_seconds() -> float:
 
 
 def install(cap_s: float) -> bool:
-    """Cap the SuperNode loop's sleeps at ``cap_s``; False (and a warning) for an unknown flwr version."""
+    """Cap the SuperNode loop's sleeps at ``cap_s`` and end them when the node stores a message or an
+    object (a ClientApp's reply); False (and a warning) for an unknown flwr version."""
     from importlib.metadata import version
 
     from flwr.supernode import start_client_internal
@@ -64,7 +68,7 @@ def install(cap_s: float) -> bool:
             stacklevel=2,
         )
         return False
-    start_client_internal.time = capped_time(cap_s)  # type: ignore[attr-defined]
+    start_client_internal.time = capped_time(cap_s, flower_wake.install_doorbell())  # type: ignore[attr-defined]
     return True
 
 
