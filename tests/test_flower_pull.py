@@ -9,7 +9,7 @@ import pytest
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
 
-from fedmosaic.engines import flower_pull
+from fedmosaic.engines import flower_pull, stand_in
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_patience_is_not_cut_to_500_short_tries(defaults: None, monkeypatch: pyt
 
 
 def test_another_flwr_version_is_left_alone(defaults: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flower_pull, "FLWR_VERSION", "0.0.0")
+    monkeypatch.setattr(stand_in, "FLWR_VERSION", "0.0.0")
     with pytest.warns(UserWarning, match="object-pull backoff"):
         assert flower_pull.shorten_backoff() is False
     assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] == 1

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fedmosaic.engines import flower_wake, warm_clientapp
+from fedmosaic.engines import flower_wake, stand_in, warm_clientapp
 
 
 @pytest.fixture
@@ -100,10 +100,10 @@ def test_the_supernode_store_hook_and_another_flwr(monkeypatch: pytest.MonkeyPat
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 
     monkeypatch.setattr(InMemoryNodeState, "store_message", InMemoryNodeState.store_message)
-    monkeypatch.setattr(flower_wake, "FLWR_VERSION", "0.0.0")
+    monkeypatch.setattr(stand_in, "FLWR_VERSION", "0.0.0")
     assert flower_wake.install_supernode() is None
     assert not flower_wake.install_superexec({flower_wake.ENV_FD: "5"})
-    monkeypatch.setattr(flower_wake, "FLWR_VERSION", "1.41.0")
+    monkeypatch.setattr(stand_in, "FLWR_VERSION", "1.41.0")
     fds = flower_wake.install_supernode()
     assert fds is not None
     try:

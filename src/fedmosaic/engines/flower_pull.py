@@ -18,27 +18,20 @@ for the flwr version this was read from; any other is left untouched, with a war
 
 from __future__ import annotations
 
-import warnings
+from fedmosaic.engines.stand_in import flwr_fits
 
-FLWR_VERSION = "1.41.0"
 INITIAL_S = 0.02
 CAP_S = 0.25
 
 
 def shorten_backoff(initial_s: float = INITIAL_S, cap_s: float = CAP_S) -> bool:
     """Retry a missing object after ``initial_s``, doubling up to ``cap_s``; False for another flwr."""
-    from importlib.metadata import version
-
     from flwr.supercore.inflatable import inflatable_utils
 
     functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
     keys = {"initial_backoff", "backoff_cap", "max_tries_per_object"}
-    if version("flwr") != FLWR_VERSION or not all(keys <= set(f.__kwdefaults__ or {}) for f in functions):
-        warnings.warn(
-            f"fedmosaic: the object-pull backoff was read from flwr {FLWR_VERSION}, found {version('flwr')}; "
-            "messages wait at Flower's own pace",
-            stacklevel=2,
-        )
+    fits = all(keys <= set(f.__kwdefaults__ or {}) for f in functions)
+    if not flwr_fits("the object-pull backoff", "messages wait at Flower's own pace", fits):
         return False
     for function in functions:
         # Callers import the function object itself, so its defaults are what they all use.

@@ -39,17 +39,10 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from fedmosaic.engines.stand_in import stand_in
+from fedmosaic.engines.stand_in import flwr_fits, stand_in
 
-FLWR_VERSION = "1.41.0"
 ENV_FD = "FEDMOSAIC_SUPEREXEC_WAKE_FD"  # the read end's descriptor number, in the SuperExec's environment
 IDLE_POLL_S = 1.0
-
-
-def _flwr_is(expected: str) -> bool:
-    from importlib.metadata import version
-
-    return version("flwr") == expected
 
 
 def waking_time(fd: int, floor_s: float = IDLE_POLL_S) -> types.ModuleType:
@@ -70,7 +63,7 @@ def waking_time(fd: int, floor_s: float = IDLE_POLL_S) -> types.ModuleType:
 def install_superexec(environ: dict[str, str] | None = None) -> bool:
     """In the SuperExec: wait on the pipe its SuperNode handed over (False: none, or another flwr)."""
     raw = (os.environ if environ is None else environ).get(ENV_FD, "")
-    if not raw.isdigit() or not _flwr_is(FLWR_VERSION):
+    if not raw.isdigit() or not flwr_fits("", ""):
         return False
     from flwr.supercore.superexec import run_superexec
 
@@ -130,7 +123,7 @@ def wake_on_store(store: Callable[..., Any], write_fd: int) -> Callable[..., Any
 def install_doorbell() -> Doorbell | None:
     """In the SuperNode: a :class:`Doorbell` rung by every message and object the node stores (None
     for another flwr version)."""
-    if not _flwr_is(FLWR_VERSION):
+    if not flwr_fits("", ""):
         return None
     from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
@@ -146,7 +139,7 @@ def install_supernode() -> tuple[int, int] | None:
 
     The read end is for the SuperExec (:func:`superexec_popen_args`); None for another flwr version.
     """
-    if not _flwr_is(FLWR_VERSION):
+    if not flwr_fits("", ""):
         return None
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 

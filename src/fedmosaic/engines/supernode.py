@@ -26,12 +26,10 @@ import os
 import sys
 import time
 import types
-import warnings
 
 from fedmosaic.engines import flower_pull, flower_wake, warm_clientapp
-from fedmosaic.engines.stand_in import stand_in
+from fedmosaic.engines.stand_in import flwr_fits, stand_in
 
-FLWR_VERSION = "1.41.0"  # the version whose polling loop this was read from
 DEFAULT_POLL_S = 0.2
 
 
@@ -57,16 +55,10 @@ def poll_seconds() -> float:
 def install(cap_s: float) -> bool:
     """Cap the SuperNode loop's sleeps at ``cap_s`` and end them when the node stores a message or an
     object (a ClientApp's reply); False (and a warning) for an unknown flwr version."""
-    from importlib.metadata import version
-
     from flwr.supernode import start_client_internal
 
-    if version("flwr") != FLWR_VERSION or getattr(start_client_internal, "time", None) is not time:
-        warnings.warn(
-            f"fedmosaic.engines.supernode: written for flwr {FLWR_VERSION}, found {version('flwr')}; "
-            "the SuperNode polls at Flower's own pace",
-            stacklevel=2,
-        )
+    fits = getattr(start_client_internal, "time", None) is time
+    if not flwr_fits("fedmosaic.engines.supernode", "the SuperNode polls at Flower's own pace", fits):
         return False
     start_client_internal.time = capped_time(cap_s, flower_wake.install_doorbell())  # type: ignore[attr-defined]
     return True

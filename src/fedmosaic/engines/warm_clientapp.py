@@ -32,14 +32,12 @@ import subprocess
 import sys
 import traceback
 import types
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from fedmosaic.engines import flower_pull, flower_wake
-from fedmosaic.engines.stand_in import stand_in
+from fedmosaic.engines.stand_in import flwr_fits, stand_in
 
-FLWR_VERSION = "1.41.0"
 CLIENTAPP = "flwr-clientapp"
 ENTRY = "flwr.supernode.cli:flwr_clientapp"  # what the flwr-clientapp command runs
 ENV_SWITCH = "FEDMOSAIC_WARM_CLIENTAPP"
@@ -145,16 +143,11 @@ def popen_proxy(rewrite: Rewrite) -> types.ModuleType:
 
 def flwr_matches(module: types.ModuleType) -> bool:
     """Whether ``module`` is from the flwr version this was written against and uses ``subprocess``."""
-    from importlib.metadata import version
-
-    if version("flwr") == FLWR_VERSION and getattr(module, "subprocess", None) is subprocess:
-        return True
-    warnings.warn(
-        f"fedmosaic: warm ClientApp starts were written for flwr {FLWR_VERSION}, found {version('flwr')}; "
+    return flwr_fits(
+        "warm ClientApp starts",
         "every message starts a cold flwr-clientapp process",
-        stacklevel=2,
+        getattr(module, "subprocess", None) is subprocess,
     )
-    return False
 
 
 def enabled() -> bool:
