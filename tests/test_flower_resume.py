@@ -32,6 +32,7 @@ from fedmosaic.engines.flower_client import handle
 from fedmosaic.engines.flower_records import get_state, put_json, put_messages, put_state
 from fedmosaic.engines.flower_resume import RUN_KEY_FILE, load_run, resume_flag
 from fedmosaic.engines.node_states import open_states
+from fedmosaic.engines.run_folder import RunFolder
 from test_flower_dropout import _Reply  # a Flower reply as Grid.pull_messages gives it
 
 # scaffold: every client keeps a control variate c_i in its state, so a lost or stale state changes
@@ -209,6 +210,36 @@ def test_run_config_resume_is_checked_before_anything_is_written(nodes, tmp_path
         serve(grid, local, set=";".join(SETS))
     with pytest.raises(ConfigError, match="leave config and set empty"):
         serve(grid, local, resume=True, set="rounds=4")
+
+
+def test_a_resumed_run_given_more_rounds_goes_on_as_a_local_run_does(nodes, crashed, tmp_path: Path) -> None:
+    out, states = crashed
+    config_before = (out / "config.toml").read_bytes()
+    for bad, message in (
+        (-1, "expected a whole number"),
+        ("4", "expected a whole number"),
+        (True, "expected a whole number"),
+    ):
+        with pytest.raises(ConfigError, match=f"rounds: {message}"):
+            serve(InProcessGrid(node_configs(nodes, states)), out, resume=True, rounds=bad)
+    with pytest.raises(ConfigError, match="rounds: 3 must exceed the run's 3 rounds"):
+        serve(InProcessGrid(node_configs(nodes, states)), out, resume=True, rounds=3)
+    with pytest.raises(ConfigError, match="rounds: extends a resumed run"):
+        serve(InProcessGrid(node_configs(nodes, states)), tmp_path / "new", set=";".join(SETS), rounds=4)
+    assert (out / "config.toml").read_bytes() == config_before and not (tmp_path / "new").exists()
+
+    # interrupted in round 3 of 3, resumed with 5 rounds: rounds 3, 4 and 5 run
+    summary = serve(InProcessGrid(node_configs(nodes, states)), out, resume=True, rounds=5)
+    assert summary["rounds"] == 5
+    cfg = load_config(None, SETS)  # the local engine: 3 rounds, then extended to 5 and continued
+    local = tmp_path / "local"
+    Federation.from_config(cfg, build_task(cfg), folder=local).run()
+    RunFolder(local).extend_rounds(5)
+    cfg = load_config(local / "config.toml")
+    Federation.from_config(cfg, build_task(cfg), folder=local).run()
+    assert (out / "metrics.jsonl").read_bytes() == (local / "metrics.jsonl").read_bytes()
+    extended = json.loads(RunFolder(out).fingerprint.read_text())["extended"]
+    assert extended == [{"from": 3, "to": 5, "after_round": 2}]
 
 
 def test_a_resume_refuses_an_edited_config(nodes, crashed) -> None:

@@ -34,7 +34,8 @@ for ``min-nodes`` before round 1), ``reply-timeout-s`` (bounded wait for a round
 out of that round, its clients recorded as ``dropped`` and the node in ``lost_nodes``; the round
 goes on with the replies that arrived and the node is asked again next round if the SuperLink
 still lists it. ``"fail"``: the run stops), ``poll-s``, ``resume`` (``true``: continue the run in
-``out`` after its last committed round, :mod:`fedmosaic.engines.flower_resume`).
+``out`` after its last committed round, :mod:`fedmosaic.engines.flower_resume`), ``rounds`` (with
+``resume = true``: extend the run to this many rounds; 0, the default: the run's own).
 
 Plug-ins: the run config travels in every message and a node validates it like any process
 (:func:`fedmosaic.config.validate`), so it imports the config's ``plugins`` modules and its own
@@ -79,7 +80,7 @@ from fedmosaic.engines.flower_client import (  # noqa: F401  (the ClientApp, imp
 )
 from fedmosaic.engines.flower_exchange import Exchange, wait_for_nodes
 from fedmosaic.engines.flower_records import get_json, get_messages, put_json, put_messages, spec_from_json
-from fedmosaic.engines.flower_resume import check_start, load_run, start_folder
+from fedmosaic.engines.flower_resume import check_start, extend_rounds, load_run, start_folder
 from fedmosaic.engines.folder_lock import FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.node_data import export_node, info_to_json
@@ -98,6 +99,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "on-node-failure": "drop",
     "poll-s": 0.05,
     "resume": False,
+    "rounds": 0,
 }
 
 
@@ -276,6 +278,7 @@ def _serve(grid: Grid, rc: dict[str, Any], cfg: RunConfig, folder: RunFolder, re
     check_start(folder, resume)
     if rc["on-node-failure"] not in NODE_FAILURE:  # before anything is written
         raise ConfigError(f"on-node-failure: {rc['on-node-failure']!r} is not one of {NODE_FAILURE}")
+    cfg = extend_rounds(folder, cfg, rc["rounds"], resume)  # resume with rounds = N: more rounds
     # The coordinator's proxy, labelled and test sets (and the task description); the algorithm's fit
     # to the data is checked first, before anything is written or any node is waited for.
     task = build_task(cfg, check=check_fit(cfg, baselines=False))

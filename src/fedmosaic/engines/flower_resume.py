@@ -9,6 +9,10 @@ nodes' disks (node config ``state-dir``, :mod:`fedmosaic.engines.node_states`), 
 written here when the run started: the coordinator's name for the run, the same across resumes
 (Flower's run id is new with every ``flwr run``). Every message carries the key and the committed
 round the run resumed after, so a node that cannot have the states refuses the run at once.
+
+A resumed run can also be given more rounds (run config ``rounds``), finished or not, as
+``fedmosaic run --resume DIR --rounds N`` gives a local one: the folder's config and fingerprint
+record the extension, and the nodes learn the new count from the config every message carries.
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ def load_run(rc: dict[str, Any]) -> tuple[RunConfig, RunFolder, bool]:
     if not rc["out"]:
         raise ConfigError("resume: needs out, the results folder of the run to continue")
     if rc["config"] or rc["set"]:
-        raise ConfigError("resume: the run continues under its own config.toml; leave config and set empty")
+        raise ConfigError(
+            "resume: the run continues under its own config.toml; leave config and set empty "
+            "(more rounds: rounds = N)"
+        )
     folder = RunFolder(Path(str(rc["out"])))
     if not folder.exists():
         raise ConfigError(f"out: {folder.path} holds no run to resume (no config.toml)")
@@ -91,3 +98,18 @@ def start_folder(folder: RunFolder, cfg: RunConfig, resume: bool) -> dict[str, A
     committed = int(json.loads(folder.marker.read_text())["round"]) if folder.marker.exists() else 0
     log.info("resuming run %s after round %d", key, committed)
     return {RUN_KEY: key, RESUMED_AFTER: committed}
+
+
+def extend_rounds(folder: RunFolder, cfg: RunConfig, rounds: object, resume: bool) -> RunConfig:
+    """The run config's ``rounds``: with ``resume = true``, the run's rounds raised to it (0: as they
+    are); the config the run continues under. Checked before anything is written."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ConfigError(f"rounds: expected a whole number of rounds (0: the run's own), got {rounds!r}")
+    if rounds == 0:
+        return cfg
+    if not resume:
+        raise ConfigError('rounds: extends a resumed run (resume = true); a new run takes set = "rounds=N"')
+    folder.check_config(cfg.to_toml_dict(), key="resume")
+    folder.extend_rounds(rounds, key="rounds")
+    log.info("run extended to %d rounds", rounds)
+    return load_config(folder.config)

@@ -202,11 +202,12 @@ class RunFolder:
                 f"Undo the change or start a new run{hint}"
             )
 
-    def extend_rounds(self, rounds: int) -> dict[str, Any]:
+    def extend_rounds(self, rounds: int, key: str = "--rounds") -> dict[str, Any]:
         """Raise the run's ``rounds`` to ``rounds`` (config.toml and the fingerprint), recording when.
 
         Only upwards and only from the last committed round on: the rounds already run stay as they
         were, and ``extended`` in the fingerprint says which round the extension started after.
+        ``key`` is what an error calls the request.
         """
         recorded = json.loads(self.fingerprint.read_text()) if self.fingerprint.exists() else {}
         # The recorded tree keeps the config's own key order (check_config the folder first).
@@ -214,7 +215,7 @@ class RunFolder:
         old = int(tree["rounds"])
         if rounds <= old:
             raise ConfigError(
-                f"--rounds: {rounds} must exceed the run's {old} rounds (only extending is allowed)"
+                f"{key}: {rounds} must exceed the run's {old} rounds (only extending is allowed)"
             )
         marker = json.loads(self.marker.read_text()) if self.marker.exists() else {"round": 0}
         tree["rounds"] = rounds
