@@ -23,7 +23,7 @@ reply every 0.5 s, and then for each of the reply's objects every 0.5 s (``_push
 ``flwr/supernode/start_client_internal.py``; 0.2 s under fedmosaic's poll cap), so every message's
 reply sat up to twice that long on the node before it left, and a round waits for the slowest
 node. :class:`Doorbell` rings whenever the node stores a message or an object
-(:func:`install_supernode`), and the loop's sleeps end at the first ring since the previous sleep
+(:func:`install_doorbell`), and the loop's sleeps end at the first ring since the previous sleep
 ended (:mod:`fedmosaic.engines.supernode`): the reply leaves as soon as it is complete. Only for the
 flwr version this was read from.
 """
@@ -63,7 +63,7 @@ def waking_time(fd: int, floor_s: float = IDLE_POLL_S) -> types.ModuleType:
 def install_superexec(environ: dict[str, str] | None = None) -> bool:
     """In the SuperExec: wait on the pipe its SuperNode handed over (False: none, or another flwr)."""
     raw = (os.environ if environ is None else environ).get(ENV_FD, "")
-    if not raw.isdigit() or not flwr_fits("", ""):
+    if not raw.isdigit() or not flwr_fits():
         return False
     from flwr.supercore.superexec import run_superexec
 
@@ -123,7 +123,7 @@ def wake_on_store(store: Callable[..., Any], write_fd: int) -> Callable[..., Any
 def install_doorbell() -> Doorbell | None:
     """In the SuperNode: a :class:`Doorbell` rung by every message and object the node stores (None
     for another flwr version)."""
-    if not flwr_fits("", ""):
+    if not flwr_fits():
         return None
     from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
@@ -139,7 +139,7 @@ def install_supernode() -> tuple[int, int] | None:
 
     The read end is for the SuperExec (:func:`superexec_popen_args`); None for another flwr version.
     """
-    if not flwr_fits("", ""):
+    if not flwr_fits():
         return None
     from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
 

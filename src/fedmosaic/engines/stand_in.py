@@ -22,7 +22,7 @@ def stand_in(module: types.ModuleType, **replacements: Any) -> types.ModuleType:
     return proxy
 
 
-def flwr_fits(what: str, otherwise: str, fits: bool = True) -> bool:
+def flwr_fits(what: str = "", otherwise: str = "", fits: bool = True) -> bool:
     """Whether a change read from flwr :data:`FLWR_VERSION` may be made: that flwr is installed and
     ``fits`` (the caller's check that the code it replaces is still there). If not, a warning says
     ``what`` was written for which version and what happens ``otherwise``; ``what=""`` stays silent."""
