@@ -148,6 +148,17 @@ def federation_run(
     return summary
 
 
+def majority_class(task: Any) -> dict[str, float]:
+    """Metrics on the test set of always predicting the clients' most frequent training class: the
+    trivial baseline every method must clearly beat for the evaluation to mean anything."""
+    from fedmosaic.core.metrics import classification_metrics
+
+    train = np.concatenate([c.train.labels for c in task.clients])
+    guess = int(np.bincount(train, minlength=task.info.num_classes).argmax())
+    y = task.test.labels
+    return classification_metrics(y, np.full_like(y, guess), task.info.num_classes)
+
+
 def default_measure(row: Row, seed: int, ctx: Context) -> dict[str, Any]:
     """A row's fedmosaic run at ``seed`` with the script's common overrides (``ctx.data['common']``)."""
     rounds = [f"rounds={ctx.args.rounds}"] if getattr(ctx.args, "rounds", None) else []

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _harness import TINY, Benchmark, Context, Results, Row, federation_run, mean_std
+from _harness import TINY, Benchmark, Context, Results, Row, federation_run, majority_class, mean_std
 
 MAIN = ("local", "fedavg", "gvf")
 # Each ablation switches one part of gvf's defaults (alignment and the proxy-label extension are off
@@ -87,6 +87,19 @@ def measure(row: Row, seed: int, ctx: Context) -> dict:
     )
 
 
+def majority(ctx: Context) -> dict[str, list[dict[str, float]]]:
+    """Per task and seed of the main rows: the majority-class baseline (the seed sets the split)."""
+    from fedmosaic import load_config
+
+    out: dict[str, list[dict[str, float]]] = {}
+    for name, task in datasets(ctx.args.shared, ctx.smoke).items():
+        tiny = smoke("local") if ctx.smoke else []
+        for seed in ctx.args.seeds:
+            cfg = load_config(None, [*task, *tiny, f"seed={seed}"])
+            out.setdefault(name, []).append(majority_class(ctx.task(cfg)))
+    return out
+
+
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -100,8 +113,9 @@ def _groups(summary: dict) -> list[str]:
     return sorted(groups, key=lambda g: (g.count("+"), g))
 
 
-def table(name: str, results: dict[str, list[dict]]) -> list[str]:
-    """One markdown table (rows: algorithms and ablations) plus the target check for a task."""
+def table(name: str, results: dict[str, list[dict]], trivial: list[dict[str, float]] | None) -> list[str]:
+    """One markdown table (rows: algorithms and ablations, then the majority-class baseline) plus the
+    accuracy differences of gvf for a task."""
     groups = _groups(results["gvf"][0])
     head = " | ".join(f"{g} acc | {g} F1" for g in groups)
     lines = [
@@ -120,6 +134,14 @@ def table(name: str, results: dict[str, list[dict]]) -> list[str]:
         mb = np.mean([(s["bytes_up"] + s["bytes_down"]) / s["rounds"] / 1e6 for s in summaries])
         lines.append(
             f"| {row} | {len(summaries)} | " + " | ".join(cells) + f" | {overall} | {sec:.1f} | {mb:.2f} |"
+        )
+
+    if trivial:  # every client group is scored on the same test labels
+        acc_f1 = [mean_std([m["accuracy"] for m in trivial]), mean_std([m["macro_f1"] for m in trivial])]
+        lines.append(
+            f"| majority class (most frequent training label) | {len(trivial)} | "
+            + " | ".join(acc_f1 * len(groups))
+            + f" | {acc_f1[0]} | | |"
         )
 
     def acc(row: str, g: str) -> float:
@@ -156,13 +178,23 @@ def render(stored: Results) -> str:
         f"Command: `{stored['command']}`.",
         "",
     ]
+    trivial = stored.get("once", {})
     for name, results in by_task.items():
-        lines += [*table(name, results), ""]
+        lines += [*table(name, results, trivial.get(name)), ""]
     return "\n".join(lines)
 
 
 BENCH = Benchmark(
-    "gvf", __doc__, "benchmarks/gvf.py", rows, render, measure, rounds=10, smoke_rounds=1, options=options
+    "gvf",
+    __doc__,
+    "benchmarks/gvf.py",
+    rows,
+    render,
+    measure,
+    rounds=10,
+    smoke_rounds=1,
+    once=majority,
+    options=options,
 )
 
 if __name__ == "__main__":

@@ -24,10 +24,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matrix_report as report
-from _harness import BENCHMARKS_MD, ROOT, SHARED, unpack_hapt, write_section
+from _harness import BENCHMARKS_MD, ROOT, SHARED, majority_class, unpack_hapt, write_section
 
 SECTION = "matrix"
 RESULTS = ROOT / "benchmarks" / "results" / "matrix"
@@ -171,18 +170,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def majority_class(task: Any) -> dict[str, float]:
-    """Metrics on the test set of always predicting the clients' most frequent training class."""
-    import numpy as np
-
-    from fedmosaic.core.metrics import classification_metrics
-
-    train = np.concatenate([c.train.labels for c in task.clients])
-    guess = int(np.bincount(train, minlength=task.info.num_classes).argmax())
-    y = task.test.labels
-    return classification_metrics(y, np.full_like(y, guess), task.info.num_classes)
 
 
 def _result_path(out: Path, task: str, algorithm: str, seed: int) -> Path:
