@@ -48,6 +48,7 @@ class _Reply:
     source: str
     content: object = None
     reason: str = ""
+    code: int = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
     @property
     def metadata(self):
@@ -58,7 +59,7 @@ class _Reply:
 
     @property
     def error(self):
-        return type("Error", (), {"reason": self.reason})()
+        return type("Error", (), {"reason": self.reason, "code": self.code})()
 
 
 @dataclass
@@ -113,6 +114,47 @@ def test_exchange_goes_on_without_failed_and_silent_nodes_within_the_timeout(mon
     # the query asks strictly even when rounds tolerate: a node that cannot say what it hosts is an error
     with pytest.raises(FlowerRunError, match="failed on query"):
         exchange("query", {2: RecordDict()}, "query", tolerate=False)
+
+
+@dataclass
+class _RestartedNodeGrid:
+    """Node 1 answers; node 2 is listed but gone (a SuperNode that was restarted: Flower answers
+    NODE_UNAVAILABLE until it drops it); node 3, its new self, registers after the first query."""
+
+    failing: int = 5  # Flower's ErrorCode.NODE_UNAVAILABLE
+    successor: bool = True
+    queried: list = field(default_factory=list)
+
+    def get_node_ids(self):
+        return [1, 2, 3] if self.queried and self.successor else [1, 2]
+
+    def push_messages(self, messages):
+        self.queried.append(sorted(m.metadata.dst_node_id for m in messages))
+        return [f"m{m.metadata.dst_node_id}" for m in messages]
+
+    def pull_messages(self, ids):
+        bad = _Reply("m2", reason="Node Unavailable", code=self.failing)
+        return [bad if i == "m2" else _Reply(i, content=f"answer of {i}") for i in ids]
+
+
+def test_the_query_skips_a_node_that_is_gone_and_waits_for_another(monkeypatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmosaic.config import load_config
+    from fedmosaic.engines.flower import find_nodes
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1, raising=False)
+    cfg = load_config(None, SETS)
+    grid = _RestartedNodeGrid()
+    answers = find_nodes(Exchange(grid, 5.0, 0.01), 2, 10.0, cfg)  # type: ignore[arg-type]
+    assert answers == {1: "answer of m1", 3: "answer of m3"}
+    assert grid.queried == [[1, 2], [3]]  # node 1 is not asked twice, node 2 not again
+    with pytest.raises(FlowerRunError, match=r"min-nodes: 1 SuperNode\(s\) connected after 0 s, 2 needed"):
+        find_nodes(Exchange(_RestartedNodeGrid(successor=False), 5.0, 0.01), 2, 0.3, cfg)  # type: ignore[arg-type]
+    with pytest.raises(FlowerRunError, match="node 2 failed on query"):  # its ClientApp raised: stop
+        find_nodes(Exchange(_RestartedNodeGrid(failing=2), 5.0, 0.01), 2, 10.0, cfg)  # type: ignore[arg-type]
 
 
 class _InProcessNodes:

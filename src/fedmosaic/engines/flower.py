@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,19 +224,36 @@ def flower_federation(
     return Federation.from_config(cfg, task_view, folder=folder.path, transport=transport, specs=specs)
 
 
-def query_nodes(
-    exchange: Exchange, nodes: list[int], cfg: RunConfig, task: Task, run: dict[str, Any] | None = None
-) -> tuple[list[ClientSpec], dict[str, int], int]:
-    """Ask every node which clients it hosts; check that its data describes the server's task.
+def find_nodes(
+    exchange: Exchange, minimum: int, timeout_s: float, cfg: RunConfig, run: dict[str, Any] | None = None
+) -> dict[int, RecordDict]:
+    """The answers of at least ``minimum`` SuperNodes to "which clients do you host?", within ``timeout_s``.
+
+    A node the SuperLink still lists although it is gone (it missed its heartbeats: a SuperNode that
+    crashed or was restarted, whose new self registers beside it) answers Flower's NODE_UNAVAILABLE;
+    it is left out and the wait goes on for another. Any other failure to answer stops the run: a
+    node that cannot say what it hosts would leave its clients out of the run unnoticed.
+    """
+    deadline = time.monotonic() + timeout_s
+    answers: dict[int, RecordDict] = {}
+    gone: set[int] = set()
+    while len(answers) < minimum:
+        listed = wait_for_nodes(exchange.grid, minimum, max(0.0, deadline - time.monotonic()), exclude=gone)
+        contents = {}
+        for node in (n for n in listed if n not in answers):
+            contents[node] = RecordDict()
+            put_json(contents[node], RUN, round=0, config=tomli_w.dumps(cfg.to_toml_dict()), **(run or {}))
+        answers.update(exchange(QUERY, contents, "query", tolerate=False, skip_gone=True))
+        gone |= exchange.gone
+    return answers
+
+
+def query_nodes(answers: dict[int, RecordDict], task: Task) -> tuple[list[ClientSpec], dict[str, int], int]:
+    """What the nodes answered to the query (:func:`find_nodes`), checked against the server's task.
 
     Returns the client specs in task order (the order the local engine uses, so client sampling and
     aggregation match it), the node hosting each client, and the clients' total validation samples.
     """
-    contents = {}
-    for node in nodes:
-        contents[node] = RecordDict()
-        put_json(contents[node], RUN, round=0, config=tomli_w.dumps(cfg.to_toml_dict()), **(run or {}))
-    answers = exchange(QUERY, contents, "query", tolerate=False)  # a node that cannot say what it hosts
     expected = info_to_json(task.info)
     found: list[tuple[int, str, ClientSpec]] = []
     node_of: dict[str, int] = {}
@@ -285,8 +303,8 @@ def _serve(grid: Grid, rc: dict[str, Any], cfg: RunConfig, folder: RunFolder, re
     run = start_folder(folder, cfg, resume)  # the run key the nodes keep client states under
     drop = rc["on-node-failure"] == "drop"
     exchange = Exchange(grid, float(rc["reply-timeout-s"]), float(rc["poll-s"]), tolerate=drop)
-    nodes = wait_for_nodes(grid, int(rc["min-nodes"]), float(rc["node-wait-s"]))
-    specs, node_of, client_val = query_nodes(exchange, nodes, cfg, task, run)
+    answers = find_nodes(exchange, int(rc["min-nodes"]), float(rc["node-wait-s"]), cfg, run)
+    specs, node_of, client_val = query_nodes(answers, task)
     summary = flower_federation(cfg, task, folder, exchange, specs, node_of, client_val, run).run()
     summary["engine"] = {"name": "flower", "nodes": len(set(node_of.values()))}
     if lost := {n for row in read_jsonl(folder.metrics) for n in row.get("lost_nodes", {})}:
