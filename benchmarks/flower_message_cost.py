@@ -38,7 +38,7 @@ from fedmosaic.data.tasks import build_task
 from fedmosaic.engines.federation import Federation
 from fedmosaic.engines.flower import RUN, TRAIN, prepare_nodes
 from fedmosaic.engines.flower_node import answer
-from fedmosaic.engines.flower_records import put_json, put_message
+from fedmosaic.engines.flower_records import put_json, put_messages
 from fedmosaic.engines.node_data import load_node
 
 SMOKE = ["task.options.n_samples=400", "task.proxy_size=40", "task.labelled_size=40"]
@@ -90,8 +90,7 @@ def measure(overrides: list[str], workdir: Path, repeats: int) -> dict:
     content = RecordDict()
     run = {"round": 1, "config": tomli_w.dumps(cfg.to_toml_dict()), "clients-per-round": len(fed.specs)}
     put_json(content, RUN, **run)
-    for cid in [c for c in plan if c in hosted]:
-        put_message(content, TRAIN, cid, plan[cid])
+    put_messages(content, TRAIN, {cid: message for cid, message in plan.items() if cid in hosted})
     message = workdir / "message.bin"
     message.write_bytes(recorddict_to_proto(content).SerializeToString())
     load = os.getloadavg()[0]
