@@ -8,7 +8,7 @@ personal (not aggregated) classifier, no update step) and one diagnostic that br
 (encoders aggregated too). Writes
 the section between ``<!-- gvf:begin -->`` and ``<!-- gvf:end -->`` of BENCHMARKS.md.
 
-    python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2 for every row
+    python benchmarks/gvf.py                  # full: 10 rounds, seeds 0 1 2 (84 runs, 4,300 CPU s)
     python benchmarks/gvf.py --jobs 2         # the same, two runs at a time
     python benchmarks/gvf.py --resume         # continue a stopped run: only the missing runs
     python benchmarks/gvf.py --from-results   # the section from benchmarks/results/, no runs
