@@ -138,3 +138,33 @@ def test_a_socket_folder_others_can_enter_is_refused(node, worker_dir: Path, tmp
     with pytest.raises(WorkerError, match="mode 0700"):
         node_worker._bind(socket_path(node_config))  # the worker would not start
     assert forward(TRAIN, content, RecordDict(), node_config) is None  # not used: the work is done here
+
+
+def test_the_worker_command_refuses_a_config_without_data_and_logs_with_levels(worker_dir: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "fedmosaic.cli", "node-worker", "--node-config"]
+    env = {**os.environ, "FEDMOSAIC_WORKER_DIR": str(worker_dir)}
+    refused = subprocess.run([*command, 'name="a"'], capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: --node-config: data-dir missing")
+
+    ready = worker_dir / "ready"
+    proc = subprocess.Popen(  # the data is read per message, so a folder that is not there still serves
+        [*command, 'data-dir="/nonexistent"', "--ready", str(ready)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), "the worker did not get ready within 120 s"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    # the level is in every line, so a warning stands out in a site's log
+    assert " INFO fedmosaic.node_worker node worker ready in " in err

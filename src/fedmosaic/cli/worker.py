@@ -31,7 +31,8 @@ def node_worker(
 
     from fedmosaic.engines.node_worker import WorkerError, parse_node_config, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # the level in every line: a warning (a client that failed, a reply that could not be sent) stands out
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = parse_node_config(node_config)
     except (ValueError, TypeError) as exc:
