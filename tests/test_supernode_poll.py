@@ -82,17 +82,19 @@ def test_a_reply_stored_on_the_node_ends_the_supernode_loops_wait(monkeypatch: p
     assert supernode.install(3.0)
     store, record = InMemoryObjectStore(), ConfigRecord({"reply": 1})
     store.preregister(1, get_object_tree(record))  # as Flower's push handler does before the content
-    finished = threading.Event()
+    first_sleep_over, finished = threading.Event(), threading.Event()
 
     def wait_like_the_loop() -> None:
         start_client_internal.time.sleep(0.5)  # the loop's first check found nothing: it sleeps
-        start_client_internal.time.sleep(3.0)
+        first_sleep_over.set()
+        start_client_internal.time.sleep(3.0)  # the put ends this one (or, if it came first, skips it)
         finished.set()
 
-    t0 = time.perf_counter()
     thread = threading.Thread(target=wait_like_the_loop, daemon=True)
     thread.start()
-    threading.Timer(0.8, lambda: store.put(record.object_id, record.deflate())).start()  # in the 2nd sleep
+    assert first_sleep_over.wait(10)
+    t0 = time.perf_counter()
+    store.put(record.object_id, record.deflate())
     assert finished.wait(10)
-    assert time.perf_counter() - t0 < 2.0  # 3.5 s without the doorbell
+    assert time.perf_counter() - t0 < 1.5  # 3 s without the doorbell
     thread.join(5)
