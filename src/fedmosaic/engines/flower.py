@@ -235,6 +235,7 @@ def find_nodes(
     node that cannot say what it hosts would leave its clients out of the run unnoticed.
     """
     deadline = time.monotonic() + timeout_s
+    config = tomli_w.dumps(cfg.to_toml_dict())
     answers: dict[int, RecordDict] = {}
     gone: set[int] = set()
     while len(answers) < minimum:
@@ -242,7 +243,7 @@ def find_nodes(
         contents = {}
         for node in (n for n in listed if n not in answers):
             contents[node] = RecordDict()
-            put_json(contents[node], RUN, round=0, config=tomli_w.dumps(cfg.to_toml_dict()), **(run or {}))
+            put_json(contents[node], RUN, round=0, config=config, **(run or {}))
         answers.update(exchange(QUERY, contents, "query", tolerate=False, skip_gone=True))
         gone |= exchange.gone
     return answers
