@@ -161,8 +161,7 @@ def warm_up(node_cfg: Mapping[str, Any]) -> None:
     ensure_loaded()  # imports the built-in algorithms (and their model code)
     preload_scoring()  # a client that evaluates needs scikit-learn's metrics
     data_dir = Path(str(node_cfg.get("data-dir", ""))).expanduser().resolve()
+    info = None  # a raw-data site: its modalities are known with the first message
     if (data_dir / NODE_FILE).is_file():
-        node = load_node(str(data_dir), parse_modalities(node_cfg.get("modalities")))
-        preload_models(node.info)  # here, not in round 1
-    else:  # a raw-data site: its modalities are known with the first message; text is the costly one
-        import transformers.models.bert.modeling_bert  # noqa: F401
+        info = load_node(str(data_dir), parse_modalities(node_cfg.get("modalities"))).info
+    preload_models(info)  # here, not in round 1

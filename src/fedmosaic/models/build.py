@@ -146,12 +146,13 @@ def build_classifier(info: TaskInfo, cfg: Any) -> MultimodalClassifier:
     return MultimodalClassifier(encoders, cfg.embed_dim, info.num_classes, fusion=cfg.fusion)
 
 
-def preload(info: TaskInfo) -> None:
-    """Import now what building the encoders of ``info``'s modalities would import on first use.
+def preload(info: TaskInfo | None) -> None:
+    """Import now what building the encoders of ``info``'s modalities would import on first use
+    (``None``: modalities not known yet, so whatever a text modality would).
 
     The text encoders import transformers when first built (about 3 s). An engine calls this while
     it sets up, so the import is paid before the first round's clock starts, and once before worker
     processes fork rather than once in each of them.
     """
-    if any(m.kind == "text" for m in info.modalities):
+    if info is None or any(m.kind == "text" for m in info.modalities):
         import transformers.models.bert.modeling_bert  # noqa: F401
