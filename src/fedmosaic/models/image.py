@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fedmosaic.core.errors import ConfigError
+from fedmosaic.models.pooling import HalvingMaxPool
 
 
 class SmallCNN(nn.Module):
@@ -25,11 +26,11 @@ class SmallCNN(nn.Module):
             nn.Conv2d(in_channels, 16, 3, padding=1),
             nn.GroupNorm(8, 16),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            HalvingMaxPool(),
             nn.Conv2d(16, 32, 3, padding=1),
             nn.GroupNorm(8, 32),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            HalvingMaxPool(),
             nn.Conv2d(32, 64, 3, padding=1),
             nn.GroupNorm(8, 64),
             nn.ReLU(),

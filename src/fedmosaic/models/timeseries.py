@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedmosaic.models.pooling import HalvingMaxPool
+
 MIN_WINDOW = 8  # shortest window the CNN is meant for (two halvings leave >= 2 steps to pool over)
 
 
@@ -27,9 +29,9 @@ class Conv1dEncoder(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             *_block(channels, width // 2, 5),
-            nn.MaxPool1d(2),
+            HalvingMaxPool(),
             *_block(width // 2, width, 5),
-            nn.MaxPool1d(2),
+            HalvingMaxPool(),
             *_block(width, width, 3),
             nn.AdaptiveAvgPool1d(1),
         )
