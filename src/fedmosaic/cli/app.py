@@ -6,8 +6,12 @@ the app is complete whenever ``fedmosaic.cli`` is imported.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
-from typing import Annotated
+import threading
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -44,5 +48,35 @@ def _main(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(sys.argv[1:])
+    """Console-script entry point: the command, then :func:`leave` with its exit status."""
+    try:
+        app(sys.argv[1:])
+    except SystemExit as exc:
+        leave(exc.code)
+    leave(0)
+
+
+def leave(code: object) -> NoReturn:
+    """Exit with ``code`` (as ``sys.exit`` reads it) without tearing the interpreter down.
+
+    After a default run, the interpreter's teardown (collecting some 500,000 objects, unloading torch
+    and transformers) took 1.4 s of the 68 s, and a finished command needs none of it: every file it
+    wrote is closed (the run folder's are fsynced). What must still happen does: the exit handlers
+    run (logging's flush, multiprocessing's pool clean-up, temporary folders), then both streams are
+    flushed. A command that leaves a non-daemon thread behind exits the ordinary way, which waits for it.
+    """
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed pipe (| head) or stream: nothing left to say there
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
