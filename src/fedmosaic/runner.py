@@ -8,10 +8,13 @@ TensorBoard log in ``tensorboard/``; a resumed run appends to it from its next r
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,13 @@ from fedmosaic.core.device import resolve_device
 from fedmosaic.core.errors import FedmosaicWarning
 from fedmosaic.core.task import Task
 from fedmosaic.data.tasks import build_task, task_outline
-from fedmosaic.engines.client_pool import asked_workers
+from fedmosaic.engines.client_pool import asked_workers, resolve_workers
 from fedmosaic.engines.federation import Callback, Federation
 from fedmosaic.engines.folder_lock import LOCK_NAME, FolderLock
 from fedmosaic.engines.local import configure_threads
 from fedmosaic.engines.protocol import check_fit
 from fedmosaic.engines.run_folder import RunFolder, default_folder
-from fedmosaic.reporting.report import compare_runs, data_notes, write_run_report
+from fedmosaic.reporting.report import COMPARISON, compare_runs, data_notes, write_run_report
 from fedmosaic.reporting.tracking import TensorBoardLogger, require_tensorboard
 
 ProgressFactory = Callable[[str, int], Callable[[int, dict[str, Any]], None]]
@@ -160,8 +163,28 @@ def _execute(cfg: RunConfig, folder: Path, progress: ProgressFactory | None, tas
             federation = Federation.from_config(run_cfg, task, folder=run_dir, callbacks=callbacks)
             result.summaries[name] = federation.run()
         result.folders[name] = run_dir
-    if len(runs) > 1:
-        result.comparison = compare_runs([d for _, _, d in runs], folder, [n for n, _, _ in runs])
-    for _, _, run_dir in runs:
-        write_run_report(run_dir, plots=cfg.output.plots, comparison=result.comparison)
+    comparison = folder / COMPARISON if len(runs) > 1 else None
+    reports: list[Callable[[], Path]] = [
+        partial(write_run_report, run_dir, plots=cfg.output.plots, comparison=comparison)
+        for _, _, run_dir in runs
+    ]
+    if comparison is not None:
+        reports.insert(0, partial(compare_runs, [d for _, _, d in runs], folder, [n for n, _, _ in runs]))
+    written = in_processes(reports, resolve_workers(cfg.engine.workers, resolve_device(cfg.engine.device), 2))
+    if comparison is not None:
+        result.comparison = written[0]
     return result
+
+
+def in_processes(jobs: list[Callable[[], Path]], workers: int) -> list[Path]:
+    """Each job's result, in order; with ``workers`` > 1, jobs run in that many forked processes.
+
+    The reports draw several figures each (about 2.5 s of the default run's end); they write into
+    separate files and read only finished runs, so they may run side by side. A job's error is
+    raised here, as if it had run in this process.
+    """
+    if workers < 2 or len(jobs) < 2:
+        return [job() for job in jobs]
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [future.result() for future in futures]

@@ -14,6 +14,8 @@ from fedmosaic.engines.run_folder import RunFolder, read_jsonl
 from fedmosaic.privacy.accounting import privacy_markdown
 from fedmosaic.reporting.plots import eval_keys, plot_bytes, plot_comparison, plot_run_metrics
 
+COMPARISON = "comparison.md"  # the side-by-side table's file name in an experiment's folder
+
 
 def load_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(summary, metric rows)`` of a finished run folder."""
@@ -192,7 +194,7 @@ def _compare_runs(paths: list[Path], out: Path, labels: list[str] | None) -> Pat
         "![bytes](plots/comparison_bytes.png)",
         "",
     ]
-    target = out / "comparison.md"
+    target = out / COMPARISON
     target.write_text("\n".join(lines))
     return target
 
