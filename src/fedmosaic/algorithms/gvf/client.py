@@ -35,6 +35,7 @@ from fedmosaic.core.message import Message
 from fedmosaic.core.metrics import flatten_eval
 from fedmosaic.core.seeding import Rng
 from fedmosaic.core.task import ClientData, View, to_tensor
+from fedmosaic.models.flat_optimizer import FlatOptimizer
 from fedmosaic.models.fusion import GVFModel
 from fedmosaic.models.params import load_arrays, to_arrays
 from fedmosaic.models.train import evaluate_subsets, make_optimizer
@@ -53,7 +54,7 @@ def _is_labelled(target: np.ndarray) -> np.ndarray:
     return target >= 0
 
 
-def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def _descend(optimizer: FlatOptimizer, loss: torch.Tensor) -> None:
     """One optimiser step on ``loss``."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -180,7 +181,7 @@ class GVFClient:
     def _anchor_epoch(
         self,
         model: GVFModel,
-        optimizer: torch.optim.Optimizer,
+        optimizer: FlatOptimizer,
         proxy: Arrays,
         anchor: Arrays,
         order: np.random.Generator,
@@ -207,7 +208,7 @@ class GVFClient:
     def _proxy_epoch(
         self,
         model: GVFModel,
-        optimizer: torch.optim.Optimizer,
+        optimizer: FlatOptimizer,
         proxy: Arrays,
         pseudo: Arrays,
         order: np.random.Generator,
