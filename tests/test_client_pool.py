@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import TINY_OVERRIDES
 from fedmosaic.config import ConfigError, load_config
+from fedmosaic.core.message import Message
 from fedmosaic.engines import client_pool
 from fedmosaic.engines.client_pool import ClientPool, resolve_workers
 from fedmosaic.runner import start
@@ -63,3 +67,23 @@ def test_bad_worker_counts_are_refused() -> None:
             load_config(None, [f"engine.workers={bad}"])
     with pytest.raises(ValueError, match=r"engine\.workers"):
         ClientPool(object(), object(), 0, 1)
+
+
+class _FrozenCount:
+    """A client half that reports how many objects its process's collector has frozen."""
+
+    def fit(self, message: Message, state: Message, data: object, rng: object) -> tuple[Message, Message]:
+        return Message(meta={"frozen": gc.get_freeze_count()}), Message()
+
+
+def test_workers_freeze_what_they_inherit() -> None:
+    # each worker puts what it inherited out of the collector's reach; the parent freezes nothing
+    before = gc.get_freeze_count()
+    task = SimpleNamespace(client=lambda cid: SimpleNamespace(train=SimpleNamespace(mask=np.ones(3))))
+    pool = ClientPool(_FrozenCount(), task, seed=0, workers=2)
+    try:
+        replies = pool.fit([(cid, 1, Message(), Message()) for cid in ("a", "b", "c")])
+    finally:
+        pool.close()
+    assert gc.get_freeze_count() == before
+    assert all(reply.meta["frozen"] > before + 1000 for reply, _ in replies)

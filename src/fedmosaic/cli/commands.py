@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -74,6 +75,7 @@ def run(
                         "--resume uses the run's own config.toml (its plugins too): "
                         "drop --config/--set/--out/--plugin"
                     )
+                freeze_imports()
                 with round_progress(not quiet) as progress:
                     result = runner.resume(resume, progress, rounds, notify=warning)
             else:
@@ -81,6 +83,7 @@ def run(
                     fail("--rounds extends a run being resumed; for a new run use --set rounds=N")
                 cfg = load_config(config, set_ or [], plugin)
                 folder = out_dir or runner.default_folder(cfg)
+                freeze_imports()
                 with round_progress(not quiet and cfg.engine.progress) as progress:
                     result = runner.start(cfg, folder, progress, notify=warning)
             headline(result)
@@ -150,3 +153,14 @@ def list_encoders(plugin: PluginOption = None) -> None:
         names = ", ".join(encoder_names(kind))
         tail = ", or a Hugging Face hub id / model folder" if kind == "text" else ""
         out.print(f"model.{key:20s} {names}{tail}", highlight=False, soft_wrap=True)
+
+
+def freeze_imports() -> None:
+    """Put every object made so far (the imported modules' classes and functions, mostly) out of the
+    cyclic collector's reach, as ``gc.freeze`` does, before a run.
+
+    They live as long as the process, yet each full collection walked them all: about 475,000
+    objects and 0.1 s a walk, several times in a default run. Objects made later are collected as
+    before; only cycles among the frozen ones would outlive the command (there is no use for them).
+    """
+    gc.freeze()
