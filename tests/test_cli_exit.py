@@ -78,3 +78,20 @@ def test_a_running_non_daemon_thread_is_waited_for(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "written").read_text() == "yes"
+
+
+def test_under_a_profiler_the_ordinary_exit_lets_it_write(tmp_path: Path) -> None:
+    script = tmp_path / "version.py"
+    script.write_text(
+        "import sys\nsys.argv = ['fedmosaic', '--version']\nfrom fedmosaic.cli import main\nmain()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(tmp_path / "out.prof"), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("fedmosaic ")
+    assert (tmp_path / "out.prof").stat().st_size > 0

@@ -63,9 +63,12 @@ def leave(code: object) -> NoReturn:
     and transformers) took 1.4 s of the 68 s, and a finished command needs none of it: every file it
     wrote is closed (the run folder's are fsynced). What must still happen does: the exit handlers
     run (logging's flush, multiprocessing's pool clean-up, temporary folders), then both streams are
-    flushed. A command that leaves a non-daemon thread behind exits the ordinary way, which waits for it.
+    flushed. Two cases exit the ordinary way: a command that leaves a non-daemon thread behind (the
+    ordinary exit waits for it), and a process under a profiler or tracer (``python -m cProfile``
+    writes its results after the command returns; a debugger may still be stepping).
     """
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if any(t.is_alive() and not t.daemon for t in others) or sys.getprofile() or sys.gettrace():
         sys.exit(code)
     if code is None:
         status = 0
